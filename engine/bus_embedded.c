@@ -1,0 +1,352 @@
+/*
+ * bus_embedded.c: the in-process event bus (the default; one process, no peers).
+ *
+ *   publish(ev) --> [publish queue] --idle pass--> route by (source, subject)
+ *                                                   |-> sub A queue --deliver (<= max_inflight)
+ *                                                   '-> sub B queue --deliver
+ *   ack(delivery): the sub may take the next one; the event leaves the bus when every
+ *   subscription that got it has acked.
+ *
+ * The bus holds at most `capacity` events (published, not yet fully acked). At capacity a
+ * publish fails at once with HERALD_EBUSFULL, so a slow sensor slows its producers instead of
+ * growing memory. Work happens in a uv_idle pass (never inside publish or ack), bounded per
+ * pass so sockets keep being served under load. Events nobody subscribes to are counted and
+ * dropped: the embedded bus has no retention (JetStream does).
+ */
+#include "bus.h"
+#include "common.h"
+
+#include <string.h>
+
+#define ROUTE_BUCKETS 1024
+#define DEFAULT_INFLIGHT 256
+#define PASS_BUDGET 2048
+
+typedef struct emsg emsg;
+typedef struct esub esub;
+
+struct emsg {
+  herald_event *ev;
+  uint32_t pending; /* deliveries not yet acked */
+  herald_bus_publish_cb cb;
+  void *cbdata;
+  emsg *next;
+};
+
+struct herald_bus_delivery {
+  emsg *msg;
+  esub *sub;
+  herald_bus_delivery *next;
+};
+
+struct esub {
+  herald_bus_sub *pub;
+  uint32_t inflight, max_inflight;
+  herald_bus_delivery *head, *tail; /* waiting to be delivered */
+  esub *route_next;                 /* chain in the route bucket */
+  esub *ready_next;
+  int ready;  /* in the ready list */
+  int closed; /* unsubscribed; freed when inflight drops to 0 */
+};
+
+typedef struct ebus {
+  herald_bus base;
+  uv_idle_t idle;
+  int idle_active;
+  uint32_t capacity;
+  emsg *pub_head, *pub_tail;
+  esub *ready_head, *ready_tail;
+  esub *routes[ROUTE_BUCKETS];
+  herald_bus_stats stats;
+  herald_bus_close_cb close_cb;
+  int closing;
+} ebus;
+
+static uint32_t route_hash(const char *source, const char *subject) {
+  uint32_t h = 2166136261u;
+  for (const char *p = source; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  h = (h ^ 0x1f) * 16777619u;
+  for (const char *p = subject; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  return h;
+}
+
+static void wake(ebus *b) {
+  if (!b->idle_active && !b->closing) {
+    b->idle_active = 1;
+    extern void herald__bus_embedded_pass(uv_idle_t *);
+    uv_idle_start(&b->idle, herald__bus_embedded_pass);
+  }
+}
+
+static void mark_ready(ebus *b, esub *s) {
+  if (s->ready || s->closed) return;
+  s->ready = 1;
+  s->ready_next = NULL;
+  if (b->ready_tail) b->ready_tail->ready_next = s;
+  else b->ready_head = s;
+  b->ready_tail = s;
+  wake(b);
+}
+
+static void msg_release(ebus *b, emsg *m) {
+  herald_event_unref(m->ev);
+  free(m);
+  b->stats.in_bus--;
+}
+
+static int eb_publish(herald_bus *bus, herald_event *ev, herald_bus_publish_cb cb, void *data) {
+  ebus *b = (ebus *)bus;
+  if (b->closing) return HERALD_ECLOSED;
+  if (b->stats.in_bus >= b->capacity) {
+    b->stats.rejected++;
+    return HERALD_EBUSFULL;
+  }
+  emsg *m = malloc(sizeof *m);
+  if (!m) return HERALD_ENOMEM;
+  herald_event_ref(ev);
+  m->ev = ev;
+  m->pending = 0;
+  m->cb = cb;
+  m->cbdata = data;
+  m->next = NULL;
+  if (b->pub_tail) b->pub_tail->next = m;
+  else b->pub_head = m;
+  b->pub_tail = m;
+  b->stats.in_bus++;
+  b->stats.published++;
+  wake(b);
+  return 0;
+}
+
+/* Routes one published event into the queues of the subscriptions that match it. */
+static void route(ebus *b, emsg *m) {
+  uint32_t h = route_hash(m->ev->source, m->ev->subject) % ROUTE_BUCKETS;
+  for (esub *s = b->routes[h]; s; s = s->route_next) {
+    if (s->closed || strcmp(s->pub->source, m->ev->source) != 0 ||
+        strcmp(s->pub->subject, m->ev->subject) != 0)
+      continue;
+    herald_bus_delivery *d = malloc(sizeof *d);
+    if (HERALD_FAILS(d != NULL)) continue; /* that subscription misses this one event */
+    d->msg = m;
+    d->sub = s;
+    d->next = NULL;
+    if (s->tail) s->tail->next = d;
+    else s->head = d;
+    s->tail = d;
+    m->pending++;
+    mark_ready(b, s);
+  }
+  herald_bus_publish_cb cb = m->cb;
+  void *cbdata = m->cbdata;
+  if (m->pending == 0) {
+    b->stats.unrouted++;
+    msg_release(b, m);
+  }
+  if (cb) cb(cbdata, 0);
+}
+
+void herald__bus_embedded_pass(uv_idle_t *idle) {
+  ebus *b = idle->data;
+  int budget = PASS_BUDGET;
+  while (b->pub_head && budget-- > 0) {
+    emsg *m = b->pub_head;
+    b->pub_head = m->next;
+    if (!b->pub_head) b->pub_tail = NULL;
+    route(b, m);
+  }
+  /* Deliver round-robin: each ready subscription gets up to its window, then goes to the back. */
+  esub *stop_at = b->ready_tail;
+  while (b->ready_head && budget > 0) {
+    esub *s = b->ready_head;
+    b->ready_head = s->ready_next;
+    if (!b->ready_head) b->ready_tail = NULL;
+    s->ready = 0;
+    while (s->head && s->inflight < s->max_inflight && !s->closed && budget-- > 0) {
+      herald_bus_delivery *d = s->head;
+      s->head = d->next;
+      if (!s->head) s->tail = NULL;
+      s->inflight++;
+      b->stats.delivered++;
+      s->pub->deliver(s->pub, d, d->msg->ev);
+    }
+    if (s->head && s->inflight < s->max_inflight) mark_ready(b, s);
+    if (s == stop_at) break;
+  }
+  if (!b->pub_head && !b->ready_head) {
+    b->idle_active = 0;
+    uv_idle_stop(&b->idle);
+  }
+}
+
+static int eb_subscribe(herald_bus *bus, herald_bus_sub *sub) {
+  ebus *b = (ebus *)bus;
+  esub *s = calloc(1, sizeof *s);
+  if (!s) return HERALD_ENOMEM;
+  s->pub = sub;
+  s->max_inflight = sub->max_inflight ? sub->max_inflight : DEFAULT_INFLIGHT;
+  sub->priv = s;
+  uint32_t h = route_hash(sub->source, sub->subject) % ROUTE_BUCKETS;
+  s->route_next = b->routes[h];
+  b->routes[h] = s;
+  return 0;
+}
+
+static void sub_free(ebus *b, esub *s) {
+  uint32_t h = route_hash(s->pub->source, s->pub->subject) % ROUTE_BUCKETS;
+  for (esub **pp = &b->routes[h]; *pp; pp = &(*pp)->route_next) {
+    if (*pp == s) {
+      *pp = s->route_next;
+      break;
+    }
+  }
+  if (s->ready) { /* unlink from the ready list */
+    esub *prev = NULL;
+    for (esub *r = b->ready_head; r; prev = r, r = r->ready_next) {
+      if (r != s) continue;
+      if (prev) prev->ready_next = r->ready_next;
+      else b->ready_head = r->ready_next;
+      if (b->ready_tail == r) b->ready_tail = prev;
+      break;
+    }
+  }
+  s->pub->priv = NULL;
+  free(s);
+}
+
+static void delivery_done(ebus *b, herald_bus_delivery *d) {
+  emsg *m = d->msg;
+  free(d);
+  b->stats.acked++;
+  if (--m->pending == 0) msg_release(b, m);
+}
+
+static void eb_unsubscribe(herald_bus *bus, herald_bus_sub *sub) {
+  ebus *b = (ebus *)bus;
+  esub *s = sub->priv;
+  if (!s) return;
+  s->closed = 1;
+  while (s->head) { /* undelivered events are released for this subscription */
+    herald_bus_delivery *d = s->head;
+    s->head = d->next;
+    delivery_done(b, d);
+  }
+  s->tail = NULL;
+  if (s->inflight == 0) sub_free(b, s);
+}
+
+static void eb_ack(herald_bus *bus, herald_bus_delivery *d) {
+  ebus *b = (ebus *)bus;
+  esub *s = d->sub;
+  delivery_done(b, d);
+  s->inflight--;
+  if (s->closed) {
+    if (s->inflight == 0) sub_free(b, s);
+    return;
+  }
+  if (s->head) mark_ready(b, s);
+}
+
+typedef struct nak_timer {
+  uv_timer_t timer;
+  ebus *bus;
+  herald_bus_delivery *d;
+} nak_timer;
+
+static void nak_requeue(ebus *b, herald_bus_delivery *d) {
+  esub *s = d->sub;
+  s->inflight--;
+  if (s->closed) {
+    delivery_done(b, d);
+    if (s->inflight == 0) sub_free(b, s);
+    return;
+  }
+  d->next = s->head; /* redelivered first: keeps the subscription's order */
+  s->head = d;
+  if (!s->tail) s->tail = d;
+  mark_ready(b, s);
+}
+
+static void nak_timer_close(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void nak_timer_fire(uv_timer_t *t) {
+  nak_timer *nt = t->data;
+  nak_requeue(nt->bus, nt->d);
+  uv_close((uv_handle_t *)t, nak_timer_close);
+}
+
+static void eb_nak(herald_bus *bus, herald_bus_delivery *d, uint64_t delay_ms) {
+  ebus *b = (ebus *)bus;
+  nak_timer *nt = delay_ms ? malloc(sizeof *nt) : NULL;
+  if (!nt) {
+    nak_requeue(b, d);
+    return;
+  }
+  nt->bus = b;
+  nt->d = d;
+  uv_timer_init(b->base.loop, &nt->timer);
+  nt->timer.data = nt;
+  uv_timer_start(&nt->timer, nak_timer_fire, delay_ms, 0);
+}
+
+static void eb_stats(herald_bus *bus, herald_bus_stats *out) {
+  ebus *b = (ebus *)bus;
+  *out = b->stats;
+}
+
+static void eb_closed(uv_handle_t *h) {
+  ebus *b = h->data;
+  while (b->pub_head) {
+    emsg *m = b->pub_head;
+    b->pub_head = m->next;
+    if (m->cb) m->cb(m->cbdata, HERALD_ECLOSED);
+    msg_release(b, m);
+  }
+  for (int i = 0; i < ROUTE_BUCKETS; i++) {
+    while (b->routes[i]) {
+      esub *s = b->routes[i];
+      b->routes[i] = s->route_next;
+      while (s->head) {
+        herald_bus_delivery *d = s->head;
+        s->head = d->next;
+        delivery_done(b, d);
+      }
+      s->pub->priv = NULL;
+      free(s);
+    }
+  }
+  herald_bus_close_cb cb = b->close_cb;
+  free(b);
+  if (cb) cb(NULL);
+}
+
+static void eb_close(herald_bus *bus, herald_bus_close_cb cb) {
+  ebus *b = (ebus *)bus;
+  b->closing = 1;
+  uv_idle_stop(&b->idle);
+  b->close_cb = cb;
+  uv_close((uv_handle_t *)&b->idle, eb_closed);
+}
+
+static const herald_bus_ops embedded_ops = {
+    .name = "embedded",
+    .publish = eb_publish,
+    .subscribe = eb_subscribe,
+    .unsubscribe = eb_unsubscribe,
+    .ack = eb_ack,
+    .nak = eb_nak,
+    .stats = eb_stats,
+    .close = eb_close,
+};
+
+herald_bus *herald_bus_embedded_new(uv_loop_t *loop, uint32_t capacity) {
+  ebus *b = herald_xcalloc(1, sizeof *b);
+  b->base.ops = &embedded_ops;
+  b->base.loop = loop;
+  b->capacity = capacity ? capacity : 16384;
+  b->stats.capacity = b->capacity;
+  uv_idle_init(loop, &b->idle);
+  b->idle.data = b;
+  return &b->base;
+}

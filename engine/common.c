@@ -1,0 +1,167 @@
+/*
+ * common.c: error strings, allocation helpers, clocks, ids and file reading.
+ */
+#include "common.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+const char *herald_strerror(int err) {
+  switch (err) {
+  case HERALD_OK: return "ok";
+  case HERALD_ENOMEM: return "out of memory";
+  case HERALD_EINVAL: return "invalid argument";
+  case HERALD_EBUSFULL: return "event bus is full";
+  case HERALD_EIO: return "i/o error";
+  case HERALD_ENOTFOUND: return "not found";
+  case HERALD_ECLOSED: return "closed";
+  case HERALD_ESPEC: return "invalid spec";
+  case HERALD_ETIMEDOUT: return "timed out";
+  case HERALD_ELUA: return "lua error";
+  default: return "unknown error";
+  }
+}
+
+static _Noreturn void oom(void) {
+  fputs("herald: out of memory\n", stderr);
+  abort();
+}
+
+void *herald_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) oom();
+  return p;
+}
+
+void *herald_xcalloc(size_t n, size_t sz) {
+  void *p = calloc(n ? n : 1, sz ? sz : 1);
+  if (!p) oom();
+  return p;
+}
+
+char *herald_xstrdup(const char *s) {
+  return herald_xstrndup(s, strlen(s));
+}
+
+char *herald_xstrndup(const char *s, size_t n) {
+  char *p = herald_xmalloc(n + 1);
+  memcpy(p, s, n);
+  p[n] = '\0';
+  return p;
+}
+
+int64_t herald_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+uint64_t herald_mono_ns(void) {
+  return uv_hrtime();
+}
+
+size_t herald_format_rfc3339(int64_t t, char *buf, size_t len) {
+  time_t secs = (time_t)(t / 1000000000);
+  long nanos = (long)(t % 1000000000);
+  if (nanos < 0) {
+    nanos += 1000000000;
+    secs -= 1;
+  }
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  int n = snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900,
+                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, nanos);
+  return n < 0 ? 0 : (size_t)n;
+}
+
+/* A per-process buffer of random bytes refilled from getrandom(): ids are minted at tens of
+ * thousands per second, so one syscall per 4 KiB keeps this off the profile. */
+void herald_random_hex(char *out, size_t nbytes) {
+  static unsigned char pool[4096];
+  static size_t avail;
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < nbytes; i++) {
+    if (avail == 0) {
+      size_t got = 0;
+      while (got < sizeof pool) {
+        ssize_t r = getrandom(pool + got, sizeof pool - got, 0);
+        if (r < 0) {
+          if (errno == EINTR) continue;
+          herald__assert_fail("getrandom", __FILE__, __LINE__);
+        }
+        got += (size_t)r;
+      }
+      avail = sizeof pool;
+    }
+    unsigned char b = pool[--avail];
+    out[2 * i] = hex[b >> 4];
+    out[2 * i + 1] = hex[b & 15];
+  }
+  out[2 * nbytes] = '\0';
+}
+
+char *herald_read_file(const char *path, size_t *len, int *err) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = errno == ENOENT ? HERALD_ENOTFOUND : HERALD_EIO;
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    *err = HERALD_EIO;
+    return NULL;
+  }
+  size_t cap = (size_t)st.st_size + 1, n = 0;
+  char *buf = malloc(cap);
+  if (!buf) {
+    close(fd);
+    *err = HERALD_ENOMEM;
+    return NULL;
+  }
+  for (;;) {
+    if (n + 1 >= cap) {
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) {
+        free(buf);
+        close(fd);
+        *err = HERALD_ENOMEM;
+        return NULL;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+    ssize_t r = read(fd, buf + n, cap - n - 1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      free(buf);
+      close(fd);
+      *err = HERALD_EIO;
+      return NULL;
+    }
+    if (r == 0) break;
+    n += (size_t)r;
+  }
+  close(fd);
+  buf[n] = '\0';
+  if (len) *len = n;
+  *err = HERALD_OK;
+  return buf;
+}
+
+_Noreturn void herald__assert_fail(const char *expr, const char *file, int line) {
+  fprintf(stderr, "herald: assertion failed: %s (%s:%d)\n", expr, file, line);
+  abort();
+}
+
+void herald__soft_fail(const char *expr, const char *file, int line) {
+  herald_log(NULL, HLOG_ERROR, "internal check failed: %s (%s:%d)", expr, file, line);
+}

@@ -1,0 +1,66 @@
+/*
+ * engine.h: one running Herald process: the loop, the Lua host, the bus, the HTTP servers
+ * shared by webhook routes, and the lifecycle (start, drain on SIGINT/SIGTERM, stop).
+ *
+ *   main.c --herald_engine_init--> Lua: herald.run loads + validates specs, compiles sensors,
+ *   creates sources/triggers through herald.core, subscribes --> uv_run --> signal -->
+ *   herald_engine_shutdown: stop sources, drain bus and triggers (bounded), close, exit 0.
+ */
+#ifndef HERALD_ENGINE_H
+#define HERALD_ENGINE_H
+
+#include "bus.h"
+#include "http_server.h"
+#include "log.h"
+#include "plugin.h"
+
+#include <lua.h>
+#include <uv.h>
+
+typedef struct herald_engine_opts {
+  const char *secrets_dir; /* default /argo-events/secrets */
+  const char *listen_host; /* address webhook-style sources bind; default 127.0.0.1 */
+  const char *metrics_addr;/* "host:port" for /metrics, NULL/"" = off; default 127.0.0.1:7777 */
+  uint32_t bus_capacity;   /* embedded bus: events held at once; default 16384 */
+  uint64_t drain_timeout_ms;/* on shutdown; default 10000 */
+} herald_engine_opts;
+
+struct herald_engine {
+  uv_loop_t *loop;
+  lua_State *L;
+  herald_bus *bus;
+  herald_logger log;
+  herald_engine_opts opts;
+  struct herald_server_entry *servers; /* shared HTTP servers by host:port */
+  herald_http_server *metrics_server;
+  uv_signal_t sigint, sigterm;
+  uv_timer_t drain_timer;
+  int draining;
+  int exit_code;
+  struct herald_source_node *sources;
+  struct herald_trigger_node *triggers;
+  struct herald_delivery_ctx *current; /* the bus delivery being processed by Lua */
+};
+
+/* Sets up eng (caller-owned, must not move) on loop: Lua state with the stdlib, the embedded
+ * bus, signal handlers. Returns 0 or a negative error. */
+int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_opts *opts);
+/* Starts every source created so far and the metrics server. */
+int herald_engine_start(herald_engine *eng);
+/* Begins a graceful stop (what SIGINT/SIGTERM do). */
+void herald_engine_shutdown(herald_engine *eng);
+/* Frees what init allocated; call after uv_run returned. */
+void herald_engine_free(herald_engine *eng);
+
+/* Returns the HTTP server listening on the engine's listen_host:port, creating it on first
+ * use; NULL with *err (a libuv error) when it cannot listen. */
+herald_http_server *herald_engine_http_server(herald_engine *eng, int port, int *err);
+
+/* The engine that owns L (stored in the registry at start-up). */
+herald_engine *herald_engine_from_lua(lua_State *L);
+
+/* Registers a source/trigger instance with the engine (start and shutdown). */
+void herald__engine_add_source(herald_engine *eng, herald_source *src);
+void herald__engine_add_trigger(herald_engine *eng, herald_trigger *t);
+
+#endif

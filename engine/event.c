@@ -1,0 +1,208 @@
+/*
+ * event.c: CloudEvent construction, reference counting, JSON encoding, and the JSON validator
+ * sources use to decide whether a body is JSON (kept as is) or not (wrapped as a string).
+ */
+#include "event.h"
+#include "buf.h"
+#include "common.h"
+
+#include <lua.h>
+#include <string.h>
+
+static void (*release_hook)(herald_event *ev);
+
+void herald_event_set_release_hook(void (*hook)(herald_event *ev)) {
+  release_hook = hook;
+}
+
+herald_event *herald_event_new_full(const char *id, const char *time, const char *source,
+                                    const char *subject, const char *type,
+                                    const char *datacontenttype, const char *data,
+                                    size_t data_len) {
+  size_t ls = strlen(source) + 1, lsub = strlen(subject) + 1, lt = strlen(type) + 1;
+  size_t lct = strlen(datacontenttype) + 1;
+  herald_event *ev = malloc(sizeof *ev + ls + lsub + lt + lct + data_len + 1);
+  if (!ev) return NULL;
+  char *p = (char *)(ev + 1);
+  ev->refs = 1;
+  ev->lua_ref = LUA_NOREF;
+  ev->received_mono_ns = herald_mono_ns();
+  ev->specversion = "1.0";
+  memcpy(p, source, ls), ev->source = p, p += ls;
+  memcpy(p, subject, lsub), ev->subject = p, p += lsub;
+  memcpy(p, type, lt), ev->type = p, p += lt;
+  memcpy(p, datacontenttype, lct), ev->datacontenttype = p, p += lct;
+  memcpy(p, data, data_len), p[data_len] = '\0', ev->data = p;
+  ev->data_len = data_len;
+  if (id) {
+    snprintf(ev->id, sizeof ev->id, "%s", id);
+  } else {
+    herald_random_hex(ev->id, 16);
+  }
+  if (time) {
+    snprintf(ev->time, sizeof ev->time, "%s", time);
+    ev->time_ns = 0;
+  } else {
+    ev->time_ns = herald_now_ns();
+    herald_format_rfc3339(ev->time_ns, ev->time, sizeof ev->time);
+  }
+  return ev;
+}
+
+herald_event *herald_event_new(const char *source, const char *subject, const char *type,
+                               const char *data, size_t data_len) {
+  return herald_event_new_full(NULL, NULL, source, subject, type, "application/json", data,
+                               data_len);
+}
+
+void herald_event_ref(herald_event *ev) {
+  ev->refs++;
+}
+
+void herald_event_unref(herald_event *ev) {
+  HERALD_ASSERT(ev->refs > 0);
+  if (--ev->refs) return;
+  if (release_hook) release_hook(ev);
+  free(ev);
+}
+
+void herald_event_to_json(const herald_event *ev, herald_buf *b) {
+  herald_buf_puts(b, "{\"specversion\":\"1.0\",\"id\":");
+  herald_buf_json_string(b, ev->id, strlen(ev->id));
+  herald_buf_puts(b, ",\"source\":");
+  herald_buf_json_string(b, ev->source, strlen(ev->source));
+  herald_buf_puts(b, ",\"subject\":");
+  herald_buf_json_string(b, ev->subject, strlen(ev->subject));
+  herald_buf_puts(b, ",\"type\":");
+  herald_buf_json_string(b, ev->type, strlen(ev->type));
+  herald_buf_puts(b, ",\"time\":");
+  herald_buf_json_string(b, ev->time, strlen(ev->time));
+  herald_buf_puts(b, ",\"datacontenttype\":");
+  herald_buf_json_string(b, ev->datacontenttype, strlen(ev->datacontenttype));
+  herald_buf_puts(b, ",\"data\":");
+  herald_buf_append(b, ev->data, ev->data_len);
+  herald_buf_putc(b, '}');
+}
+
+/* --- JSON validation (RFC 8259, strict: no trailing commas, no comments, no NaN) --- */
+
+typedef struct {
+  const unsigned char *p, *end;
+  int depth, max_depth;
+} jv;
+
+static void ws(jv *v) {
+  while (v->p < v->end && (*v->p == ' ' || *v->p == '\t' || *v->p == '\n' || *v->p == '\r'))
+    v->p++;
+}
+
+static int lit(jv *v, const char *s, size_t n) {
+  if ((size_t)(v->end - v->p) < n || memcmp(v->p, s, n) != 0) return 0;
+  v->p += n;
+  return 1;
+}
+
+static int str(jv *v) {
+  v->p++; /* opening quote */
+  while (v->p < v->end) {
+    unsigned char c = *v->p++;
+    if (c == '"') return 1;
+    if (c < 0x20) return 0;
+    if (c == '\\') {
+      if (v->p >= v->end) return 0;
+      c = *v->p++;
+      if (c == 'u') {
+        for (int i = 0; i < 4; i++, v->p++) {
+          if (v->p >= v->end) return 0;
+          unsigned char h = *v->p;
+          if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F')))
+            return 0;
+        }
+      } else if (!strchr("\"\\/bfnrt", c) || c == 0) {
+        return 0;
+      }
+    }
+  }
+  return 0;
+}
+
+static int digits(jv *v) {
+  const unsigned char *s = v->p;
+  while (v->p < v->end && *v->p >= '0' && *v->p <= '9') v->p++;
+  return v->p > s;
+}
+
+static int num(jv *v) {
+  if (*v->p == '-') v->p++;
+  if (v->p >= v->end) return 0;
+  if (*v->p == '0') v->p++;
+  else if (!digits(v)) return 0;
+  if (v->p < v->end && *v->p == '.') {
+    v->p++;
+    if (!digits(v)) return 0;
+  }
+  if (v->p < v->end && (*v->p == 'e' || *v->p == 'E')) {
+    v->p++;
+    if (v->p < v->end && (*v->p == '+' || *v->p == '-')) v->p++;
+    if (!digits(v)) return 0;
+  }
+  return 1;
+}
+
+static int value(jv *v);
+
+static int container(jv *v, unsigned char close, int object) {
+  if (++v->depth > v->max_depth) return 0;
+  v->p++;
+  ws(v);
+  if (v->p < v->end && *v->p == close) {
+    v->p++;
+    v->depth--;
+    return 1;
+  }
+  for (;;) {
+    ws(v);
+    if (object) {
+      if (v->p >= v->end || *v->p != '"' || !str(v)) return 0;
+      ws(v);
+      if (v->p >= v->end || *v->p++ != ':') return 0;
+      ws(v);
+    }
+    if (!value(v)) return 0;
+    ws(v);
+    if (v->p >= v->end) return 0;
+    if (*v->p == ',') {
+      v->p++;
+      continue;
+    }
+    if (*v->p == close) {
+      v->p++;
+      v->depth--;
+      return 1;
+    }
+    return 0;
+  }
+}
+
+static int value(jv *v) {
+  if (v->p >= v->end) return 0;
+  switch (*v->p) {
+  case '{': return container(v, '}', 1);
+  case '[': return container(v, ']', 0);
+  case '"': return str(v);
+  case 't': return lit(v, "true", 4);
+  case 'f': return lit(v, "false", 5);
+  case 'n': return lit(v, "null", 4);
+  default:
+    if (*v->p == '-' || (*v->p >= '0' && *v->p <= '9')) return num(v);
+    return 0;
+  }
+}
+
+int herald_json_valid(const char *text, size_t len, int max_depth) {
+  jv v = {(const unsigned char *)text, (const unsigned char *)text + len, 0, max_depth};
+  ws(&v);
+  if (!value(&v)) return 0;
+  ws(&v);
+  return v.p == v.end;
+}

@@ -1,0 +1,94 @@
+/*
+ * http_server.h: the HTTP/1.1 server shared by webhook-style sources and /metrics, on libuv +
+ * http-parser (llhttp's predecessor, as Debian ships it).
+ *
+ *   accept -> read -> http_parser -> on headers: route lookup, method, auth, size checks
+ *          -> body (bounded) -> route handler -> herald_http_respond() (now or later)
+ *          -> write -> keep-alive: parse the next request (pipelined bytes are kept)
+ *
+ * One server per listening address; many routes per server. Every server answers
+ * GET /health with 200 "OK". Limits (reliability-and-security.md section 5.5): header block
+ * 16 KiB and 100 headers (431), body per route (413, from Content-Length before reading),
+ * header read timeout 10 s, body idle timeout 10 s, keep-alive idle 60 s; malformed requests
+ * get 400 and the connection is closed. A response may be sent after the handler returns (the
+ * webhook answers once the bus has the event); the connection reads nothing more until then.
+ */
+#ifndef HERALD_HTTP_SERVER_H
+#define HERALD_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct herald_http_server herald_http_server;
+typedef struct herald_http_req herald_http_req;
+
+typedef struct herald_http_header {
+  const char *name; /* as received (compare case-insensitively) */
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+} herald_http_header;
+
+struct herald_http_req {
+  const char *method;       /* "GET", "POST", ... NUL-terminated */
+  const char *path;         /* URL path without the query, NUL-terminated */
+  const char *query;        /* raw query string without '?', NUL-terminated ("" if none) */
+  const herald_http_header *headers;
+  size_t nheaders;
+  const char *body;         /* NUL-terminated for convenience; body_len bytes */
+  size_t body_len;
+  uint64_t received_ns;     /* monotonic time the request's first byte was read */
+  void *route_data;         /* the matched route's data */
+  void *priv;               /* the server's */
+};
+
+/* Called once per complete request that passed routing, method, auth and size checks. The
+ * handler must call herald_http_respond() exactly once, now or later; req stays valid until
+ * then. If the client disconnects first, the respond call is still made and is harmless. */
+typedef void (*herald_http_handler)(herald_http_req *req);
+
+typedef struct herald_http_route {
+  const char *path;          /* exact path match, e.g. "/example" (copied) */
+  const char *method;        /* exact method match, e.g. "POST"; NULL = any (copied) */
+  size_t max_body;           /* bytes; 0 = 1 MiB */
+  const char *bearer_token;  /* if set, "Authorization: Bearer <token>" is required, compared
+                                in constant time (copied) */
+  herald_http_handler handler;
+  void *data;                /* given back as req->route_data */
+} herald_http_route;
+
+typedef struct herald_http_limits {
+  size_t max_header_bytes;   /* 16384 */
+  size_t max_headers;        /* 100 */
+  uint64_t header_timeout_ms;/* 10000 */
+  uint64_t body_timeout_ms;  /* 10000 (idle between reads) */
+  uint64_t keepalive_ms;     /* 60000 */
+  size_t max_connections;    /* 10000 */
+} herald_http_limits;
+
+/* Returns a new server bound to host:port and listening, or NULL with *err set (a negative
+ * libuv error such as UV_EADDRINUSE). limits may be NULL for the defaults. `name` labels its
+ * log lines. The caller closes it with herald_http_server_close(). */
+herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host, int port,
+                                              const herald_http_limits *limits,
+                                              const char *name, int *err);
+/* Adds a route (copied). Returns 0, or HERALD_EINVAL if path+method is already routed. */
+int herald_http_server_add_route(herald_http_server *srv, const herald_http_route *route);
+/* The port actually bound (useful with port 0). */
+int herald_http_server_port(const herald_http_server *srv);
+
+/* Sends the response to req and releases it. `headers` is extra raw header lines, each ending
+ * in "\r\n" (e.g. "Retry-After: 1\r\n"), or NULL. Content-Length, Content-Type (when
+ * content_type is non-NULL) and Connection are added by the server. */
+void herald_http_respond(herald_http_req *req, int status, const char *content_type,
+                         const char *headers, const char *body, size_t body_len);
+
+/* Finds a request header (case-insensitive name); returns NULL if absent. */
+const herald_http_header *herald_http_req_header(const herald_http_req *req, const char *name);
+
+/* Stops listening, closes every connection (requests awaiting a response are answered 503
+ * when their response arrives... or dropped if the client is gone), then calls cb. */
+void herald_http_server_close(herald_http_server *srv, void (*cb)(void *data), void *data);
+
+#endif

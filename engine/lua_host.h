@@ -1,0 +1,37 @@
+/*
+ * lua_host.h: the engine's Lua state and the protected-call helper every C->Lua call uses.
+ *
+ * Why one shared state for sensors: the Lua that runs per event in the engine state is code
+ * Herald generates from specs (filters, conditions, parameters), never user text, so there is
+ * nothing to isolate it from; sharing lets one decoded event serve every sensor, and a compiled
+ * sensor costs a few KB instead of ~58 KB for a state of its own (performance.md 5.2, and
+ * bench/RESULTS.md for our measurement). User-written Lua (script filters, transforms) never runs
+ * here: it runs in a sandbox state per sensor (sandbox.h), with its own memory cap, so one
+ * sensor's script can neither see nor starve another's.
+ */
+#ifndef HERALD_LUA_HOST_H
+#define HERALD_LUA_HOST_H
+
+#include "log.h"
+
+#include <lua.h>
+
+typedef struct herald_engine herald_engine;
+
+/* Returns a new trusted state: standard libraries, the stdlib modules in package.preload
+ * ("herald.*"), cjson, and herald.core bound to eng. NULL when out of memory. */
+lua_State *herald_lua_new(herald_engine *eng);
+
+/* Registers the compiled-in stdlib modules (and cjson) in package.preload of L. */
+void herald_lua_preload_stdlib(lua_State *L);
+
+/* lua_pcall with a traceback. On error logs "<what>: <message + traceback>" with lg, pops
+ * the error and returns HERALD_ELUA; on success leaves nresults values. stack: f args -> results */
+int herald_lua_pcall(lua_State *L, int nargs, int nresults, const herald_logger *lg,
+                     const char *what);
+
+/* Opens herald.core (the C functions the stdlib calls) for eng; defined in core.c.
+ * stack: -> core table */
+int herald_lua_open_core(lua_State *L);
+
+#endif
