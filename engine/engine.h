@@ -31,11 +31,13 @@ struct herald_engine {
   herald_bus *bus;
   herald_logger log;
   herald_engine_opts opts;
+  herald_http_limits http_limits; /* for the servers webhook-style sources share */
   struct herald_server_entry *servers; /* shared HTTP servers by host:port */
   herald_http_server *metrics_server;
   uv_signal_t sigint, sigterm;
   uv_timer_t drain_timer;
   int draining;
+  uint64_t drain_start_ms;
   int exit_code;
   struct herald_source_node *sources;
   struct herald_trigger_node *triggers;
@@ -55,6 +57,9 @@ void herald_engine_free(herald_engine *eng);
 /* Returns the HTTP server listening on the engine's listen_host:port, creating it on first
  * use; NULL with *err (a libuv error) when it cannot listen. */
 herald_http_server *herald_engine_http_server(herald_engine *eng, int port, int *err);
+
+/* The bus, created on first use with the configured capacity. */
+herald_bus *herald__engine_bus(herald_engine *eng);
 
 /* The engine that owns L (stored in the registry at start-up). */
 herald_engine *herald_engine_from_lua(lua_State *L);

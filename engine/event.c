@@ -6,7 +6,9 @@
 #include "buf.h"
 #include "common.h"
 
+#include <lauxlib.h>
 #include <lua.h>
+#include <stdio.h>
 #include <string.h>
 
 static void (*release_hook)(herald_event *ev);

@@ -7,6 +7,7 @@
 #include "common.h"
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 

@@ -34,4 +34,8 @@ int herald_lua_pcall(lua_State *L, int nargs, int nresults, const herald_logger 
  * stack: -> core table */
 int herald_lua_open_core(lua_State *L);
 
+/* Add core.regex_* (regex.c) and core.sandbox_* (sandbox.c). stack: core -> core */
+void herald__lua_open_regex(lua_State *L);
+void herald__lua_open_sandbox(lua_State *L);
+
 #endif

@@ -1,0 +1,251 @@
+/*
+ * core.c: herald.core, the small typed C surface the Lua stdlib drives: files, YAML, engine
+ * configuration, creating sources/triggers/subscriptions, firing, metrics and logging.
+ * Only trusted code (the stdlib and generated sensors) can reach it: sandboxed user scripts
+ * get none of this (sandbox.c).
+ */
+#include "common.h"
+#include "engine.h"
+#include "lua_host.h"
+#include "metrics.h"
+#include "runtime.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int herald__lua_yaml_load(lua_State *L); /* yaml.c */
+
+/* core.read_file(path) -> text | nil, err */
+static int l_read_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t len;
+  int err;
+  char *text = herald_read_file(path, &len, &err);
+  if (!text) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, err == HERALD_ENOTFOUND ? "no such file" : strerror(errno));
+    return 2;
+  }
+  lua_pushlstring(L, text, len);
+  free(text);
+  return 1;
+}
+
+/* core.stat(path) -> "file" | "dir" | "other" | nil */
+static int l_stat(lua_State *L) {
+  struct stat st;
+  if (stat(luaL_checkstring(L, 1), &st) != 0) return 0;
+  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : "other");
+  return 1;
+}
+
+/* core.list_dir(path) -> {names...} | nil, err (without "." and "..") */
+static int l_list_dir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_newtable(L);
+  int i = 0;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    lua_pushstring(L, e->d_name);
+    lua_rawseti(L, -2, ++i);
+  }
+  closedir(d);
+  return 1;
+}
+
+/* core.configure{secrets_dir=, listen_host=, metrics_addr=, bus_capacity=, log_level=,
+ *                http_header_timeout=, http_body_timeout=, http_idle_timeout=} */
+static int l_configure(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  const char *s;
+  if ((s = herald_cfg_string(L, 1, "secrets_dir", NULL))) eng->opts.secrets_dir = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "listen_host", NULL))) eng->opts.listen_host = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "metrics_addr", NULL))) eng->opts.metrics_addr = herald_xstrdup(s);
+  double n;
+  if ((n = herald_cfg_number(L, 1, "bus_capacity", 0)) > 0) eng->opts.bus_capacity = (uint32_t)n;
+  if ((n = herald_cfg_number(L, 1, "drain_timeout", 0)) > 0) eng->opts.drain_timeout_ms = (uint64_t)n;
+  if ((n = herald_cfg_number(L, 1, "http_header_timeout", 0)) > 0) eng->http_limits.header_timeout_ms = (uint64_t)n;
+  if ((n = herald_cfg_number(L, 1, "http_body_timeout", 0)) > 0) eng->http_limits.body_timeout_ms = (uint64_t)n;
+  if ((n = herald_cfg_number(L, 1, "http_idle_timeout", 0)) > 0) eng->http_limits.keepalive_ms = (uint64_t)n;
+  if ((s = herald_cfg_string(L, 1, "log_level", NULL))) {
+    herald_log_level lvl;
+    if (herald_log_parse_level(s, &lvl) != 0) return luaL_error(L, "invalid log level %s", s);
+    herald_log_set_level(lvl);
+  }
+  return 0;
+}
+
+/* core.source_new(type, es_name, event_name, cfg) -> source (lightuserdata) | nil, err */
+static int l_source_new(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  const char *type = luaL_checkstring(L, 1);
+  const char *es = luaL_checkstring(L, 2);
+  const char *ev = luaL_checkstring(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  const herald_source_type *st = herald_source_type_find(type);
+  if (!st) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "unknown event source type %s", type);
+    return 2;
+  }
+  herald_source *src = herald_xcalloc(1, sizeof *src);
+  src->type = st;
+  src->engine = eng;
+  src->es_name = herald_xstrdup(es);
+  src->event_name = herald_xstrdup(ev);
+  size_t n = strlen(type) + strlen(es) + strlen(ev) + 16;
+  char *logname = herald_xmalloc(n);
+  snprintf(logname, n, "source:%s:%s/%s", type, es, ev);
+  src->log.name = logname;
+  src->priv = st->priv_size ? herald_xcalloc(1, st->priv_size) : NULL;
+  src->m_sent = herald_metric_get("argo_events_events_sent_total",
+                                  "How many events have been sent successfully.", HERALD_COUNTER,
+                                  "eventsource_name", es, "event_name", ev, NULL);
+  src->m_sent_failed = herald_metric_get("argo_events_events_sent_failed_total",
+                                         "How many events failed to send.", HERALD_COUNTER,
+                                         "eventsource_name", es, "event_name", ev, NULL);
+  src->m_processing_failed = herald_metric_get("argo_events_events_processing_failed_total",
+                                               "How many events failed to process.", HERALD_COUNTER,
+                                               "eventsource_name", es, "event_name", ev, NULL);
+  src->m_duration = herald_metric_get("argo_events_event_processing_duration_milliseconds",
+                                      "Summary of durations of event processing.", HERALD_SUMMARY,
+                                      "eventsource_name", es, "event_name", ev, NULL);
+  int r = st->init ? st->init(src, L, 4) : 0;
+  if (r != 0) {
+    free(src->priv), free(src->es_name), free(src->event_name), free(logname), free(src);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s/%s: %s event source failed to initialise", es, ev, type);
+    return 2;
+  }
+  herald__engine_add_source(eng, src);
+  lua_pushlightuserdata(L, src);
+  return 1;
+}
+
+/* core.trigger_new(type, sensor, name, tmpl) -> trigger (lightuserdata) | nil, err */
+static int l_trigger_new(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  const char *type = luaL_checkstring(L, 1);
+  const char *sensor = luaL_checkstring(L, 2);
+  const char *name = luaL_checkstring(L, 3);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  herald_trigger *t = herald_trigger_new(eng, L, type, sensor, name, 4);
+  if (!t) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "sensor %s: trigger %s: failed to initialise", sensor, name);
+    return 2;
+  }
+  lua_pushlightuserdata(L, t);
+  return 1;
+}
+
+/* core.subscribe(sensor, dependency, es_name, event_name, handler) -> true | nil, err */
+static int l_subscribe(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  const char *sensor = luaL_checkstring(L, 1), *dep = luaL_checkstring(L, 2);
+  const char *es = luaL_checkstring(L, 3), *ev = luaL_checkstring(L, 4);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  int r = herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5);
+  if (r < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, herald_strerror(r));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.fire(trigger, action) -> true | nil, err */
+static int l_fire(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  herald_trigger *t = lua_touserdata(L, 1);
+  luaL_argcheck(L, t != NULL, 1, "trigger expected");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  int r = herald_trigger_fire(eng, t, L, 2);
+  if (r < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, herald_strerror(r));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.start() -> true | nil, err: starts the sources and the metrics endpoint. */
+static int l_start(lua_State *L) {
+  int r = herald_engine_start(herald_engine_from_lua(L));
+  if (r < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, herald_strerror(r));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.log(level, logger, msg) */
+static int l_log(lua_State *L) {
+  herald_log_level lvl;
+  if (herald_log_parse_level(luaL_checkstring(L, 1), &lvl) != 0) lvl = HLOG_INFO;
+  herald_logger lg = {.name = luaL_checkstring(L, 2)};
+  herald_log(&lg, lvl, "%s", luaL_checkstring(L, 3));
+  return 0;
+}
+
+/* core.metric(name, help, kind, k1, v1, ...) -> metric (lightuserdata); up to 3 labels. */
+static int l_metric(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1), *help = luaL_checkstring(L, 2);
+  const char *kind = luaL_checkstring(L, 3);
+  herald_metric_kind k = strcmp(kind, "gauge") == 0     ? HERALD_GAUGE
+                         : strcmp(kind, "summary") == 0 ? HERALD_SUMMARY
+                                                        : HERALD_COUNTER;
+  const char *l[6] = {0};
+  int n = lua_gettop(L) - 3;
+  luaL_argcheck(L, n <= 6 && n % 2 == 0, 4, "up to 3 label pairs");
+  for (int i = 0; i < n; i++) l[i] = luaL_checkstring(L, 4 + i);
+  herald_metric *m = herald_metric_get(name, help, k, l[0], l[1], l[2], l[3], l[4], l[5], NULL);
+  lua_pushlightuserdata(L, m);
+  return 1;
+}
+
+/* core.metric_add(metric, v=1) */
+static int l_metric_add(lua_State *L) {
+  herald_metric *m = lua_touserdata(L, 1);
+  luaL_argcheck(L, m != NULL, 1, "metric expected");
+  herald_metric_add(m, luaL_optnumber(L, 2, 1));
+  return 0;
+}
+
+/* core.now() -> seconds since the epoch (float, ns precision where representable) */
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (double)herald_now_ns() / 1e9);
+  return 1;
+}
+
+int herald_lua_open_core(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"read_file", l_read_file},   {"stat", l_stat},
+      {"list_dir", l_list_dir},     {"yaml_load", herald__lua_yaml_load},
+      {"configure", l_configure},   {"source_new", l_source_new},
+      {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
+      {"fire", l_fire},             {"start", l_start},
+      {"log", l_log},               {"metric", l_metric},
+      {"metric_add", l_metric_add}, {"now", l_now},
+      {NULL, NULL},
+  };
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  herald__lua_open_regex(L);   /* stack: core -> core */
+  herald__lua_open_sandbox(L); /* stack: core -> core */
+  return 1;
+}

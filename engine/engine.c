@@ -1,0 +1,260 @@
+/*
+ * engine.c: the engine's lifecycle.
+ *
+ *   init: Lua state + stdlib, signals        configure (from the CLI): options, the bus
+ *   start: every source, /metrics            SIGINT/SIGTERM -> shutdown:
+ *     1. stop sources (no new events produced; connections already open may still post)
+ *     2. drain: wait until the bus is empty and no trigger action is in flight (bounded)
+ *     3. unsubscribe, close triggers, HTTP servers, bus, signals; uv_run returns; exit 0
+ */
+#include "engine.h"
+#include "common.h"
+#include "lua_host.h"
+#include "metrics.h"
+#include "runtime.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct herald_source_node {
+  herald_source *src;
+  struct herald_source_node *next;
+} source_node;
+
+typedef struct herald_trigger_node {
+  herald_trigger *t;
+  struct herald_trigger_node *next;
+} trigger_node;
+
+typedef struct herald_server_entry {
+  int port;
+  herald_http_server *srv;
+  struct herald_server_entry *next;
+} server_entry;
+
+static const herald_logger engine_log = {.name = "engine"};
+
+static void on_signal(uv_signal_t *h, int signum) {
+  herald_engine *eng = h->data;
+  herald_log(&eng->log, HLOG_INFO, "received %s, draining", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  herald_engine_shutdown(eng);
+}
+
+int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_opts *opts) {
+  memset(eng, 0, sizeof *eng);
+  eng->loop = loop;
+  eng->log = engine_log;
+  if (opts) eng->opts = *opts;
+  if (!eng->opts.secrets_dir) eng->opts.secrets_dir = "/argo-events/secrets";
+  if (!eng->opts.listen_host) eng->opts.listen_host = "127.0.0.1";
+  if (!eng->opts.metrics_addr) eng->opts.metrics_addr = "127.0.0.1:7777";
+  if (!eng->opts.drain_timeout_ms) eng->opts.drain_timeout_ms = 10000;
+  eng->http_limits = (herald_http_limits){
+      .max_header_bytes = 16384,
+      .max_headers = 100,
+      .header_timeout_ms = 10000,
+      .body_timeout_ms = 10000,
+      .keepalive_ms = 60000,
+      .max_connections = 10000,
+  };
+  eng->L = herald_lua_new(eng);
+  if (!eng->L) return HERALD_ENOMEM;
+  uv_signal_init(loop, &eng->sigint);
+  uv_signal_init(loop, &eng->sigterm);
+  eng->sigint.data = eng->sigterm.data = eng;
+  uv_signal_start(&eng->sigint, on_signal, SIGINT);
+  uv_signal_start(&eng->sigterm, on_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&eng->sigint); /* signals alone do not keep the loop alive */
+  uv_unref((uv_handle_t *)&eng->sigterm);
+  uv_timer_init(loop, &eng->drain_timer);
+  eng->drain_timer.data = eng;
+  return 0;
+}
+
+herald_bus *herald__engine_bus(herald_engine *eng) {
+  if (!eng->bus) eng->bus = herald_bus_embedded_new(eng->loop, eng->opts.bus_capacity);
+  return eng->bus;
+}
+
+void herald__engine_add_source(herald_engine *eng, herald_source *src) {
+  herald__engine_bus(eng);
+  source_node *n = herald_xmalloc(sizeof *n);
+  n->src = src;
+  n->next = eng->sources;
+  eng->sources = n;
+}
+
+void herald__engine_add_trigger(herald_engine *eng, herald_trigger *t) {
+  trigger_node *n = herald_xmalloc(sizeof *n);
+  n->t = t;
+  n->next = eng->triggers;
+  eng->triggers = n;
+}
+
+herald_http_server *herald_engine_http_server(herald_engine *eng, int port, int *err) {
+  for (server_entry *e = eng->servers; e; e = e->next)
+    if (e->port == port) return e->srv;
+  char name[32];
+  snprintf(name, sizeof name, "%d", port);
+  herald_http_server *srv = herald_http_server_listen(eng->loop, eng->opts.listen_host, port,
+                                                      &eng->http_limits, name, err);
+  if (!srv) return NULL;
+  server_entry *e = herald_xmalloc(sizeof *e);
+  e->port = port;
+  e->srv = srv;
+  e->next = eng->servers;
+  eng->servers = e;
+  return srv;
+}
+
+static void metrics_handler(herald_http_req *req) {
+  herald_buf b = HERALD_BUF_INIT;
+  herald_metrics_render(&b);
+  herald_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
+  herald_buf_free(&b);
+}
+
+static int start_metrics(herald_engine *eng) {
+  const char *addr = eng->opts.metrics_addr;
+  if (!addr || !*addr || strcmp(addr, "off") == 0) return 0;
+  const char *colon = strrchr(addr, ':');
+  if (!colon) {
+    herald_log(&eng->log, HLOG_ERROR, "--metrics-addr %s: expected HOST:PORT", addr);
+    return HERALD_EINVAL;
+  }
+  char host[256];
+  snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+  int port = atoi(colon + 1), err = 0;
+  eng->metrics_server = herald_http_server_listen(eng->loop, host, port, NULL, "metrics", &err);
+  if (!eng->metrics_server) {
+    herald_log(&eng->log, HLOG_ERROR, "metrics endpoint %s: cannot listen: %s", addr,
+               uv_strerror(err));
+    return HERALD_EIO;
+  }
+  herald_http_route r = {.path = "/metrics", .method = "GET", .handler = metrics_handler};
+  herald_http_server_add_route(eng->metrics_server, &r);
+  return 0;
+}
+
+int herald_engine_start(herald_engine *eng) {
+  herald__engine_bus(eng);
+  int r = start_metrics(eng);
+  if (r < 0) return r;
+  for (source_node *n = eng->sources; n; n = n->next) {
+    herald_source *src = n->src;
+    herald_metric_set(herald_metric_get("argo_events_event_service_running_total",
+                                        "How many configured events in the event source are actively running.",
+                                        HERALD_GAUGE, "eventsource_name", src->es_name, NULL),
+                      0);
+  }
+  for (source_node *n = eng->sources; n; n = n->next) {
+    herald_source *src = n->src;
+    r = src->type->start ? src->type->start(src) : 0;
+    if (r < 0) {
+      herald_log(&src->log, HLOG_ERROR, "failed to start: %s", herald_strerror(r));
+      return r;
+    }
+    herald_metric_add(herald_metric_get("argo_events_event_service_running_total", "", HERALD_GAUGE,
+                                        "eventsource_name", src->es_name, NULL),
+                      1);
+  }
+  herald_log(&eng->log, HLOG_INFO, "herald started");
+  return 0;
+}
+
+/* ---- shutdown ---- */
+
+static void finish_close(herald_engine *eng);
+
+static void server_closed(void *data) {
+  (void)data;
+}
+
+static void trigger_closed(herald_trigger *t) {
+  free(t->priv);
+  free(t->sensor_name);
+  free(t->name);
+  free((char *)t->log.name);
+  free(t);
+}
+
+static void bus_closed(herald_bus *bus) {
+  (void)bus;
+}
+
+static void finish_close(herald_engine *eng) {
+  herald_runtime_unsubscribe_all(eng);
+  while (eng->triggers) {
+    trigger_node *n = eng->triggers;
+    eng->triggers = n->next;
+    if (n->t->type->close) n->t->type->close(n->t, trigger_closed);
+    else trigger_closed(n->t);
+    free(n);
+  }
+  while (eng->servers) {
+    server_entry *e = eng->servers;
+    eng->servers = e->next;
+    herald_http_server_close(e->srv, server_closed, NULL);
+    free(e);
+  }
+  if (eng->metrics_server) herald_http_server_close(eng->metrics_server, server_closed, NULL);
+  eng->metrics_server = NULL;
+  if (eng->bus) eng->bus->ops->close(eng->bus, bus_closed);
+  eng->bus = NULL;
+  uv_close((uv_handle_t *)&eng->drain_timer, NULL);
+  uv_close((uv_handle_t *)&eng->sigint, NULL);
+  uv_close((uv_handle_t *)&eng->sigterm, NULL);
+}
+
+static void drain_check(uv_timer_t *t) {
+  herald_engine *eng = t->data;
+  herald_bus_stats st = {0};
+  if (eng->bus) eng->bus->ops->stats(eng->bus, &st);
+  uint32_t inflight = herald_runtime_inflight(eng);
+  uint64_t waited = uv_now(eng->loop) - eng->drain_start_ms;
+  if ((st.in_bus == 0 && inflight == 0) || waited >= eng->opts.drain_timeout_ms) {
+    if (st.in_bus || inflight)
+      herald_log(&eng->log, HLOG_WARN, "drain timed out with %llu events on the bus and %u actions in flight",
+                 (unsigned long long)st.in_bus, inflight);
+    uv_timer_stop(t);
+    finish_close(eng);
+  }
+}
+
+static uint32_t sources_stopping;
+
+static void source_stopped(herald_source *src) {
+  herald_engine *eng = src->engine;
+  (void)eng;
+  sources_stopping--;
+}
+
+void herald_engine_shutdown(herald_engine *eng) {
+  if (eng->draining) return;
+  eng->draining = 1;
+  eng->drain_start_ms = uv_now(eng->loop);
+  for (source_node *n = eng->sources; n; n = n->next) {
+    if (n->src->type->stop) {
+      sources_stopping++;
+      n->src->type->stop(n->src, source_stopped);
+    }
+  }
+  uv_timer_start(&eng->drain_timer, drain_check, 0, 5);
+}
+
+void herald_engine_free(herald_engine *eng) {
+  while (eng->sources) {
+    source_node *n = eng->sources;
+    eng->sources = n->next;
+    free(n->src->priv);
+    free(n->src->es_name);
+    free(n->src->event_name);
+    free((char *)n->src->log.name);
+    free(n->src);
+    free(n);
+  }
+  if (eng->L) lua_close(eng->L);
+  eng->L = NULL;
+  herald_metrics_free();
+}

@@ -1,0 +1,106 @@
+/*
+ * metrics.c: the metric registry and its Prometheus text rendering.
+ *
+ * Families keep creation order (stable output). Series are created at start-up (Argo
+ * initialises its counters to 0 per source/event and sensor/trigger, so dashboards see them
+ * before the first event) and updated with plain adds on the loop thread.
+ */
+#include "metrics.h"
+#include "common.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+typedef struct herald_metric_family {
+  char *name, *help;
+  herald_metric_kind kind;
+  herald_metric *series, *last;
+  struct herald_metric_family *next;
+} family;
+
+static family *families, *families_tail;
+
+static family *family_get(const char *name, const char *help, herald_metric_kind kind) {
+  for (family *f = families; f; f = f->next)
+    if (strcmp(f->name, name) == 0) return f;
+  family *f = herald_xcalloc(1, sizeof *f);
+  f->name = herald_xstrdup(name);
+  f->help = herald_xstrdup(help ? help : "");
+  f->kind = kind;
+  if (families_tail) families_tail->next = f;
+  else families = f;
+  families_tail = f;
+  return f;
+}
+
+herald_metric *herald_metric_get(const char *name, const char *help, herald_metric_kind kind, ...) {
+  family *f = family_get(name, help, kind);
+  herald_buf labels = HERALD_BUF_INIT;
+  va_list ap;
+  va_start(ap, kind);
+  for (const char *k; (k = va_arg(ap, const char *)) != NULL;) {
+    const char *v = va_arg(ap, const char *);
+    if (labels.len) herald_buf_putc(&labels, ',');
+    herald_buf_printf(&labels, "%s=\"", k);
+    for (const char *p = v; *p; p++) { /* Prometheus label escaping */
+      if (*p == '\\' || *p == '"') herald_buf_putc(&labels, '\\'), herald_buf_putc(&labels, *p);
+      else if (*p == '\n') herald_buf_puts(&labels, "\\n");
+      else herald_buf_putc(&labels, *p);
+    }
+    herald_buf_putc(&labels, '"');
+  }
+  va_end(ap);
+  const char *ls = labels.len ? labels.data : "";
+  for (herald_metric *m = f->series; m; m = m->next) {
+    if (strcmp(m->labels, ls) == 0) {
+      herald_buf_free(&labels);
+      return m;
+    }
+  }
+  herald_metric *m = herald_xcalloc(1, sizeof *m);
+  m->family = f;
+  m->labels = herald_xstrdup(ls);
+  herald_buf_free(&labels);
+  if (f->last) f->last->next = m;
+  else f->series = m;
+  f->last = m;
+  return m;
+}
+
+static void sample(herald_buf *b, const char *name, const char *suffix, const char *labels,
+                   double v) {
+  if (*labels) herald_buf_printf(b, "%s%s{%s} %.17g\n", name, suffix, labels, v);
+  else herald_buf_printf(b, "%s%s %.17g\n", name, suffix, v);
+}
+
+void herald_metrics_render(herald_buf *b) {
+  static const char *const kinds[] = {"counter", "gauge", "summary"};
+  for (family *f = families; f; f = f->next) {
+    herald_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, kinds[f->kind]);
+    for (herald_metric *m = f->series; m; m = m->next) {
+      if (f->kind == HERALD_SUMMARY) {
+        sample(b, f->name, "_sum", m->labels, m->value);
+        sample(b, f->name, "_count", m->labels, m->count);
+      } else {
+        sample(b, f->name, "", m->labels, m->value);
+      }
+    }
+  }
+}
+
+void herald_metrics_free(void) {
+  while (families) {
+    family *f = families;
+    families = f->next;
+    while (f->series) {
+      herald_metric *m = f->series;
+      f->series = m->next;
+      free(m->labels);
+      free(m);
+    }
+    free(f->name);
+    free(f->help);
+    free(f);
+  }
+  families_tail = NULL;
+}

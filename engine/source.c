@@ -1,0 +1,114 @@
+/*
+ * source.c: what every event source shares: turning data into a published CloudEvent (with
+ * Argo's EventSource metrics), secrets from the mounted-secrets directory, config readers,
+ * and the registry lookups.
+ *
+ *   source plugin --herald_source_emit(json)--> CloudEvent --bus publish--> cb(status)
+ *                                                   '-> events_sent_total / _failed_total
+ */
+#include "common.h"
+#include "engine.h"
+#include "metrics.h"
+#include "plugin.h"
+
+#include <lauxlib.h>
+#include <string.h>
+
+typedef struct emit_ctx {
+  herald_source *src;
+  herald_bus_publish_cb cb;
+  void *cbdata;
+  uint64_t start_ns;
+} emit_ctx;
+
+static void emit_done(void *data, int status) {
+  emit_ctx *c = data;
+  herald_source *src = c->src;
+  if (status == 0) {
+    herald_metric_inc(src->m_sent);
+  } else {
+    herald_metric_inc(src->m_sent_failed);
+    herald_metric_inc(src->m_processing_failed);
+  }
+  herald_metric_observe(src->m_duration, (double)(herald_mono_ns() - c->start_ns) / 1e6);
+  herald_bus_publish_cb cb = c->cb;
+  void *cbdata = c->cbdata;
+  free(c);
+  if (cb) cb(cbdata, status);
+}
+
+int herald_source_emit(herald_source *src, const char *json, size_t len, herald_bus_publish_cb cb,
+                       void *cbdata) {
+  emit_ctx *c = malloc(sizeof *c);
+  if (!c) return HERALD_ENOMEM;
+  herald_event *ev = herald_event_new(src->es_name, src->event_name, src->type->event_type, json, len);
+  if (!ev) {
+    free(c);
+    return HERALD_ENOMEM;
+  }
+  c->src = src;
+  c->cb = cb;
+  c->cbdata = cbdata;
+  c->start_ns = ev->received_mono_ns;
+  int r = herald_bus_publish(src->engine->bus, ev, emit_done, c);
+  herald_event_unref(ev); /* the bus holds its own reference */
+  if (r < 0) {
+    free(c);
+    herald_metric_inc(src->m_sent_failed);
+    herald_metric_inc(src->m_processing_failed);
+    herald_log_limited(&src->log, HLOG_WARN, "event not published: %s", herald_strerror(r));
+  }
+  return r;
+}
+
+char *herald_secret_read(herald_engine *eng, const char *name, const char *key, int *err) {
+  if (!name || !key || !*name || !*key || strchr(name, '/') || strchr(key, '/') ||
+      strcmp(name, "..") == 0 || strcmp(key, "..") == 0) {
+    *err = HERALD_EINVAL;
+    return NULL;
+  }
+  size_t n = strlen(eng->opts.secrets_dir) + strlen(name) + strlen(key) + 3;
+  char *path = herald_xmalloc(n);
+  snprintf(path, n, "%s/%s/%s", eng->opts.secrets_dir, name, key);
+  size_t len = 0;
+  char *v = herald_read_file(path, &len, err);
+  free(path);
+  if (v && len > 0 && v[len - 1] == '\n') v[--len] = '\0';
+  if (v && len > 0 && v[len - 1] == '\r') v[--len] = '\0';
+  return v;
+}
+
+const herald_source_type *herald_source_type_find(const char *name) {
+  for (const herald_source_type *const *t = herald_source_types; *t; t++)
+    if (strcmp((*t)->name, name) == 0) return *t;
+  return NULL;
+}
+
+const herald_trigger_type *herald_trigger_type_find(const char *name) {
+  for (const herald_trigger_type *const *t = herald_trigger_types; *t; t++)
+    if (strcmp((*t)->name, name) == 0) return *t;
+  return NULL;
+}
+
+const char *herald_cfg_string(lua_State *L, int idx, const char *field, const char *dflt) {
+  lua_getfield(L, idx, field);
+  const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : dflt;
+  lua_pop(L, 1); /* the string stays alive: it is still referenced by the config table */
+  return s;
+}
+
+double herald_cfg_number(lua_State *L, int idx, const char *field, double dflt) {
+  lua_getfield(L, idx, field);
+  double v = dflt;
+  if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tonumber(L, -1);
+  else if (lua_type(L, -1) == LUA_TSTRING && lua_isnumber(L, -1)) v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+int herald_cfg_bool(lua_State *L, int idx, const char *field, int dflt) {
+  lua_getfield(L, idx, field);
+  int v = lua_type(L, -1) == LUA_TBOOLEAN ? lua_toboolean(L, -1) : dflt;
+  lua_pop(L, 1);
+  return v;
+}

@@ -1,0 +1,33 @@
+/*
+ * yaml.h: YAML text -> plain Lua tables plus a side table of source positions.
+ *
+ * Used by the spec loader (scripts/stdlib/herald/loader.lua) through herald.core.yaml_load.
+ * See yaml.c for the typing rules (YAML 1.2 core schema, as Kubernetes manifests use it).
+ */
+#ifndef HERALD_YAML_H
+#define HERALD_YAML_H
+
+#include <lua.h>
+
+/* Most nodes that aliases may expand to in one call (defeats "billion laughs"). */
+#define HERALD_YAML_MAX_ALIAS_NODES 100000
+/* Deepest nesting of mappings/sequences accepted (bounds the C recursion). */
+#define HERALD_YAML_MAX_DEPTH 200
+
+/* Lua: yaml_load(text, filename) -> docs, pos | nil, "file:line:col: message"
+ *
+ * docs: array of the non-empty documents in text, each a table, string, number or boolean.
+ * pos:  side table keyed by every table in docs (weak keys not needed: it dies with docs):
+ *         mapping  -> {line=, col=, keys = {[key] = {line=, col=, vline=, vcol=, text=?}},
+ *                      order = {key1, key2, ...}}          (keys in source order)
+ *         sequence -> {line=, col=, items = {[i] = {line=, col=, text=?}}, n = <item count>}
+ *       `text` is the original text of a plain scalar that was typed as a number or boolean
+ *       (so "port: 08080" can be turned back into "08080"). Null values are absent from the
+ *       data table but keep their keys[key] entry; a null inside a sequence is stored as
+ *       lightuserdata NULL (== cjson.null) so arrays have no holes.
+ *       pos.documents[i] = {line=, col=} is where document i's root node starts.
+ * Lines and columns are 1-based. Never raises for bad input (only for out of memory).
+ * stack: text filename -> docs pos | nil err */
+int herald__lua_yaml_load(lua_State *L);
+
+#endif
