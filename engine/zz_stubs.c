@@ -7,5 +7,3 @@ __attribute__((weak)) herald_http_server *herald_http_server_listen(uv_loop_t *l
 __attribute__((weak)) int herald_http_server_add_route(herald_http_server *srv, const herald_http_route *route) { return -2; }
 __attribute__((weak)) void herald_http_respond(herald_http_req *req, int status, const char *ct, const char *h, const char *b, size_t n) {}
 __attribute__((weak)) void herald_http_server_close(herald_http_server *srv, void (*cb)(void *), void *data) {}
-__attribute__((weak)) void herald__lua_open_regex(lua_State *L) {}
-__attribute__((weak)) void herald__lua_open_sandbox(lua_State *L) {}

@@ -1,1 +1,185 @@
-return {main = function() return 0 end}
+-- herald/main.lua: the command line. C hands over argv; this decides what to do and returns
+-- (exit_code, run_loop). `herald run` builds everything and asks C to run the loop.
+local core = require "herald.core"
+
+local _M = {}
+
+local VERSION = "0.1.0"
+
+local USAGE = [[
+usage: herald <command> [options] [PATH...]
+
+commands:
+  run PATH...        run every EventSource and Sensor found in PATH (files or folders)
+                     on the embedded bus
+  lint PATH...       validate EventSource, Sensor and EventBus files; exit 1 on any error
+  compile FILE       print the Lua a Sensor compiles to
+  version            print the version
+
+options (run):
+  --log-level L            debug | info | warn | error (default info, or env LOG_LEVEL)
+  --secrets-dir DIR        where secrets are mounted: DIR/<secret>/<key>
+                           (default /argo-events/secrets)
+  --listen-host HOST       address webhook servers bind (default 127.0.0.1)
+  --metrics-addr HOST:PORT Prometheus /metrics (default 127.0.0.1:7777; "off" disables)
+  --bus-capacity N         events the embedded bus holds at once (default 16384)
+  --drain-timeout MS       how long SIGINT/SIGTERM waits for in-flight work (default 10000)
+  --http-header-timeout MS, --http-body-timeout MS, --http-idle-timeout MS
+                           webhook connection limits (defaults 10000, 10000, 60000)
+options (lint):
+  --strict                 treat warnings as errors
+]]
+
+local VALUE_FLAGS = {
+  ["--log-level"] = "log_level", ["--secrets-dir"] = "secrets_dir", ["--listen-host"] = "listen_host",
+  ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity",
+  ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
+  ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
+}
+local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
+  http_body_timeout = true, http_idle_timeout = true }
+local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help" }
+
+local function eprint(...)
+  io.stderr:write(table.concat({ ... }, ""), "\n")
+end
+
+--- Parses argv into (command, paths, opts) or nil, err.
+local function parse(argv)
+  local cmd = argv[1]
+  local paths, opts = {}, {}
+  local i = 2
+  while i <= #argv do
+    local a = argv[i]
+    local key = a:match("^(%-%-[%w-]+)=")
+    local inline = key and a:sub(#key + 2)
+    key = key or a
+    if VALUE_FLAGS[key] then
+      local v = inline
+      if not v then
+        i = i + 1
+        v = argv[i]
+      end
+      if not v then return nil, a .. ": missing value" end
+      local name = VALUE_FLAGS[key]
+      if NUMBER_OPTS[name] then
+        local n = tonumber(v)
+        if not n or n < 0 then return nil, a .. ": expected a non-negative number, got " .. v end
+        v = n
+      end
+      opts[name] = v
+    elseif BOOL_FLAGS[a] then
+      opts[BOOL_FLAGS[a]] = true
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
+      return nil, "unknown option " .. a
+    else
+      paths[#paths + 1] = a
+    end
+    i = i + 1
+  end
+  return cmd, paths, opts
+end
+
+local function load(paths)
+  local loader = require "herald.loader"
+  return loader.load(paths)
+end
+
+local function cmd_lint(paths, opts)
+  if #paths == 0 then
+    eprint("herald lint: no PATH given")
+    return 2
+  end
+  local result = load(paths)
+  for _, e in ipairs(result.errors) do eprint(e) end
+  for _, w in ipairs(result.warnings) do eprint(w) end
+  local nerr = #result.errors + (opts.strict and #result.warnings or 0)
+  if nerr > 0 then return 1 end
+  io.stdout:write(("%d object(s) valid\n"):format(#result.objects))
+  return 0
+end
+
+local function cmd_compile(paths)
+  if #paths ~= 1 then
+    eprint("herald compile: expected one Sensor file")
+    return 2
+  end
+  local result = load(paths)
+  for _, e in ipairs(result.errors) do eprint(e) end
+  if #result.errors > 0 then return 1 end
+  local compiler = require "herald.sensor"
+  local n = 0
+  for _, obj in ipairs(result.objects) do
+    if obj.kind == "Sensor" then
+      local compiled, err = compiler.compile(obj)
+      if not compiled then
+        eprint(err)
+        return 1
+      end
+      io.stdout:write(compiled.source, "\n")
+      n = n + 1
+    end
+  end
+  if n == 0 then
+    eprint("herald compile: no Sensor in ", paths[1])
+    return 1
+  end
+  return 0
+end
+
+local function cmd_run(paths, opts)
+  if #paths == 0 then
+    eprint("herald run: no PATH given (try: herald run examples/quickstart/)")
+    return 2
+  end
+  opts.log_level = opts.log_level or os.getenv("LOG_LEVEL")
+  core.configure(opts)
+  local result = load(paths)
+  for _, e in ipairs(result.errors) do eprint(e) end
+  for _, w in ipairs(result.warnings) do core.log("warn", "herald", w) end
+  if #result.errors > 0 then
+    eprint(("herald run: %d error(s); nothing started"):format(#result.errors))
+    return 1
+  end
+  local engine = require "herald.engine"
+  local ok, err = engine.build(result.objects)
+  if not ok then
+    eprint(err)
+    eprint("herald run: nothing started")
+    return 1
+  end
+  local started, serr = core.start()
+  if not started then
+    eprint("herald run: failed to start: ", serr)
+    return 1
+  end
+  return 0, true
+end
+
+--- Entry point: returns exit_code, run_loop.
+function _M.main(argv)
+  if #argv == 0 then
+    io.stderr:write(USAGE)
+    return 2
+  end
+  local cmd, paths, opts = parse(argv)
+  if not cmd then
+    eprint("herald: ", paths)
+    return 2
+  end
+  if cmd == "help" or cmd == "--help" or cmd == "-h" or opts.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  if cmd == "run" then return cmd_run(paths, opts) end
+  if cmd == "lint" then return cmd_lint(paths, opts) end
+  if cmd == "compile" then return cmd_compile(paths) end
+  if cmd == "version" or cmd == "--version" then
+    io.stdout:write("herald ", VERSION, "\n")
+    return 0
+  end
+  eprint("herald: unknown command ", cmd, "\n", USAGE)
+  return 2
+end
+
+return _M

@@ -1,0 +1,126 @@
+-- herald/engine.lua: turns validated objects into running parts.
+--
+--   EventSource -> one source instance per (type, event name): core.source_new
+--   Sensor      -> compiled (herald/sensor.lua); one trigger instance per trigger
+--                  (core.trigger_new); one bus subscription per dependency (core.subscribe)
+--                  whose handler runs the filter, keeps the latest event per dependency for
+--                  each trigger that listens to it, and fires when the condition holds.
+local core = require "herald.core"
+local compiler = require "herald.sensor"
+
+local _M = {}
+
+-- Source types this build runs; the schema rejects the others before we get here.
+local SOURCE_TYPES = { "webhook", "calendar" }
+
+local function locate_with(obj)
+  local ok, loader = pcall(require, "herald.loader")
+  if ok and loader.position then
+    return function(tbl, key)
+      local line, col = loader.position(obj.pos, tbl, key)
+      return line, col
+    end
+  end
+  return function() return 0, 0 end
+end
+
+local function build_eventsource(obj)
+  local spec = obj.doc.spec
+  for _, typ in ipairs(SOURCE_TYPES) do
+    local events = spec[typ]
+    if events then
+      local names = {}
+      for name in pairs(events) do names[#names + 1] = name end
+      table.sort(names)
+      for _, name in ipairs(names) do
+        local src, err = core.source_new(typ, obj.name, name, events[name])
+        if not src then return nil, ("%s: EventSource %s: %s"):format(obj.file, obj.name, err) end
+      end
+    end
+  end
+  return true
+end
+
+--- Builds the per-dependency handler: filter, then for each listening trigger update the
+--- latest-wins state and fire when its condition holds (then clear that trigger's state).
+local function make_handler(sensor, dep, listeners, filtered_metric)
+  local filter = dep.filter
+  local fire, log = core.fire, core.log
+  local logger = "sensor:" .. sensor.name
+  return function(event)
+    if filter then
+      local ok, pass, why = pcall(filter, event)
+      if not ok then
+        log("warn", logger, ("dependency %s: filter error (event %s): %s"):format(dep.name, event.context.id, tostring(pass)))
+        core.metric_add(filtered_metric)
+        return
+      end
+      if not pass then
+        log("debug", logger, ("dependency %s: event %s discarded: %s"):format(dep.name, event.context.id, tostring(why)))
+        core.metric_add(filtered_metric)
+        return
+      end
+    end
+    for i = 1, #listeners do
+      local trig = listeners[i]
+      local state = trig.state
+      state[dep.name] = event
+      if trig.condition(state) then
+        trig.state = {}
+        local action, err = trig.action(state)
+        if not action then
+          log("error", logger .. "/trigger:" .. trig.name, "cannot build the action: " .. tostring(err))
+          core.metric_add(trig.failed_metric)
+        else
+          local fired, ferr = fire(trig.handle, action)
+          if not fired then
+            log("error", logger .. "/trigger:" .. trig.name, "cannot execute: " .. tostring(ferr))
+          end
+        end
+      end
+    end
+  end
+end
+
+local function build_sensor(obj)
+  local sensor, err = compiler.load(obj, { locate = locate_with(obj) })
+  if not sensor then return nil, err end
+  local listeners = {}
+  for _, trig in ipairs(sensor.triggers) do
+    local handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config)
+    if not handle then return nil, ("%s: %s"):format(obj.file, terr) end
+    trig.handle = handle
+    trig.state = {}
+    trig.failed_metric = core.metric("argo_events_action_failed_total", "How many actions failed.",
+      "counter", "sensor_name", sensor.name, "trigger_name", trig.name)
+    for _, d in ipairs(trig.dependencies) do
+      listeners[d] = listeners[d] or {}
+      table.insert(listeners[d], trig)
+    end
+  end
+  for _, dep in ipairs(sensor.dependencies) do
+    local filtered = core.metric("herald_events_filtered_total",
+      "Events a dependency's filters discarded (or that failed filter evaluation).",
+      "counter", "sensor_name", sensor.name, "dependency_name", dep.name)
+    local ok, serr = core.subscribe(sensor.name, dep.name, dep.eventSourceName, dep.eventName,
+      make_handler(sensor, dep, listeners[dep.name] or {}, filtered))
+    if not ok then return nil, ("%s: sensor %s: %s"):format(obj.file, sensor.name, serr) end
+  end
+  return true
+end
+
+--- Builds every object; returns true or nil, err (nothing is started yet either way).
+function _M.build(objects)
+  for _, obj in ipairs(objects) do
+    local ok, err = true, nil
+    if obj.kind == "EventSource" then
+      ok, err = build_eventsource(obj)
+    elseif obj.kind == "Sensor" then
+      ok, err = build_sensor(obj)
+    end
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+return _M
