@@ -14,7 +14,7 @@ for i, path in ipairs(files) do
   f:close()
   local fn, err = loadstring(src, "@" .. rel)
   if not fn then io.stderr:write(err, "\n") os.exit(1) end
-  local bc = string.dump(fn, true)
+  local bc = string.dump(fn) -- keep line info for tracebacks
   local bytes = {}
   for j = 1, #bc do bytes[#bytes + 1] = tostring(bc:byte(j)) end
   parts[#parts + 1] = ("static const unsigned char m%d[] = {%s};\n"):format(i, table.concat(bytes, ","))

@@ -74,6 +74,13 @@ lua_State *herald_lua_new(herald_engine *eng) {
   if (!L) return NULL;
   luaL_openlibs(L); /* trusted state: Herald's own and generated code only (see lua_host.h) */
   herald_lua_preload_stdlib(L);
+  /* Modules come from the binary only: never from files near the working directory. */
+  lua_getglobal(L, "package");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "path");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "cpath");
+  lua_pop(L, 1);
   lua_pushlightuserdata(L, eng);
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.engine");
   return L;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Herald needs to build, test and benchmark; does nothing when
+# they are all present. Run as root (or with sudo).
+set -euo pipefail
+
+BUILD=(build-essential cmake pkg-config luajit libluajit-5.1-dev libuv1-dev libyaml-dev
+       lua-cjson-dev libcurl4-openssl-dev libhttp-parser-dev libpcre2-dev tzdata)
+TEST=(lua-busted lua-socket lua-posix curl)
+BENCH=(wrk)
+
+want=("${BUILD[@]}")
+case "${1:-build}" in
+  test) want+=("${TEST[@]}") ;;
+  bench) want+=("${TEST[@]}" "${BENCH[@]}") ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
