@@ -26,6 +26,7 @@ C1=$(cpu)
 # let in-flight events reach the trigger, then stop cleanly (drains the bus)
 sleep 0.5
 RSS=$(awk '/VmHWM/ {print $2 $3}' /proc/$PID/status)
+ACCEPTED=$(curl -s http://127.0.0.1:$MPORT/metrics | awk '/^argo_events_events_sent_total/ {print $2}')
 kill -TERM $PID
 wait $PID || true
 trap 'rm -rf "$OUT"' EXIT
@@ -40,6 +41,6 @@ P99=$(awk '$1=="99%" {print $2}' "$OUT/wrk.txt")
 CPU_S=$(awk -v a="$C0" -v b="$C1" -v t="$TICK" 'BEGIN {printf "%.2f", (b - a) / t}')
 CPU_PER_M=$(awk -v c="$CPU_S" -v n="$OK" 'BEGIN {printf "%.1f", (n > 0 ? c / n * 1e6 : 0)}')
 echo "duration=${DUR}s connections=$CONN wrk_threads=$THREADS body=152B"
-echo "requests=$REQS ok_200=$OK non_2xx=$NON2XX triggered=$TRIGGERED lost=$((OK - TRIGGERED))"
+echo "requests=$REQS ok_200=$OK non_2xx=$NON2XX accepted=$ACCEPTED triggered=$TRIGGERED lost=$((ACCEPTED - TRIGGERED))"
 echo "events_per_s=$RPS p50=$P50 p99=$P99 cpu_s=$CPU_S cpu_s_per_million=$CPU_PER_M max_rss=$RSS"
 grep -E 'Socket errors' "$OUT/wrk.txt" || true

@@ -68,18 +68,36 @@ uint64_t herald_mono_ns(void) {
   return uv_hrtime();
 }
 
+/* Called for every event and log line: the date part is cached per second and the digits are
+ * written by hand (snprintf showed up in profiles at 50k events/s). */
 size_t herald_format_rfc3339(int64_t t, char *buf, size_t len) {
+  static time_t cached_secs = -1;
+  static char cached[32]; /* "2026-11-25T21:05:26." */
   time_t secs = (time_t)(t / 1000000000);
   long nanos = (long)(t % 1000000000);
   if (nanos < 0) {
     nanos += 1000000000;
     secs -= 1;
   }
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  int n = snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900,
-                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, nanos);
-  return n < 0 ? 0 : (size_t)n;
+  if (len < 31) {
+    if (len) buf[0] = '\0';
+    return 0;
+  }
+  if (secs != cached_secs) {
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    cached_secs = secs;
+  }
+  memcpy(buf, cached, 20);
+  for (int i = 28; i >= 20; i--) {
+    buf[i] = (char)('0' + nanos % 10);
+    nanos /= 10;
+  }
+  buf[29] = 'Z';
+  buf[30] = '\0';
+  return 30;
 }
 
 /* A per-process buffer of random bytes refilled from getrandom(): ids are minted at tens of

@@ -58,7 +58,9 @@ static void put_field(herald_buf *b, lua_State *L, int idx, const char *k, int f
   size_t n;
   const char *s = lua_tolstring(L, -1, &n);
   if (!first) herald_buf_putc(b, ',');
-  herald_buf_printf(b, "\"%s\":", k);
+  herald_buf_putc(b, '"');
+  herald_buf_puts(b, k);
+  herald_buf_puts(b, "\":");
   herald_buf_json_string(b, s ? s : "", s ? n : 0);
   lua_pop(L, 1);
 }
@@ -100,8 +102,10 @@ static int log_execute(herald_trigger *t, herald_trigger_req *req, lua_State *L,
     lt->last_ns = now;
   }
   char ts[40];
-  herald_format_rfc3339(herald_now_ns(), ts, sizeof ts);
-  herald_buf_printf(&out, "{\"ts\":\"%s\",\"level\":\"info\",\"logger\":", ts);
+  size_t tslen = herald_format_rfc3339(herald_now_ns(), ts, sizeof ts);
+  herald_buf_puts(&out, "{\"ts\":\"");
+  herald_buf_append(&out, ts, tslen);
+  herald_buf_puts(&out, "\",\"level\":\"info\",\"logger\":");
   herald_buf_json_string(&out, t->log.name, strlen(t->log.name));
   herald_buf_puts(&out, ",\"msg\":\"triggered\",\"sensorName\":");
   herald_buf_json_string(&out, t->sensor_name, strlen(t->sensor_name));
