@@ -72,7 +72,7 @@ uint64_t herald_mono_ns(void) {
  * written by hand (snprintf showed up in profiles at 50k events/s). */
 size_t herald_format_rfc3339(int64_t t, char *buf, size_t len) {
   static time_t cached_secs = -1;
-  static char cached[32]; /* "2026-11-25T21:05:26." */
+  static char cached[64]; /* "2026-11-25T21:05:26." */
   time_t secs = (time_t)(t / 1000000000);
   long nanos = (long)(t % 1000000000);
   if (nanos < 0) {

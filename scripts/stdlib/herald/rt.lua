@@ -236,12 +236,13 @@ function _M.script(sensor_name, source, chunkname)
   return sb:compile(source, chunkname)
 end
 
---- Runs a compiled script filter on the event. Returns true/false, and a reason when it did
---- not pass (including errors: an erroring script fails the filter, as in Argo).
+--- Runs a compiled script filter on the event's data. Returns true/false, and a reason when
+--- it did not pass. A script that raises (or hits its CPU or memory limit) raises here too:
+--- the dependency's whole filter then fails, as a script error always does in Argo.
 function _M.run_script(sensor_name, id, event)
   local sb = sandboxes[sensor_name]
   local ok, res = sb:filter(id, event.raw)
-  if ok == nil then return false, res end
+  if ok == nil then error("script filter: " .. tostring(res), 0) end
   return res == true, res ~= true and "script did not return true" or nil
 end
 
