@@ -222,6 +222,11 @@ static int l_sandbox_compile(lua_State *L) {
     lua_pushfstring(L, "script is %d bytes; the limit is %d", (int)len, MAX_SOURCE);
     return 2;
   }
+  if (len > 0 && src[0] == LUA_SIGNATURE[0]) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "bytecode is not accepted: a script must be Lua source text");
+    return 2;
+  }
   /* stack(S): -> fn -> (stored) */
   if (luaL_loadbufferx(S, src, len, name, "t") != 0) {
     lua_pushnil(L);
