@@ -20,6 +20,22 @@ typedef struct herald_metric_family {
 
 static family *families, *families_tail;
 
+/* Series are looked up by name + labels when instances are created: a hash keeps creating
+ * thousands of sensors linear. */
+#define SERIES_BUCKETS 4096
+static struct bucket {
+  herald_metric *m;
+  struct bucket *next;
+} *series_index[SERIES_BUCKETS];
+
+static uint32_t series_hash(const char *name, const char *labels) {
+  uint32_t h = 2166136261u;
+  for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  h = (h ^ '{') * 16777619u;
+  for (const char *p = labels; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  return h % SERIES_BUCKETS;
+}
+
 static family *family_get(const char *name, const char *help, herald_metric_kind kind) {
   for (family *f = families; f; f = f->next)
     if (strcmp(f->name, name) == 0) return f;
@@ -51,13 +67,18 @@ herald_metric *herald_metric_get(const char *name, const char *help, herald_metr
   }
   va_end(ap);
   const char *ls = labels.len ? labels.data : "";
-  for (herald_metric *m = f->series; m; m = m->next) {
-    if (strcmp(m->labels, ls) == 0) {
+  uint32_t h = series_hash(name, ls);
+  for (struct bucket *b = series_index[h]; b; b = b->next) {
+    if (b->m->family == f && strcmp(b->m->labels, ls) == 0) {
       herald_buf_free(&labels);
-      return m;
+      return b->m;
     }
   }
   herald_metric *m = herald_xcalloc(1, sizeof *m);
+  struct bucket *b = herald_xmalloc(sizeof *b);
+  b->m = m;
+  b->next = series_index[h];
+  series_index[h] = b;
   m->family = f;
   m->labels = herald_xstrdup(ls);
   herald_buf_free(&labels);
@@ -89,6 +110,13 @@ void herald_metrics_render(herald_buf *b) {
 }
 
 void herald_metrics_free(void) {
+  for (int i = 0; i < SERIES_BUCKETS; i++) {
+    while (series_index[i]) {
+      struct bucket *b = series_index[i];
+      series_index[i] = b->next;
+      free(b);
+    }
+  }
   while (families) {
     family *f = families;
     families = f->next;

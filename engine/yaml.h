@@ -9,6 +9,14 @@
 
 #include <lua.h>
 
+/* This header shares its name with libyaml's <yaml.h>, and -I engine makes <yaml.h> resolve
+ * here first. yaml.c defines HERALD_YAML_WANT_LIBYAML and includes <yaml.h> (angle brackets,
+ * so the search continues after engine/): libyaml's header then comes from the next include
+ * directory. Other files include "yaml.h" and get only the declaration below. */
+#if defined(HERALD_YAML_WANT_LIBYAML) && !defined(YAML_H)
+#include_next <yaml.h>
+#endif
+
 /* Most nodes that aliases may expand to in one call (defeats "billion laughs"). */
 #define HERALD_YAML_MAX_ALIAS_NODES 100000
 /* Deepest nesting of mappings/sequences accepted (bounds the C recursion). */

@@ -134,20 +134,29 @@ local function cmd_run(paths, opts)
   end
   opts.log_level = opts.log_level or os.getenv("LOG_LEVEL")
   core.configure(opts)
+  local t0 = core.now()
   local result = load(paths)
+  local t1 = core.now()
   for _, e in ipairs(result.errors) do eprint(e) end
   for _, w in ipairs(result.warnings) do core.log("warn", "herald", w) end
+  for _, n in ipairs(result.notes or {}) do core.log("debug", "herald", n) end
   if #result.errors > 0 then
     eprint(("herald run: %d error(s); nothing started"):format(#result.errors))
     return 1
   end
   local engine = require "herald.engine"
   local ok, err = engine.build(result.objects)
+  core.log("debug", "herald", ("loaded %d object(s) in %.1f ms, built them in %.1f ms"):format(
+    #result.objects, (t1 - t0) * 1e3, (core.now() - t1) * 1e3))
   if not ok then
     eprint(err)
     eprint("herald run: nothing started")
     return 1
   end
+  core.log("debug", "herald", ("Lua heap before collect: %d KB"):format(collectgarbage("count")))
+  result = nil
+  collectgarbage() -- the specs, positions and generated sources are garbage from here on
+  core.log("debug", "herald", ("Lua heap after start-up: %d KB"):format(collectgarbage("count")))
   local started, serr = core.start()
   if not started then
     eprint("herald run: failed to start: ", serr)

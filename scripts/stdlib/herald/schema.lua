@@ -1,0 +1,908 @@
+-- herald/schema.lua: a declarative schema of every Argo Events field (argoproj.io/v1alpha1
+-- EventSource, Sensor, EventBus), with what Herald supports today.
+--
+-- The loader (herald/loader.lua) walks a document against these tables. A node is a plain
+-- table:
+--   kind       "string" | "int" | "number" | "bool" | "port" | "int_or_string" | "amount" |
+--              "any" | "map" | "array" | "object"
+--              port: string of digits 1..65535 (an unquoted number is turned into its text);
+--              int_or_string: Argo's Int64OrString (nanoseconds or "1s", "3m");
+--              amount: Argo's Amount (a decimal number, written as a number or a string);
+--              any: free-form (Kubernetes types Herald passes through, e.g. affinity)
+--   of         element schema of a map (string -> of) or an array
+--   fields     {name = node} of an object; unknown names are errors
+--   required   true: the field must be present (and, for strings/arrays, non-empty)
+--   enum       allowed values (strings); Argo's own case-sensitive lists
+--   default    Argo's default (documentation; an unsupported field set to its default is
+--              accepted silently, e.g. `atLeastOnce: false`)
+--   min, max   numeric bounds; prefix: a string must start with it
+--   doc        one line for humans (and for `herald explain`)
+--   supported  true (the default when absent) | false | "reason": false or a reason makes the
+--              loader reject the field with "<path>: not supported by Herald yet (<what>)",
+--              where <what> is the reason string, else `what`, else `doc`. Fields inside an
+--              unsupported field are not visited, so flipping the one flag on the outermost
+--              unsupported field (e.g. `exprs`, `kafka`) is the only change needed to accept
+--              the whole subtree; mark inner knobs false if a feature lands partly.
+--   deployment true: a Kubernetes deployment knob (pod template, replicas ...) that means
+--              nothing when Herald runs locally; accepted and reported at debug level.
+--   exactly_one_of / at_least_one_of  (objects) lists of field names
+--   nonempty_items (arrays) every element must be a non-empty string
+--
+-- Types are shared tables; `use(T, overrides)` makes a use site with its own flags.
+
+local _M = {}
+
+local pairs = pairs
+
+local function node(kind, o)
+  o = o or {}
+  o.kind = kind
+  return o
+end
+
+local function str(o) return node("string", o) end
+local function int(o) return node("int", o) end
+local function num(o) return node("number", o) end
+local function bool(o) return node("bool", o) end
+local function any(o) return node("any", o) end
+local function int_or_string(o) return node("int_or_string", o) end
+local function amount(o) return node("amount", o) end
+local function port(o) return node("port", o) end
+
+local function object(fields, o)
+  o = o or {}
+  o.kind = "object"
+  o.fields = fields
+  return o
+end
+
+local function map(of, o)
+  o = o or {}
+  o.kind = "map"
+  o.of = of
+  return o
+end
+
+local function array(of, o)
+  o = o or {}
+  o.kind = "array"
+  o.of = of
+  return o
+end
+
+-- A use site of a shared type with its own flags (required, supported, doc ...).
+local function use(t, o)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  for k, v in pairs(o or {}) do c[k] = v end
+  return c
+end
+
+local function strmap(o) return map(str(), o) end
+local function strings(o) return array(str(), o) end
+
+local NO = false -- readability: `supported = NO`
+
+---------------------------------------------------------------------------------------------
+-- Shared Kubernetes and Argo types
+---------------------------------------------------------------------------------------------
+
+local SecretKeySelector = object({
+  name = str { required = true, doc = "name of the Secret" },
+  key = str { required = true, doc = "key in the Secret" },
+  optional = bool { doc = "do not fail when the Secret or key is missing" },
+}, { doc = "a key of a Kubernetes Secret (read from $HERALD_SECRETS_DIR/<name>/<key>)" })
+
+local ConfigMapKeySelector = object({
+  name = str { required = true, doc = "name of the ConfigMap" },
+  key = str { required = true, doc = "key in the ConfigMap" },
+  optional = bool { doc = "do not fail when the ConfigMap or key is missing" },
+}, { doc = "a key of a Kubernetes ConfigMap" })
+
+local function secret(o) return use(SecretKeySelector, o) end
+
+local TLSConfig = object({
+  caCertSecret = secret { doc = "CA certificate" },
+  clientCertSecret = secret { doc = "client certificate" },
+  clientKeySecret = secret { doc = "client key" },
+  insecureSkipVerify = bool { default = false, doc = "skip server certificate verification" },
+  enabled = bool { default = false, doc = "TLS without any certificates" },
+}, { doc = "TLS client configuration" })
+
+local BasicAuth = object({
+  username = secret { doc = "Secret holding the user name" },
+  password = secret { doc = "Secret holding the password" },
+}, { doc = "basic authentication" })
+
+local SASLConfig = object({
+  mechanism = str { enum = { "PLAIN", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI" },
+                    default = "PLAIN", doc = "SASL mechanism" },
+  userSecret = secret { doc = "Secret holding the user" },
+  passwordSecret = secret { doc = "Secret holding the password" },
+}, { doc = "SASL configuration" })
+
+local Backoff = object({
+  duration = int_or_string { doc = "initial delay: nanoseconds or a duration such as \"1s\"" },
+  factor = amount { doc = "the delay is multiplied by this each step" },
+  jitter = amount { doc = "random jitter added each step" },
+  steps = int { min = 0, doc = "give up after this many steps" },
+}, { doc = "exponential backoff" })
+
+local EventSourceFilter = object({
+  expression = str { doc = "expr-lang boolean expression over the event data" },
+}, { doc = "source-side filter" })
+
+local PodMetadata = object({
+  labels = strmap { doc = "labels" },
+  annotations = strmap { doc = "annotations" },
+}, { doc = "pod metadata" })
+
+local Container = object({
+  resources = any { doc = "corev1.ResourceRequirements" },
+  imagePullPolicy = str { enum = { "Always", "Never", "IfNotPresent" }, doc = "image pull policy" },
+  securityContext = any { doc = "corev1.SecurityContext" },
+  volumeMounts = array(any(), { doc = "corev1.VolumeMount list" }),
+  env = array(any(), { doc = "corev1.EnvVar list" }),
+  envFrom = array(any(), { doc = "corev1.EnvFromSource list" }),
+}, { doc = "main container customisation" })
+
+local ContainerTemplate = object({
+  resources = any { doc = "corev1.ResourceRequirements" },
+  imagePullPolicy = str { enum = { "Always", "Never", "IfNotPresent" }, doc = "image pull policy" },
+  securityContext = any { doc = "corev1.SecurityContext" },
+}, { doc = "container customisation" })
+
+local Template = object({
+  metadata = use(PodMetadata),
+  serviceAccountName = str { doc = "service account of the pod" },
+  container = use(Container),
+  volumes = array(any(), { doc = "corev1.Volume list" }),
+  securityContext = any { doc = "corev1.PodSecurityContext" },
+  nodeSelector = strmap { doc = "node selector" },
+  tolerations = array(any(), { doc = "corev1.Toleration list" }),
+  imagePullSecrets = array(any(), { doc = "corev1.LocalObjectReference list" }),
+  priorityClassName = str { doc = "priority class" },
+  priority = int { doc = "pod priority" },
+  affinity = any { doc = "corev1.Affinity" },
+}, { doc = "pod template of the Deployment" })
+
+local Service = object({
+  metadata = use(PodMetadata, { doc = "service metadata" }),
+  ports = array(any(), { doc = "corev1.ServicePort list" }),
+  clusterIP = str { doc = "cluster IP" },
+}, { doc = "ClusterIP Service in front of the EventSource pod" })
+
+local PersistenceStrategy = object({
+  storageClassName = str { doc = "storage class" },
+  accessMode = str { doc = "access mode such as ReadWriteOnce" },
+  volumeSize = int_or_string { doc = "volume size, e.g. 10Gi" },
+}, { doc = "persistent volume settings" })
+
+local SchemaRegistryConfig = object({
+  url = str { required = true, doc = "schema registry URL" },
+  schemaId = int { doc = "schema ID" },
+  auth = use(BasicAuth, { doc = "schema registry basic auth" }),
+}, { doc = "Avro schema registry" })
+
+local KafkaConsumerGroup = object({
+  groupName = str { required = true, doc = "consumer group name" },
+  oldest = bool { default = false, doc = "start from the oldest offset" },
+  rebalanceStrategy = str { enum = { "sticky", "roundrobin", "range" }, default = "range",
+                            doc = "rebalance strategy" },
+}, { doc = "Kafka consumer group" })
+
+local NATSAuth = object({
+  basic = use(BasicAuth),
+  token = secret { doc = "token" },
+  nkey = secret { doc = "NKey" },
+  credential = secret { doc = "credentials file" },
+}, { doc = "NATS authentication" })
+
+local WatchPathConfig = object({
+  directory = str { doc = "directory to watch (absolute)" },
+  path = str { doc = "file path relative to directory" },
+  pathRegexp = str { doc = "regexp on the file path" },
+}, { doc = "what to watch" })
+
+local S3Bucket = object({
+  key = str { doc = "object key" },
+  name = str { required = true, doc = "bucket name" },
+})
+
+local S3Filter = object({
+  prefix = str { doc = "key prefix" },
+  suffix = str { doc = "key suffix" },
+})
+
+local S3Artifact = object({
+  endpoint = str { doc = "S3 endpoint" },
+  bucket = use(S3Bucket),
+  region = str { doc = "region" },
+  insecure = bool { doc = "plain HTTP" },
+  accessKey = secret { doc = "access key" },
+  secretKey = secret { doc = "secret key" },
+  events = strings { doc = "bucket notification events" },
+  filter = use(S3Filter),
+  metadata = strmap { doc = "user metadata added to the event" },
+  caCertificate = secret { doc = "CA certificate" },
+}, { doc = "S3 bucket (MinIO)" })
+
+---------------------------------------------------------------------------------------------
+-- EventSource
+---------------------------------------------------------------------------------------------
+
+local function es_metadata() return strmap { doc = "user metadata added to the event data" } end
+local function es_filter(o) return use(EventSourceFilter, o) end
+
+-- Webhook context: every webhook-style source embeds it.
+local function webhook_context_fields()
+  return {
+    endpoint = str { required = true, prefix = "/", doc = "URL path to serve, e.g. /example" },
+    method = str { required = true, doc = "HTTP method the route accepts (exact match)" },
+    port = port { required = true, doc = "TCP port (string of digits)" },
+    url = str { doc = "public URL (used when registering hooks)" },
+    serverCertSecret = secret { supported = NO, what = "TLS listener (serverCertSecret)" },
+    serverKeySecret = secret { supported = NO, what = "TLS listener (serverKeySecret)" },
+    metadata = es_metadata(),
+    authSecret = secret { doc = "bearer token the request must carry" },
+    maxPayloadSize = int { min = 1, default = 1048576, doc = "largest accepted body in bytes" },
+    basicAuth = use(BasicAuth, { supported = NO, what = "webhook basic auth" }),
+  }
+end
+
+local WebhookContext = object(webhook_context_fields(), { doc = "HTTP endpoint settings" })
+
+local WebhookEventSource = object((function()
+  local f = webhook_context_fields()
+  f.filter = es_filter { supported = NO, what = "source-side filter expressions" }
+  return f
+end)(), { doc = "an HTTP endpoint that turns each request into an event" })
+
+local CalendarEventSource = object({
+  schedule = str { doc = "5-field cron expression" },
+  interval = str { doc = "Go duration between events, e.g. 10s" },
+  exclusionDates = strings { doc = "dates to skip (EXDATE:20060102T150405Z,...)" },
+  timezone = str { doc = "IANA time zone of the schedule" },
+  metadata = es_metadata(),
+  persistence = object({
+    catchup = object({
+      enabled = bool { doc = "replay missed ticks" },
+      maxDuration = str { doc = "how far back to replay" },
+    }),
+    configMap = object({
+      name = str { doc = "ConfigMap name" },
+      createIfNotExist = bool { doc = "create the ConfigMap" },
+    }),
+  }, { supported = NO, what = "calendar persistence and catch-up" }),
+  filter = es_filter { supported = NO, what = "source-side filter expressions" },
+}, { doc = "events on a schedule", at_least_one_of = { "schedule", "interval" } })
+
+local FileEventSource = object({
+  eventType = str { required = true, doc = "CREATE, WRITE, REMOVE, RENAME or CHMOD" },
+  watchPathConfig = use(WatchPathConfig, { required = true }),
+  polling = bool { doc = "poll instead of inotify" },
+  metadata = es_metadata(),
+  filter = es_filter(),
+})
+
+local SFTPEventSource = object({
+  eventType = str { required = true, doc = "CREATE, WRITE, REMOVE, RENAME or CHMOD" },
+  watchPathConfig = use(WatchPathConfig, { required = true }),
+  username = secret(), password = secret(), sshKeySecret = secret(), address = secret(),
+  metadata = es_metadata(),
+  filter = es_filter(),
+  pollIntervalDuration = str { default = "10s", doc = "poll interval" },
+})
+
+local Selector = object({
+  key = str { required = true }, operation = str { doc = "==, !=, in, notin, exists ..." },
+  value = str(),
+})
+
+local ResourceEventSource = object({
+  namespace = str { doc = "namespace to watch (empty: all)" },
+  filter = object({
+    prefix = str(), labels = array(use(Selector)), fields = array(use(Selector)),
+    createdBy = str { doc = "RFC 3339 time" }, afterStart = bool(),
+  }),
+  group = str(), version = str(), resource = str(),
+  eventTypes = array(str { enum = { "ADD", "UPDATE", "DELETE" } }),
+  metadata = es_metadata(),
+})
+
+local AMQPEventSource = object({
+  url = str(), exchangeName = str(), exchangeType = str(), routingKey = str(),
+  connectionBackoff = use(Backoff), jsonBody = bool(), tls = use(TLSConfig),
+  metadata = es_metadata(),
+  exchangeDeclare = object({ durable = bool(), autoDelete = bool(), internal = bool(), noWait = bool() }),
+  queueDeclare = object({ name = str(), durable = bool(), autoDelete = bool(), exclusive = bool(),
+                          noWait = bool(), arguments = str { doc = "JSON object as a string" } }),
+  queueBind = object({ noWait = bool() }),
+  consume = object({ consumerTag = str(), autoAck = bool(), exclusive = bool(), noLocal = bool(),
+                     noWait = bool() }),
+  auth = use(BasicAuth), urlSecret = secret(), filter = es_filter(),
+})
+
+local KafkaEventSource = object({
+  url = str { required = true, doc = "brokers, comma separated" },
+  partition = str(), topic = str { required = true },
+  connectionBackoff = use(Backoff), tls = use(TLSConfig), jsonBody = bool(),
+  metadata = es_metadata(), consumerGroup = use(KafkaConsumerGroup),
+  limitEventsPerSecond = int(), version = str { default = "1.0.0" }, sasl = use(SASLConfig),
+  filter = es_filter(), config = str { doc = "sarama.Config overrides (YAML)" },
+  schemaRegistry = use(SchemaRegistryConfig),
+  awsMskIamAuth = object({ region = str { required = true } }),
+})
+
+local MQTTEventSource = object({
+  url = str { required = true }, topic = str { required = true }, clientId = str(),
+  connectionBackoff = use(Backoff), jsonBody = bool(), tls = use(TLSConfig),
+  metadata = es_metadata(), filter = es_filter(), auth = use(BasicAuth),
+})
+
+local NATSEventsSource = object({
+  url = str { required = true }, subject = str { required = true },
+  connectionBackoff = use(Backoff), jsonBody = bool(), tls = use(TLSConfig),
+  metadata = es_metadata(), auth = use(NATSAuth), filter = es_filter(), queue = str(),
+})
+
+local SNSEventSource = object({
+  webhook = use(WebhookContext), topicArn = str { required = true },
+  accessKey = secret(), secretKey = secret(), region = str { required = true }, roleARN = str(),
+  metadata = es_metadata(), validateSignature = bool(), filter = es_filter(), endpoint = str(),
+})
+
+local SQSEventSource = object({
+  accessKey = secret(), secretKey = secret(), region = str { required = true },
+  queue = str { required = true }, waitTimeSeconds = int(), roleARN = str(), jsonBody = bool(),
+  queueAccountId = str(), metadata = es_metadata(), dlq = bool(), filter = es_filter(),
+  endpoint = str(), sessionToken = secret(),
+})
+
+local PubSubEventSource = object({
+  projectID = str(), topicProjectID = str(), topic = str(), subscriptionID = str(),
+  credentialSecret = secret(), deleteSubscriptionOnFinish = bool(), jsonBody = bool(),
+  metadata = es_metadata(), filter = es_filter(),
+})
+
+local GithubEventSource = object({
+  id = int { doc = "deprecated" }, webhook = use(WebhookContext), owner = str { doc = "deprecated" },
+  repository = str { doc = "deprecated" }, events = strings(), apiToken = secret(),
+  webhookSecret = secret(), insecure = bool(), active = bool(), contentType = str(),
+  githubBaseURL = str(), githubUploadURL = str(), deleteHookOnFinish = bool(),
+  metadata = es_metadata(),
+  repositories = array(object({ owner = str(), names = strings() })),
+  organizations = strings(),
+  githubApp = object({ privateKey = secret(), appID = int(), installationID = int() }),
+  filter = es_filter(),
+})
+
+local GitlabEventSource = object({
+  webhook = use(WebhookContext), projectID = str { doc = "deprecated" }, events = strings(),
+  accessToken = secret(), enableSSLVerification = bool(), gitlabBaseURL = str(),
+  deleteHookOnFinish = bool(), metadata = es_metadata(), projects = strings(),
+  secretToken = secret(), filter = es_filter(), groups = strings(),
+})
+
+local BitbucketEventSource = object({
+  deleteHookOnFinish = bool(), metadata = es_metadata(), webhook = use(WebhookContext),
+  auth = object({ basic = object({ username = secret(), password = secret() }),
+                  oauthToken = secret() }),
+  events = strings(), owner = str(), projectKey = str(), repositorySlug = str(),
+  repositories = array(object({ owner = str(), repositorySlug = str() })), filter = es_filter(),
+})
+
+local BitbucketServerEventSource = object({
+  webhook = use(WebhookContext), projectKey = str(), repositorySlug = str(), projects = strings(),
+  repositories = array(object({ projectKey = str(), repositorySlug = str() })),
+  events = strings(), skipBranchRefsChangedOnOpenPR = bool(), oneEventPerChange = bool(),
+  accessToken = secret(), webhookSecret = secret(), bitbucketserverBaseURL = str(),
+  deleteHookOnFinish = bool(), metadata = es_metadata(), filter = es_filter(),
+  tls = use(TLSConfig), checkInterval = str { default = "1m" },
+})
+
+local HDFSEventSource = object({
+  directory = str(), path = str(), pathRegexp = str(), -- WatchPathConfig, inline
+  type = str(), checkInterval = str { default = "1m" }, addresses = strings(), hdfsUser = str(),
+  krbCCacheSecret = secret(), krbKeytabSecret = secret(), krbUsername = str(), krbRealm = str(),
+  krbConfigConfigMap = use(ConfigMapKeySelector), krbServicePrincipalName = str(),
+  metadata = es_metadata(), filter = es_filter(),
+})
+
+local SlackEventSource = object({
+  signingSecret = secret(), token = secret(), webhook = use(WebhookContext),
+  metadata = es_metadata(), filter = es_filter(),
+})
+
+local StorageGridEventSource = object({
+  webhook = use(WebhookContext), events = strings(), filter = use(S3Filter), topicArn = str(),
+  bucket = str(), region = str(), authToken = secret(), apiURL = str(), metadata = es_metadata(),
+  tls = use(TLSConfig),
+})
+
+local AzureEventsHubEventSource = object({
+  fqdn = str { required = true }, sharedAccessKeyName = secret(), sharedAccessKey = secret(),
+  hubName = str { required = true }, metadata = es_metadata(), filter = es_filter(),
+})
+
+local AzureServiceBusEventSource = object({
+  connectionString = secret(), queueName = str(), topicName = str(), subscriptionName = str(),
+  tls = use(TLSConfig), jsonBody = bool(), metadata = es_metadata(), filter = es_filter(),
+  fullyQualifiedNamespace = str(), deferDelete = bool(),
+})
+
+local AzureQueueStorageEventSource = object({
+  storageAccountName = str(), connectionString = secret(), queueName = str { required = true },
+  jsonBody = bool(), dlq = bool(), metadata = es_metadata(), filter = es_filter(),
+  decodeMessage = bool(), waitTimeInSeconds = int { default = 3 },
+})
+
+local StripeEventSource = object({
+  webhook = use(WebhookContext), createWebhook = bool(), apiKey = secret(),
+  eventFilter = strings(), metadata = es_metadata(),
+})
+
+local EmitterEventSource = object({
+  broker = str { required = true }, channelKey = str(), channelName = str(),
+  username = secret(), password = secret(), connectionBackoff = use(Backoff), jsonBody = bool(),
+  tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(),
+})
+
+local RedisEventSource = object({
+  hostAddress = str { required = true }, password = secret(), namespace = str(), db = int(),
+  channels = strings(), tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(),
+  jsonBody = bool(), username = str(),
+})
+
+local RedisStreamEventSource = object({
+  hostAddress = str { required = true }, password = secret(), db = int(), streams = strings(),
+  maxMsgCountPerRead = int { default = 10 }, consumerGroup = str { default = "argo-events-cg" },
+  tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(), username = str(),
+})
+
+local NSQEventSource = object({
+  hostAddress = str { required = true }, topic = str { required = true },
+  channel = str { required = true }, connectionBackoff = use(Backoff), jsonBody = bool(),
+  tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(),
+})
+
+local PulsarEventSource = object({
+  topics = strings { required = true }, type = str { enum = { "exclusive", "shared" } },
+  url = str { required = true }, tlsTrustCertsSecret = secret(),
+  tlsAllowInsecureConnection = bool(), tlsValidateHostname = bool(), tls = use(TLSConfig),
+  connectionBackoff = use(Backoff), jsonBody = bool(), metadata = es_metadata(),
+  authTokenSecret = secret(), filter = es_filter(), authAthenzParams = strmap(),
+  authAthenzSecret = secret(),
+})
+
+local GenericEventSource = object({
+  url = str { required = true }, config = str(), insecure = bool(), jsonBody = bool(),
+  metadata = es_metadata(), authSecret = secret(), filter = es_filter(),
+})
+
+local GerritEventSource = object({
+  webhook = use(WebhookContext), hookName = str(), events = strings(), auth = use(BasicAuth),
+  gerritBaseURL = str(), deleteHookOnFinish = bool(), metadata = es_metadata(),
+  projects = strings(), sslVerify = bool(), filter = es_filter(), maxTries = int(),
+})
+
+local MNSEventSource = object({
+  accessKey = secret(), secretKey = secret(), queue = str { required = true }, jsonBody = bool(),
+  endpoint = str(), filter = es_filter(),
+})
+
+-- The 32 source types: map key in spec -> per-event settings. `active_active` marks the types
+-- Argo runs on every replica (webhook-style); the rest are leader-elected, and Argo refuses
+-- to mix the two kinds in one EventSource.
+local function source(t, what, supported, active_active)
+  return map(t, { supported = supported, what = what, source_type = true,
+                  active_active = active_active or nil,
+                  doc = what .. ": map of eventName -> settings" })
+end
+local AA = true
+
+_M.event_source_spec = object({
+  eventBusName = str { default = "default", doc = "EventBus to publish to" },
+  template = use(Template, { deployment = true }),
+  service = use(Service, { deployment = true }),
+  replicas = int { min = 0, default = 1, deployment = true, doc = "Deployment replicas" },
+  webhook = source(WebhookEventSource, "webhook event source", true, AA),
+  calendar = source(CalendarEventSource, "calendar event source", true),
+  minio = source(S3Artifact, "minio event source", NO),
+  file = source(FileEventSource, "file event source", NO),
+  resource = source(ResourceEventSource, "Kubernetes resource event source", NO),
+  amqp = source(AMQPEventSource, "AMQP event source", NO),
+  kafka = source(KafkaEventSource, "Kafka event source", NO),
+  mqtt = source(MQTTEventSource, "MQTT event source", NO),
+  nats = source(NATSEventsSource, "NATS event source", NO),
+  sns = source(SNSEventSource, "AWS SNS event source", NO, AA),
+  sqs = source(SQSEventSource, "AWS SQS event source", NO, AA),
+  pubSub = source(PubSubEventSource, "GCP Pub/Sub event source", NO),
+  github = source(GithubEventSource, "GitHub event source", NO, AA),
+  gitlab = source(GitlabEventSource, "GitLab event source", NO, AA),
+  hdfs = source(HDFSEventSource, "HDFS event source", NO),
+  slack = source(SlackEventSource, "Slack event source", NO, AA),
+  storageGrid = source(StorageGridEventSource, "StorageGRID event source", NO, AA),
+  azureEventsHub = source(AzureEventsHubEventSource, "Azure Event Hubs event source", NO),
+  stripe = source(StripeEventSource, "Stripe event source", NO, AA),
+  emitter = source(EmitterEventSource, "Emitter event source", NO),
+  redis = source(RedisEventSource, "Redis event source", NO),
+  nsq = source(NSQEventSource, "NSQ event source", NO),
+  pulsar = source(PulsarEventSource, "Pulsar event source", NO),
+  generic = source(GenericEventSource, "generic (gRPC) event source", NO),
+  bitbucketserver = source(BitbucketServerEventSource, "Bitbucket Server event source", NO, AA),
+  bitbucket = source(BitbucketEventSource, "Bitbucket event source", NO, AA),
+  redisStream = source(RedisStreamEventSource, "Redis Streams event source", NO),
+  azureServiceBus = source(AzureServiceBusEventSource, "Azure Service Bus event source", NO),
+  azureQueueStorage = source(AzureQueueStorageEventSource, "Azure Queue Storage event source", NO, AA),
+  sftp = source(SFTPEventSource, "SFTP event source", NO),
+  gerrit = source(GerritEventSource, "Gerrit event source", NO, AA),
+  mns = source(MNSEventSource, "Alibaba Cloud MNS event source", NO, AA),
+}, { doc = "EventSource spec" })
+
+---------------------------------------------------------------------------------------------
+-- Sensor
+---------------------------------------------------------------------------------------------
+
+local LOGICAL_OPERATOR = { "and", "or" }
+
+local DataFilter = object({
+  path = str { required = true, doc = "gjson path into the event data" },
+  type = str { required = true, enum = { "string", "number", "bool" },
+               doc = "JSON type of the value at path" },
+  value = strings { required = true, nonempty_items = true,
+                    doc = "accepted values (regexps for strings); any one may match" },
+  comparator = str { enum = { ">=", ">", "=", "!=", "<", "<=" }, default = "=",
+                     doc = "comparison for number (and = / != for string and bool)" },
+  template = str { supported = NO, what = "data filter templates (Go text/template)" },
+}, { doc = "a constraint on the event data" })
+
+local ExprFilter = object({
+  expr = str { required = true, doc = "govaluate expression over the fields" },
+  fields = array(object({
+    path = str { required = true, doc = "gjson path into the event data" },
+    name = str { required = true, doc = "name the expression uses" },
+  }), { required = true }),
+})
+
+local EventContext = object({
+  id = str(), source = str { doc = "EventSource name" }, specversion = str(),
+  type = str { doc = "event source type" }, datacontenttype = str(),
+  subject = str { doc = "event name" }, time = str(),
+}, { doc = "match on CloudEvent attributes" })
+
+local TimeFilter = object({
+  start = str { required = true, doc = "HH:MM:SS" },
+  stop = str { required = true, doc = "HH:MM:SS (before start: wraps midnight)" },
+  timezone = str { default = "UTC", doc = "IANA time zone" },
+}, { doc = "a daily time window" })
+
+local EventDependencyFilter = object({
+  time = use(TimeFilter, { supported = NO, what = "time filters" }),
+  context = use(EventContext, { supported = NO, what = "context filters" }),
+  data = array(DataFilter, { doc = "data filters" }),
+  exprs = array(ExprFilter, { supported = NO, what = "expr filters" }),
+  dataLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and",
+                              doc = "how data filters combine" },
+  exprLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and", supported = NO,
+                              what = "exprLogicalOperator (expr filters)" },
+  script = str { doc = "Lua filter: the event passes when the script returns true" },
+}, { doc = "filters on the dependency's events" })
+
+local EventDependency = object({
+  name = str { required = true, doc = "dependency name, used in conditions and parameters" },
+  eventSourceName = str { required = true, doc = "name of the EventSource" },
+  eventName = str { required = true, doc = "event name (the key under the source type)" },
+  filters = use(EventDependencyFilter),
+  transform = object({
+    jq = str { doc = "jq program applied to the event data" },
+    script = str { doc = "Lua script that returns the new event data" },
+  }, { supported = NO, what = "event transforms (jq / script)" }),
+  filtersLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and",
+                                 doc = "how the filter kinds combine" },
+}, { doc = "an event the sensor waits for" })
+
+local TriggerParameterSource = object({
+  dependencyName = str { required = true, doc = "dependency whose event is used" },
+  contextKey = str { doc = "gjson path into the event context" },
+  contextTemplate = str { doc = "Go template over the event context" },
+  dataKey = str { doc = "gjson path into the event data" },
+  dataTemplate = str { doc = "Go template over the event data" },
+  value = str { doc = "literal default when the key or template gives nothing" },
+  useRawData = bool { default = false, doc = "insert JSON values as they are, not as strings" },
+}, { doc = "where a parameter's value comes from" })
+
+local PARAM_OPERATIONS = { "overwrite", "append", "prepend" }
+
+local TriggerParameter = object({
+  src = use(TriggerParameterSource, { required = true }),
+  dest = str { required = true, doc = "sjson path of the value to set" },
+  operation = str { enum = PARAM_OPERATIONS, default = "overwrite",
+                    doc = "how the value combines with what is at dest" },
+}, { doc = "a value taken from an event and written into the trigger" })
+
+-- HTTP payload parameters may leave dest empty: the value is then the whole body.
+local PayloadParameter = use(TriggerParameter, { fields = (function()
+  local f = {}
+  for k, v in pairs(TriggerParameter.fields) do f[k] = v end
+  f.dest = str { doc = "sjson path in the body (empty: the value is the whole body)" }
+  return f
+end)() })
+
+local function params(o) return array(TriggerParameter, o) end
+
+local SecureHeader = object({
+  name = str { required = true },
+  valueFrom = object({ secretKeyRef = secret(), configMapKeyRef = use(ConfigMapKeySelector) }),
+})
+
+local HTTP_METHODS = { "GET", "DELETE", "PATCH", "POST", "PUT" }
+
+local HTTPTrigger = object({
+  url = str { required = true, doc = "URL to call" },
+  payload = array(PayloadParameter, { doc = "builds the JSON body from events" }),
+  tls = use(TLSConfig, { supported = NO, what = "HTTP trigger TLS client settings" }),
+  method = str { enum = HTTP_METHODS, default = "POST", doc = "HTTP method" },
+  parameters = params { doc = "parameters applied to this http spec (e.g. dest url)" },
+  timeout = int { min = 0, default = 60, doc = "request timeout in seconds" },
+  basicAuth = use(BasicAuth, { supported = NO, what = "HTTP trigger basic auth" }),
+  headers = strmap { doc = "request headers" },
+  secureHeaders = array(SecureHeader, { supported = NO, what = "HTTP trigger secureHeaders" }),
+  dynamicHeaders = params { supported = NO, what = "HTTP trigger dynamicHeaders" },
+  host = str { supported = NO, what = "HTTP trigger virtual host" },
+}, { doc = "send an HTTP request" })
+
+local LogTrigger = object({
+  intervalSeconds = int { min = 0, doc = "log at most once per interval" },
+}, { doc = "log the events" })
+
+local GitArtifact = object({
+  url = str { required = true }, cloneDirectory = str(),
+  creds = object({ username = secret(), password = secret() }), sshKeySecret = secret(),
+  filePath = str(), branch = str(), tag = str(), ref = str(),
+  remote = object({ name = str(), urls = strings() }), insecureIgnoreHostKey = bool(),
+})
+
+local ArtifactLocation = object({
+  s3 = use(S3Artifact), inline = str(), file = object({ path = str() }),
+  url = object({ path = str { required = true }, verifyCert = bool() }),
+  configmap = use(ConfigMapKeySelector), git = use(GitArtifact),
+  resource = any { doc = "inline Kubernetes object" },
+})
+
+local K8sTrigger = object({
+  source = use(ArtifactLocation, { required = true }),
+  operation = str { enum = { "create", "update", "patch", "delete" }, default = "create" },
+  parameters = params(),
+  patchStrategy = str { enum = { "application/json-patch+json", "application/merge-patch+json",
+                                 "application/strategic-merge-patch+json",
+                                 "application/apply-patch+yaml" } },
+  liveObject = bool(),
+})
+
+local ArgoWorkflowTrigger = object({
+  source = use(ArtifactLocation, { required = true }),
+  operation = str { enum = { "submit", "submit-from", "suspend", "resubmit", "retry", "resume",
+                             "terminate", "stop" }, default = "submit" },
+  parameters = params(), args = strings(),
+})
+
+local AWSLambdaTrigger = object({
+  functionName = str { required = true }, accessKey = secret(), secretKey = secret(),
+  region = str { required = true }, payload = params { required = true }, parameters = params(),
+  invocationType = str { enum = { "RequestResponse", "Event", "DryRun" } }, roleARN = str(),
+})
+
+local KafkaTrigger = object({
+  url = str { required = true }, topic = str { required = true }, partition = int(),
+  parameters = params(), requiredAcks = int(), compress = bool(), flushFrequency = int(),
+  tls = use(TLSConfig), payload = params { required = true }, partitioningKey = str(),
+  version = str(), sasl = use(SASLConfig), schemaRegistry = use(SchemaRegistryConfig),
+  headers = strmap(), secureHeaders = array(SecureHeader),
+})
+
+local NATSTrigger = object({
+  url = str { required = true }, subject = str { required = true },
+  payload = params { required = true }, parameters = params(), tls = use(TLSConfig),
+  auth = use(NATSAuth),
+})
+
+local PulsarTrigger = object({
+  url = str { required = true }, topic = str { required = true }, parameters = params(),
+  payload = params { required = true }, tlsTrustCertsSecret = secret(),
+  tlsAllowInsecureConnection = bool(), tlsValidateHostname = bool(), tls = use(TLSConfig),
+  authTokenSecret = secret(), connectionBackoff = use(Backoff), authAthenzParams = strmap(),
+  authAthenzSecret = secret(),
+})
+
+local SlackTrigger = object({
+  parameters = params(), slackToken = secret { required = true }, channel = str(), message = str(),
+  attachments = str(), blocks = str(),
+  thread = object({ messageAggregationKey = str(), broadcastMessageToChannel = bool() }),
+  sender = object({ username = str(), icon = str() }),
+})
+
+local EmailTrigger = object({
+  parameters = params(), username = str(), smtpPassword = secret(), host = str { required = true },
+  port = int { min = 0, max = 65535 }, to = strings(), from = str(), subject = str(), body = str(),
+})
+
+local OpenWhiskTrigger = object({
+  host = str { required = true }, version = str { default = "v1" },
+  namespace = str { default = "_" }, authToken = secret(), actionName = str { required = true },
+  payload = params { required = true }, parameters = params(),
+})
+
+local AzureEventHubsTrigger = object({
+  fqdn = str { required = true }, hubName = str { required = true },
+  sharedAccessKeyName = secret(), sharedAccessKey = secret(), payload = params(),
+  parameters = params(),
+})
+
+local AzureServiceBusTrigger = object({
+  connectionString = secret(), queueName = str(), topicName = str(), subscriptionName = str(),
+  tls = use(TLSConfig), payload = params(), parameters = params(),
+})
+
+local CustomTrigger = object({
+  serverURL = str { required = true }, secure = bool(), certSecret = secret(),
+  serverNameOverride = str(), spec = strmap { required = true }, parameters = params(),
+  payload = params(),
+})
+
+local TRIGGER_TYPES = { "k8s", "argoWorkflow", "http", "awsLambda", "custom", "kafka", "nats",
+                        "slack", "openWhisk", "log", "azureEventHubs", "pulsar",
+                        "azureServiceBus", "email", "grpc" }
+_M.TRIGGER_TYPES = TRIGGER_TYPES
+
+local TriggerTemplate = object({
+  name = str { required = true, doc = "trigger name, unique in the sensor" },
+  conditions = str { doc = "boolean expression over dependency names, e.g. (a || b) && c" },
+  conditionsReset = array(object({
+    byTime = object({ cron = str(), timezone = str() }),
+  }), { supported = NO, what = "conditionsReset" }),
+  k8s = use(K8sTrigger, { supported = NO, what = "Kubernetes (k8s) triggers" }),
+  argoWorkflow = use(ArgoWorkflowTrigger, { supported = NO, what = "Argo Workflow triggers" }),
+  http = use(HTTPTrigger),
+  awsLambda = use(AWSLambdaTrigger, { supported = NO, what = "AWS Lambda triggers" }),
+  custom = use(CustomTrigger, { supported = NO, what = "custom (gRPC) triggers" }),
+  kafka = use(KafkaTrigger, { supported = NO, what = "Kafka triggers" }),
+  nats = use(NATSTrigger, { supported = NO, what = "NATS triggers" }),
+  slack = use(SlackTrigger, { supported = NO, what = "Slack triggers" }),
+  openWhisk = use(OpenWhiskTrigger, { supported = NO, what = "OpenWhisk triggers" }),
+  log = use(LogTrigger),
+  azureEventHubs = use(AzureEventHubsTrigger, { supported = NO, what = "Azure Event Hubs triggers" }),
+  pulsar = use(PulsarTrigger, { supported = NO, what = "Pulsar triggers" }),
+  azureServiceBus = use(AzureServiceBusTrigger,
+                        { supported = NO, what = "Azure Service Bus triggers" }),
+  email = use(EmailTrigger, { supported = NO, what = "email triggers" }),
+  grpc = any { supported = NO, what = "gRPC triggers" },
+}, { doc = "what the trigger does", exactly_one_of = TRIGGER_TYPES })
+
+local Trigger = object({
+  template = use(TriggerTemplate, { required = true }),
+  parameters = params { doc = "parameters applied to the whole template" },
+  policy = object({
+    k8s = object({ labels = strmap { required = true }, backoff = use(Backoff),
+                   errorOnBackoffTimeout = bool() }),
+    status = object({ allow = array(int(), { required = true }) }),
+  }, { supported = NO, what = "trigger policy" }),
+  retryStrategy = use(Backoff, { supported = NO, what = "retryStrategy" }),
+  rateLimit = object({
+    unit = str { enum = { "Second", "Minute", "Hour" }, default = "Second" },
+    requestsPerUnit = int { min = 0 },
+  }, { supported = NO, what = "rateLimit" }),
+  atLeastOnce = bool { default = false, supported = NO, what = "atLeastOnce delivery" },
+}, { doc = "an action the sensor takes" })
+-- dlqTrigger is a whole Trigger (Argo forbids nesting another dlqTrigger at run time).
+Trigger.fields.dlqTrigger = use(Trigger, { supported = NO, what = "dlqTrigger" })
+
+_M.sensor_spec = object({
+  dependencies = array(EventDependency, { required = true, doc = "events the sensor waits for" }),
+  triggers = array(Trigger, { required = true, doc = "actions" }),
+  template = use(Template, { deployment = true }),
+  errorOnFailedRound = bool { doc = "declared by Argo, unused there too" },
+  eventBusName = str { default = "default", doc = "EventBus to read from" },
+  replicas = int { min = 0, default = 1, deployment = true, doc = "Deployment replicas" },
+  revisionHistoryLimit = int { min = 0, deployment = true, doc = "Deployment revision history" },
+  loggingFields = strmap { doc = "extra fields on every log line" },
+}, { doc = "Sensor spec" })
+
+---------------------------------------------------------------------------------------------
+-- EventBus
+---------------------------------------------------------------------------------------------
+
+local AUTH_STRATEGIES = { "none", "token", "basic", "jwt" }
+
+local NativeStrategy = object({
+  replicas = int(), auth = str { enum = AUTH_STRATEGIES }, persistence = use(PersistenceStrategy),
+  containerTemplate = use(ContainerTemplate), metricsContainerTemplate = use(ContainerTemplate),
+  nodeSelector = strmap(), tolerations = array(any()), metadata = use(PodMetadata),
+  securityContext = any(), maxAge = str(), imagePullSecrets = array(any()),
+  serviceAccountName = str(), priorityClassName = str(), priority = int(), affinity = any(),
+  maxMsgs = int(), maxBytes = str(), maxSubs = int(), maxPayload = str(),
+  raftHeartbeatTimeout = str(), raftElectionTimeout = str(), raftLeaseTimeout = str(),
+  raftCommitTimeout = str(),
+})
+
+local NATSConfig = object({
+  url = str(), clusterID = str(), auth = str { enum = AUTH_STRATEGIES }, accessSecret = secret(),
+})
+
+local JetStreamBus = object({
+  version = str(), replicas = int { default = 3 }, containerTemplate = use(ContainerTemplate),
+  reloaderContainerTemplate = use(ContainerTemplate),
+  metricsContainerTemplate = use(ContainerTemplate), persistence = use(PersistenceStrategy),
+  metadata = use(PodMetadata), nodeSelector = strmap(), tolerations = array(any()),
+  securityContext = any(), imagePullSecrets = array(any()), priorityClassName = str(),
+  priority = int(), affinity = any(), serviceAccountName = str(), settings = str(),
+  startArgs = strings(), streamConfig = str(), maxPayload = str(),
+})
+
+local JetStreamConfig = object({
+  url = str(), accessSecret = secret(), streamConfig = str(), tls = use(TLSConfig),
+  auth = str { enum = AUTH_STRATEGIES },
+})
+
+local KafkaBus = object({
+  url = str(), topic = str(), version = str(), tls = use(TLSConfig), sasl = use(SASLConfig),
+  consumerGroup = use(KafkaConsumerGroup),
+  partitioner = str { enum = { "random", "hash", "roundrobin", "manual" }, default = "random" },
+  consumerBatchMaxWait = str { default = "1s" },
+})
+
+_M.event_bus_spec = object({
+  nats = object({ native = use(NativeStrategy), exotic = use(NATSConfig) },
+                { supported = NO, what = "NATS Streaming EventBus" }),
+  jetstream = use(JetStreamBus, { supported = NO, what = "managed JetStream EventBus" }),
+  kafka = use(KafkaBus, { supported = NO, what = "Kafka EventBus" }),
+  jetstreamExotic = use(JetStreamConfig, { supported = NO, what = "external JetStream EventBus" }),
+}, { doc = "EventBus spec", exactly_one_of = { "nats", "jetstream", "kafka", "jetstreamExotic" } })
+
+---------------------------------------------------------------------------------------------
+-- Objects
+---------------------------------------------------------------------------------------------
+
+_M.object_metadata = object({
+  name = str { required = true, doc = "object name (a Kubernetes name)" },
+  namespace = str { doc = "namespace (default: the run's namespace)" },
+  labels = strmap { doc = "labels" },
+  annotations = strmap { doc = "annotations" },
+  generateName = any { doc = "ignored" }, uid = any { doc = "ignored" },
+  resourceVersion = any { doc = "ignored" }, generation = any { doc = "ignored" },
+  creationTimestamp = any { doc = "ignored" }, deletionTimestamp = any { doc = "ignored" },
+  deletionGracePeriodSeconds = any { doc = "ignored" }, ownerReferences = any { doc = "ignored" },
+  finalizers = any { doc = "ignored" }, managedFields = any { doc = "ignored" },
+  selfLink = any { doc = "ignored" },
+}, { doc = "Kubernetes object metadata" })
+
+local function top(spec)
+  return object({
+    apiVersion = str { doc = "argoproj.io/v1alpha1 (checked by the loader)" },
+    kind = str { doc = "EventSource, Sensor or EventBus (checked by the loader)" },
+    metadata = use(_M.object_metadata, { required = true }),
+    spec = use(spec, { required = true }),
+    status = any { doc = "ignored (written by controllers)" },
+  })
+end
+
+_M.API_VERSION = "argoproj.io/v1alpha1"
+_M.KINDS = { "EventSource", "Sensor", "EventBus" }
+_M.kinds = {
+  EventSource = top(_M.event_source_spec),
+  Sensor = top(_M.sensor_spec),
+  EventBus = top(_M.event_bus_spec),
+}
+
+-- Named types, for `herald explain` and for tests that flip flags.
+_M.types = {
+  SecretKeySelector = SecretKeySelector, TLSConfig = TLSConfig, BasicAuth = BasicAuth,
+  Backoff = Backoff, WebhookContext = WebhookContext, WebhookEventSource = WebhookEventSource,
+  CalendarEventSource = CalendarEventSource, EventDependency = EventDependency,
+  EventDependencyFilter = EventDependencyFilter, DataFilter = DataFilter,
+  TriggerParameter = TriggerParameter, TriggerParameterSource = TriggerParameterSource,
+  Trigger = Trigger, TriggerTemplate = TriggerTemplate, HTTPTrigger = HTTPTrigger,
+  LogTrigger = LogTrigger, Template = Template,
+}
+
+return _M
