@@ -5,8 +5,9 @@
  *   {"ts":"...","level":"info","logger":"sensor:s/trigger:t","msg":"triggered",
  *    "sensorName":"s","triggerName":"t","events":{"<dependency>":{<CloudEvent JSON>}}}
  *
- * Lines go to one process-wide stdout buffer flushed once per loop iteration (uv_check), so a
- * burst of firings costs one write(). `intervalSeconds` throttles: at most one line per interval,
+ * Lines go to one process-wide stdout buffer flushed once per loop iteration, just before the
+ * loop blocks (uv_prepare), so a burst of firings costs one write() and no line waits for the
+ * next wake-up. `intervalSeconds` throttles: at most one line per interval,
  * the firings in between are counted and reported on the next line ("skipped").
  */
 #include "buf.h"
@@ -25,7 +26,7 @@ typedef struct log_trigger {
 } log_trigger;
 
 static herald_buf out = HERALD_BUF_INIT;
-static uv_check_t flusher;
+static uv_prepare_t flusher;
 static int flusher_refs;
 
 static void flush_out(void) {
@@ -38,7 +39,7 @@ static void flush_out(void) {
   herald_buf_reset(&out);
 }
 
-static void on_check(uv_check_t *h) {
+static void on_prepare(uv_prepare_t *h) {
   if (out.len) flush_out();
 }
 
@@ -46,8 +47,8 @@ static int log_init(herald_trigger *t, lua_State *L, int idx) {
   log_trigger *lt = t->priv;
   lt->interval_s = herald_cfg_number(L, idx, "intervalSeconds", 0);
   if (flusher_refs++ == 0) {
-    uv_check_init(t->engine->loop, &flusher);
-    uv_check_start(&flusher, on_check);
+    uv_prepare_init(t->engine->loop, &flusher);
+    uv_prepare_start(&flusher, on_prepare);
     uv_unref((uv_handle_t *)&flusher);
   }
   return 0;

@@ -1,0 +1,56 @@
+-- Every example in examples/ is valid, and each one runs and does what its comments say.
+local H = require "helpers.herald"
+local cjson = require "cjson"
+
+local function firings(p)
+  local t = {}
+  for _, line in ipairs(p:lines("stdout")) do
+    local ok, v = pcall(cjson.decode, line)
+    if ok and v.msg == "triggered" then t[#t + 1] = v end
+  end
+  return t
+end
+
+local function post(port, path, body)
+  return H.http{ port = port, method = "POST", path = path, body = body,
+    headers = { ["Content-Type"] = "application/json" } }
+end
+
+describe("examples/", function()
+  it("all lint clean (no errors, no warnings)", function()
+    local code, out, err = H.run{ "lint", "--strict", H.source_dir .. "/examples" }
+    assert.equal("", err)
+    assert.equal(0, code)
+    -- quickstart (2) + calendar (2) + filters-conditions (2)
+    assert.matches("^6 object%(s%) valid", out)
+  end)
+
+  it("calendar ticks and logs each tick with its metadata", function()
+    local p = H.start{ "run", H.source_dir .. "/examples/calendar/" }
+    p:wait_for('"triggerName":"log-tick"', { stream = "stdout", timeout = 8 })
+    local f = firings(p)[1]
+    local ev = f.events.tick
+    assert.equal("calendar", ev.type)
+    assert.equal("every-5s", ev.subject)
+    assert.same({ owner = "examples" }, ev.data.metadata)
+    assert.matches("CES?T$", ev.data.eventTime)
+    assert.equal(0, p:stop())
+  end)
+
+  it("filters-conditions ships a large paid order and audits failures", function()
+    local p = H.start{ "run", H.source_dir .. "/examples/filters-conditions/" }
+    p:wait_for("herald started")
+    assert.equal(200, (post(12001, "/order", '{"id":"o-1","total":50}')))       -- too small: nothing
+    assert.equal(200, (post(12001, "/payment", '{"order":"o-1","status":"declined"}'))) -- audit
+    H.wait_until(function() return #firings(p) == 1 end, 5, "audit of the declined payment")
+    assert.equal(200, (post(12001, "/order", '{"id":"o-2","total":250}')))      -- audit
+    assert.equal(200, (post(12001, "/payment", '{"order":"o-2","status":"succeeded"}'))) -- ship
+    local fs = H.wait_until(function() local f = firings(p) return #f == 3 and f end, 5, "ship")
+    local names = {}
+    for _, f in ipairs(fs) do names[#names + 1] = f.triggerName end
+    assert.same({ "audit", "audit", "ship" }, names)
+    assert.equal("o-2", fs[3].events["large-order"].data.body.id)
+    assert.equal("succeeded", fs[3].events["payment-ok"].data.body.status)
+    assert.equal(0, p:stop())
+  end)
+end)
