@@ -56,8 +56,7 @@ void herald_buf_printf(herald_buf *b, const char *fmt, ...) {
   va_end(ap);
 }
 
-/* Length of the valid UTF-8 sequence starting at s (1..4), or 0 if invalid. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
+size_t herald_utf8_seq_len(const unsigned char *s, size_t n) {
   unsigned char c = s[0];
   size_t len;
   if (c < 0x80) return 1;
@@ -89,7 +88,7 @@ void herald_buf_json_escape(herald_buf *b, const char *s, size_t n) {
     if (run) herald_buf_append(b, p + i - run, run);
     run = 0;
     if (c >= 0x80) {
-      size_t l = utf8_len(p + i, n - i);
+      size_t l = herald_utf8_seq_len(p + i, n - i);
       if (l) herald_buf_append(b, p + i, l), i += l;
       else herald_buf_puts(b, "\\ufffd"), i++;
       continue;

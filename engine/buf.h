@@ -27,6 +27,9 @@ void herald_buf_json_escape(herald_buf *b, const char *s, size_t n);
 /* Appends "s" (quoted, escaped). */
 void herald_buf_json_string(herald_buf *b, const char *s, size_t n);
 const char *herald_buf_cstr(herald_buf *b);
+/* Length (1..4) of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, surrogates or
+ * code points above U+10FFFF), or 0 if the bytes there are not one. */
+size_t herald_utf8_seq_len(const unsigned char *s, size_t n);
 void herald_buf_reset(herald_buf *b);
 /* Releases the storage. */
 void herald_buf_free(herald_buf *b);

@@ -107,7 +107,14 @@ static int lit(jv *v, const char *s, size_t n) {
 static int str(jv *v) {
   v->p++; /* opening quote */
   while (v->p < v->end) {
-    unsigned char c = *v->p++;
+    unsigned char c = *v->p;
+    if (c >= 0x80) { /* RFC 8259 8.1: JSON text is UTF-8 */
+      size_t l = herald_utf8_seq_len(v->p, (size_t)(v->end - v->p));
+      if (!l) return 0;
+      v->p += l;
+      continue;
+    }
+    v->p++;
     if (c == '"') return 1;
     if (c < 0x20) return 0;
     if (c == '\\') {

@@ -49,8 +49,8 @@ void herald_event_set_release_hook(void (*hook)(herald_event *ev));
 struct herald_buf;
 void herald_event_to_json(const herald_event *ev, struct herald_buf *b);
 
-/* Validates that text[0..len) is exactly one JSON value (RFC 8259), nested at most max_depth
- * deep. Returns 1 if valid, 0 if not. Runs at hundreds of MB/s; no allocation. */
+/* Validates that text[0..len) is exactly one JSON value (RFC 8259, UTF-8 included), nested at
+ * most max_depth deep. Returns 1 if valid, 0 if not. No allocation. */
 int herald_json_valid(const char *text, size_t len, int max_depth);
 
 #endif

@@ -75,6 +75,9 @@ herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host,
                                               const char *name, int *err);
 /* Adds a route (copied). Returns 0, or HERALD_EINVAL if path+method is already routed. */
 int herald_http_server_add_route(herald_http_server *srv, const herald_http_route *route);
+/* Removes a route. Returns 0 or HERALD_ENOTFOUND; a request already matched to it gets 404;
+ * the route's memory is kept until the server closes. */
+int herald_http_server_remove_route(herald_http_server *srv, const char *path, const char *method);
 /* The port actually bound (useful with port 0). */
 int herald_http_server_port(const herald_http_server *srv);
 
@@ -87,8 +90,9 @@ void herald_http_respond(herald_http_req *req, int status, const char *content_t
 /* Finds a request header (case-insensitive name); returns NULL if absent. */
 const herald_http_header *herald_http_req_header(const herald_http_req *req, const char *name);
 
-/* Stops listening, closes every connection (requests awaiting a response are answered 503
- * when their response arrives... or dropped if the client is gone), then calls cb. */
+/* Stops listening and closes every idle connection; a request still awaiting its response
+ * gets that response with "Connection: close" (a 503 for an event already on the bus would
+ * invite a duplicate), then its connection closes. Calls cb(data) when all are closed. */
 void herald_http_server_close(herald_http_server *srv, void (*cb)(void *data), void *data);
 
 #endif
