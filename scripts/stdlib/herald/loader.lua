@@ -325,6 +325,10 @@ function validate(ctx, s, parent, key, path)
     if s.prefix and v:sub(1, #s.prefix) ~= s.prefix then
       return err_value(ctx, parent, key, path, "must start with \"" .. s.prefix .. "\" (got \"" .. v .. "\")")
     end
+    if s.check then -- a value check the engine owns (cron, duration, time zone ...)
+      local msg = s.check(v, parent)
+      if msg then return err_value(ctx, parent, key, path, msg) end
+    end
     return check_enum(ctx, s, v, parent, key, path)
   elseif kind == "port" then
     if type(v) == "number" then

@@ -258,11 +258,34 @@ local WebhookEventSource = object((function()
   return f
 end)(), { doc = "an HTTP endpoint that turns each request into an event" })
 
+-- Value checks run by the engine's own parsers (absent when the schema is used without the
+-- engine, e.g. in unit tests with plain LuaJIT).
+local has_core, core = pcall(require, "herald.core")
+local function engine_check(fn)
+  if not has_core then return nil end
+  return fn
+end
+
 local CalendarEventSource = object({
-  schedule = str { doc = "5-field cron expression" },
-  interval = str { doc = "Go duration between events, e.g. 10s" },
+  schedule = str { doc = "5-field cron expression",
+    check = engine_check(function(v, parent)
+      local tz = type(parent.timezone) == "string" and parent.timezone or nil
+      if tz and not core.tz_check(tz) then return nil end -- reported on timezone
+      local ok, err = core.cron_check(v, tz)
+      return not ok and ("invalid schedule: " .. err) or nil
+    end) },
+  interval = str { doc = "Go duration between events, e.g. 10s",
+    check = engine_check(function(v)
+      local ns, err = core.duration_check(v)
+      if not ns then return "invalid interval: " .. err end
+      if ns < 1e6 then return "interval must be at least 1ms" end
+    end) },
   exclusionDates = strings { doc = "dates to skip (EXDATE:20060102T150405Z,...)" },
-  timezone = str { doc = "IANA time zone of the schedule" },
+  timezone = str { doc = "IANA time zone of the schedule",
+    check = engine_check(function(v)
+      local ok, err = core.tz_check(v)
+      return not ok and ("unknown time zone: " .. err) or nil
+    end) },
   metadata = es_metadata(),
   persistence = object({
     catchup = object({
