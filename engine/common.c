@@ -5,6 +5,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -55,6 +56,18 @@ char *herald_xstrndup(const char *s, size_t n) {
   char *p = herald_xmalloc(n + 1);
   memcpy(p, s, n);
   p[n] = '\0';
+  return p;
+}
+
+char *herald_xasprintf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *p = herald_xmalloc((size_t)(n < 0 ? 0 : n) + 1);
+  va_start(ap, fmt);
+  vsnprintf(p, (size_t)n + 1, fmt, ap);
+  va_end(ap);
   return p;
 }
 

@@ -33,6 +33,8 @@ void *herald_xmalloc(size_t n);
 void *herald_xcalloc(size_t n, size_t sz);
 char *herald_xstrdup(const char *s);
 char *herald_xstrndup(const char *s, size_t n);
+/* Returns a new string formatted like printf; the caller frees it. */
+char *herald_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Wall-clock time in nanoseconds since the Unix epoch. */
 int64_t herald_now_ns(void);

@@ -86,6 +86,18 @@ static int l_configure(lua_State *L) {
   return 0;
 }
 
+/* Pushes true, or nil and the error string: the shape of every fallible core call.
+ * stack: -> true | nil err */
+static int push_result(lua_State *L, int r) {
+  if (r < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, herald_strerror(r));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* core.source_new(type, es_name, event_name, cfg) -> source (lightuserdata) | nil, err */
 static int l_source_new(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
@@ -93,42 +105,12 @@ static int l_source_new(lua_State *L) {
   const char *es = luaL_checkstring(L, 2);
   const char *ev = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
-  const herald_source_type *st = herald_source_type_find(type);
-  if (!st) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "unknown event source type %s", type);
-    return 2;
-  }
-  herald_source *src = herald_xcalloc(1, sizeof *src);
-  src->type = st;
-  src->engine = eng;
-  src->es_name = herald_xstrdup(es);
-  src->event_name = herald_xstrdup(ev);
-  size_t n = strlen(type) + strlen(es) + strlen(ev) + 16;
-  char *logname = herald_xmalloc(n);
-  snprintf(logname, n, "source:%s:%s/%s", type, es, ev);
-  src->log.name = logname;
-  src->priv = st->priv_size ? herald_xcalloc(1, st->priv_size) : NULL;
-  src->m_sent = herald_metric_get("argo_events_events_sent_total",
-                                  "How many events have been sent successfully.", HERALD_COUNTER,
-                                  "eventsource_name", es, "event_name", ev, NULL);
-  src->m_sent_failed = herald_metric_get("argo_events_events_sent_failed_total",
-                                         "How many events failed to send.", HERALD_COUNTER,
-                                         "eventsource_name", es, "event_name", ev, NULL);
-  src->m_processing_failed = herald_metric_get("argo_events_events_processing_failed_total",
-                                               "How many events failed to process.", HERALD_COUNTER,
-                                               "eventsource_name", es, "event_name", ev, NULL);
-  src->m_duration = herald_metric_get("argo_events_event_processing_duration_milliseconds",
-                                      "Summary of durations of event processing.", HERALD_SUMMARY,
-                                      "eventsource_name", es, "event_name", ev, NULL);
-  int r = st->init ? st->init(src, L, 4) : 0;
-  if (r != 0) {
-    free(src->priv), free(src->es_name), free(src->event_name), free(logname), free(src);
+  herald_source *src = herald_source_new(eng, L, type, es, ev, 4);
+  if (!src) {
     lua_pushnil(L);
     lua_pushfstring(L, "%s/%s: %s event source failed to initialise", es, ev, type);
     return 2;
   }
-  herald__engine_add_source(eng, src);
   lua_pushlightuserdata(L, src);
   return 1;
 }
@@ -156,14 +138,7 @@ static int l_subscribe(lua_State *L) {
   const char *sensor = luaL_checkstring(L, 1), *dep = luaL_checkstring(L, 2);
   const char *es = luaL_checkstring(L, 3), *ev = luaL_checkstring(L, 4);
   luaL_checktype(L, 5, LUA_TFUNCTION);
-  int r = herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5);
-  if (r < 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, herald_strerror(r));
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5));
 }
 
 /* core.fire(trigger, action) -> true | nil, err */
@@ -172,26 +147,12 @@ static int l_fire(lua_State *L) {
   herald_trigger *t = lua_touserdata(L, 1);
   luaL_argcheck(L, t != NULL, 1, "trigger expected");
   luaL_checktype(L, 2, LUA_TTABLE);
-  int r = herald_trigger_fire(eng, t, L, 2);
-  if (r < 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, herald_strerror(r));
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return push_result(L, herald_trigger_fire(eng, t, L, 2));
 }
 
 /* core.start() -> true | nil, err: starts the sources and the metrics endpoint. */
 static int l_start(lua_State *L) {
-  int r = herald_engine_start(herald_engine_from_lua(L));
-  if (r < 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, herald_strerror(r));
-    return 2;
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return push_result(L, herald_engine_start(herald_engine_from_lua(L)));
 }
 
 /* core.log(level, logger, msg) */

@@ -50,14 +50,7 @@ int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_
   if (!eng->opts.listen_host) eng->opts.listen_host = "127.0.0.1";
   if (!eng->opts.metrics_addr) eng->opts.metrics_addr = "127.0.0.1:7777";
   if (!eng->opts.drain_timeout_ms) eng->opts.drain_timeout_ms = 10000;
-  eng->http_limits = (herald_http_limits){
-      .max_header_bytes = 16384,
-      .max_headers = 100,
-      .header_timeout_ms = 10000,
-      .body_timeout_ms = 10000,
-      .keepalive_ms = 60000,
-      .max_connections = 10000,
-  };
+  eng->http_limits = herald_http_default_limits;
   eng->L = herald_lua_new(eng);
   if (!eng->L) return HERALD_ENOMEM;
   uv_signal_init(loop, &eng->sigint);
@@ -247,11 +240,7 @@ void herald_engine_free(herald_engine *eng) {
   while (eng->sources) {
     source_node *n = eng->sources;
     eng->sources = n->next;
-    free(n->src->priv);
-    free(n->src->es_name);
-    free(n->src->event_name);
-    free((char *)n->src->log.name);
-    free(n->src);
+    herald_source_free(n->src);
     free(n);
   }
   if (eng->L) lua_close(eng->L);

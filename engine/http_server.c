@@ -134,7 +134,7 @@ struct herald_http_server {
   char rbuf[READ_BUF_SIZE];
 };
 
-static const herald_http_limits default_limits = {
+const herald_http_limits herald_http_default_limits = {
     .max_header_bytes = 16384,
     .max_headers = 100,
     .header_timeout_ms = 10000,
@@ -975,13 +975,13 @@ herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host,
   }
   herald_http_server *srv = herald_xcalloc(1, sizeof *srv);
   srv->loop = loop;
-  srv->lim = limits ? *limits : default_limits;
-  if (!srv->lim.max_header_bytes) srv->lim.max_header_bytes = default_limits.max_header_bytes;
-  if (!srv->lim.max_headers) srv->lim.max_headers = default_limits.max_headers;
-  if (!srv->lim.header_timeout_ms) srv->lim.header_timeout_ms = default_limits.header_timeout_ms;
-  if (!srv->lim.body_timeout_ms) srv->lim.body_timeout_ms = default_limits.body_timeout_ms;
-  if (!srv->lim.keepalive_ms) srv->lim.keepalive_ms = default_limits.keepalive_ms;
-  if (!srv->lim.max_connections) srv->lim.max_connections = default_limits.max_connections;
+  srv->lim = limits ? *limits : herald_http_default_limits;
+  if (!srv->lim.max_header_bytes) srv->lim.max_header_bytes = herald_http_default_limits.max_header_bytes;
+  if (!srv->lim.max_headers) srv->lim.max_headers = herald_http_default_limits.max_headers;
+  if (!srv->lim.header_timeout_ms) srv->lim.header_timeout_ms = herald_http_default_limits.header_timeout_ms;
+  if (!srv->lim.body_timeout_ms) srv->lim.body_timeout_ms = herald_http_default_limits.body_timeout_ms;
+  if (!srv->lim.keepalive_ms) srv->lim.keepalive_ms = herald_http_default_limits.keepalive_ms;
+  if (!srv->lim.max_connections) srv->lim.max_connections = herald_http_default_limits.max_connections;
   size_t nl = strlen(name ? name : "") + 6;
   srv->name = herald_xmalloc(nl);
   snprintf(srv->name, nl, "http:%s", name ? name : "");

@@ -67,6 +67,9 @@ typedef struct herald_http_limits {
   size_t max_connections;    /* 10000 */
 } herald_http_limits;
 
+/* The defaults above (reliability-and-security.md 5.5). */
+extern const herald_http_limits herald_http_default_limits;
+
 /* Returns a new server bound to host:port and listening, or NULL with *err set (a negative
  * libuv error such as UV_EADDRINUSE). limits may be NULL for the defaults. `name` labels its
  * log lines. The caller closes it with herald_http_server_close(). */

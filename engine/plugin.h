@@ -52,6 +52,14 @@ struct herald_source {
   struct herald_metric *m_sent, *m_sent_failed, *m_processing_failed, *m_duration;
 };
 
+/* Creates a source instance of `type` for event `ev` of EventSource `es` from the config table
+ * at cfg_idx, with its metrics, and registers it with the engine (started by
+ * herald_engine_start). Returns it, or NULL after logging why. */
+herald_source *herald_source_new(herald_engine *eng, lua_State *L, const char *type,
+                                 const char *es, const char *ev, int cfg_idx);
+/* Frees an instance that is stopped (or was never started). */
+void herald_source_free(herald_source *src);
+
 /* Wraps `json` (the event data in Argo's shape for this source; must be valid JSON) in a
  * CloudEvent and publishes it. On 0, cb(cbdata, status) runs later with status 0 once the
  * event is on the bus, or a negative error. On a negative return (HERALD_EBUSFULL when the

@@ -110,9 +110,7 @@ int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *senso
                              int handler_idx) {
   herald_event_set_release_hook(event_release_hook);
   sensor_sub *s = herald_xcalloc(1, sizeof *s);
-  size_t n = strlen(sensor) + strlen(dependency) + 2;
-  s->durable = herald_xmalloc(n);
-  snprintf(s->durable, n, "%s/%s", sensor, dependency);
+  s->durable = herald_xasprintf("%s/%s", sensor, dependency);
   s->source = herald_xstrdup(es_name);
   s->subject = herald_xstrdup(event_name);
   s->eng = eng;
@@ -164,9 +162,7 @@ herald_trigger *herald_trigger_new(herald_engine *eng, lua_State *L, const char 
   t->engine = eng;
   t->sensor_name = herald_xstrdup(sensor);
   t->name = herald_xstrdup(name);
-  size_t n = strlen(sensor) + strlen(name) + strlen(type) + 32;
-  char *logname = herald_xmalloc(n);
-  snprintf(logname, n, "sensor:%s/trigger:%s", sensor, name);
+  char *logname = herald_xasprintf("sensor:%s/trigger:%s", sensor, name);
   t->log.name = logname;
   t->priv = tt->priv_size ? herald_xcalloc(1, tt->priv_size) : NULL;
   t->m_triggered = herald_metric_get("argo_events_action_triggered_total",

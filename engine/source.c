@@ -14,6 +14,48 @@
 #include <lauxlib.h>
 #include <string.h>
 
+herald_source *herald_source_new(herald_engine *eng, lua_State *L, const char *type,
+                                 const char *es, const char *ev, int cfg_idx) {
+  const herald_source_type *st = herald_source_type_find(type);
+  if (!st) {
+    herald_log(&eng->log, HLOG_ERROR, "%s/%s: unknown event source type %s", es, ev, type);
+    return NULL;
+  }
+  herald_source *src = herald_xcalloc(1, sizeof *src);
+  src->type = st;
+  src->engine = eng;
+  src->es_name = herald_xstrdup(es);
+  src->event_name = herald_xstrdup(ev);
+  src->log.name = herald_xasprintf("source:%s:%s/%s", type, es, ev);
+  src->priv = st->priv_size ? herald_xcalloc(1, st->priv_size) : NULL;
+  src->m_sent = herald_metric_get("argo_events_events_sent_total",
+                                  "How many events have been sent successfully.", HERALD_COUNTER,
+                                  "eventsource_name", es, "event_name", ev, NULL);
+  src->m_sent_failed = herald_metric_get("argo_events_events_sent_failed_total",
+                                         "How many events failed to send.", HERALD_COUNTER,
+                                         "eventsource_name", es, "event_name", ev, NULL);
+  src->m_processing_failed = herald_metric_get("argo_events_events_processing_failed_total",
+                                               "How many events failed to process.", HERALD_COUNTER,
+                                               "eventsource_name", es, "event_name", ev, NULL);
+  src->m_duration = herald_metric_get("argo_events_event_processing_duration_milliseconds",
+                                      "Summary of durations of event processing.", HERALD_SUMMARY,
+                                      "eventsource_name", es, "event_name", ev, NULL);
+  if (st->init && st->init(src, L, cfg_idx) != 0) {
+    herald_source_free(src);
+    return NULL;
+  }
+  herald__engine_add_source(eng, src);
+  return src;
+}
+
+void herald_source_free(herald_source *src) {
+  free(src->priv);
+  free(src->es_name);
+  free(src->event_name);
+  free((char *)src->log.name);
+  free(src);
+}
+
 typedef struct emit_ctx {
   herald_source *src;
   herald_bus_publish_cb cb;

@@ -1,20 +1,7 @@
 -- Every example in examples/ is valid, and each one runs and does what its comments say.
 local H = require "helpers.herald"
-local cjson = require "cjson"
 
-local function firings(p)
-  local t = {}
-  for _, line in ipairs(p:lines("stdout")) do
-    local ok, v = pcall(cjson.decode, line)
-    if ok and v.msg == "triggered" then t[#t + 1] = v end
-  end
-  return t
-end
-
-local function post(port, path, body)
-  return H.http{ port = port, method = "POST", path = path, body = body,
-    headers = { ["Content-Type"] = "application/json" } }
-end
+local post, firings = H.post_json, H.firings
 
 describe("examples/", function()
   it("all lint clean (no errors, no warnings)", function()

@@ -4,27 +4,7 @@ local H = require "helpers.herald"
 local sink_client = require "helpers.sink_client"
 local cjson = require "cjson"
 
-local function post(port, path, body, headers)
-  return H.http{ port = port, method = "POST", path = path, body = body,
-    headers = headers or { ["Content-Type"] = "application/json" } }
-end
-
---- Decoded trigger lines printed so far on stdout.
-local function firings(p)
-  local t = {}
-  for _, line in ipairs(p:lines("stdout")) do
-    local ok, v = pcall(cjson.decode, line)
-    if ok and v.msg == "triggered" then t[#t + 1] = v end
-  end
-  return t
-end
-
-local function wait_firings(p, n, timeout)
-  return H.wait_until(function()
-    local f = firings(p)
-    return #f >= n and f
-  end, timeout or 5, function() return n .. " firings\n" .. p:describe() end)
-end
+local post, firings, wait_firings = H.post_json, H.firings, H.wait_firings
 
 describe("herald run", function()
   it("runs the quickstart: POST /example reaches the log trigger with the event", function()

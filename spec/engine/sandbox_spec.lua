@@ -3,10 +3,7 @@
 local H = require "helpers.herald"
 local cjson = require "cjson"
 
-local function post(port, path, body)
-  return H.http{ port = port, method = "POST", path = path, body = body,
-    headers = { ["Content-Type"] = "application/json" } }
-end
+local post = H.post_json
 
 local function yaml_block(script)
   return "|\n" .. ("          " .. script:gsub("\n", "\n          "))

@@ -331,6 +331,31 @@ function H.metrics(p)
   return t
 end
 
+--- POSTs a JSON body; returns status, headers, body.
+function H.post_json(port, path, body)
+  return H.http{ port = port, method = "POST", path = path, body = body,
+    headers = { ["Content-Type"] = "application/json" } }
+end
+
+--- The log trigger's lines printed so far on stdout, decoded, in firing order.
+function H.firings(p)
+  local cjson = require "cjson"
+  local t = {}
+  for _, line in ipairs(p:lines("stdout")) do
+    local ok, v = pcall(cjson.decode, line)
+    if ok and type(v) == "table" and v.msg == "triggered" then t[#t + 1] = v end
+  end
+  return t
+end
+
+--- Waits until at least n firings were printed; returns them.
+function H.wait_firings(p, n, timeout)
+  return H.wait_until(function()
+    local f = H.firings(p)
+    return #f >= n and f
+  end, timeout or 5, function() return n .. " firings\n" .. p:describe() end)
+end
+
 -- Spec snippets -----------------------------------------------------------------------------
 
 --- A webhook EventSource. opts: name, events = { {name=, endpoint=, method=, port=, extra=} } or
