@@ -17,6 +17,17 @@ if not package.loaded["herald.core"] then
     if not ok then return false, r end
     return r ~= nil
   end
+  function Regex:match(s, init)
+    local ok, st, en, caps = pcall(self.re.exec, self.re, s, init or 1)
+    if not ok then return nil, st end
+    if not st then return nil end
+    local out = {}
+    for i = 1, #caps, 2 do
+      local a, b = caps[i], caps[i + 1]
+      out[#out + 1] = (a and a ~= false) and s:sub(a, b) or false
+    end
+    return st, en, out
+  end
   package.loaded["herald.core"] = {
     shim = true,
     regex_compile = function(pattern)
