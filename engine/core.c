@@ -115,6 +115,14 @@ static int l_source_new(lua_State *L) {
   return 1;
 }
 
+/* core.source_filter(source, fn) -> true: fn(data_json) -> pass [, err] decides before publish */
+static int l_source_filter(lua_State *L) {
+  herald_source *src = lua_touserdata(L, 1);
+  luaL_argcheck(L, src != NULL, 1, "source expected");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  return push_result(L, herald_source_set_filter(src, L, 2));
+}
+
 /* core.trigger_new(type, sensor, name, tmpl) -> trigger (lightuserdata) | nil, err */
 static int l_trigger_new(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
@@ -243,6 +251,7 @@ int herald_lua_open_core(lua_State *L) {
       {"list_dir", l_list_dir},     {"yaml_load", herald__lua_yaml_load},
       {"configure", l_configure},   {"source_new", l_source_new},
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
+      {"source_filter", l_source_filter},
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"metric", l_metric},
       {"metric_add", l_metric_add}, {"now", l_now},
@@ -254,5 +263,7 @@ int herald_lua_open_core(lua_State *L) {
   luaL_register(L, NULL, fns);
   herald__lua_open_regex(L);   /* stack: core -> core */
   herald__lua_open_sandbox(L); /* stack: core -> core */
+  herald__lua_open_jq(L);      /* stack: core -> core */
+  herald__lua_open_time(L);    /* stack: core -> core */
   return 1;
 }

@@ -178,6 +178,8 @@ static void bus_closed(herald_bus *bus) {
 
 static void finish_close(herald_engine *eng) {
   herald_runtime_unsubscribe_all(eng);
+  herald__cron_timers_close();
+  herald__source_defer_close();
   while (eng->triggers) {
     trigger_node *n = eng->triggers;
     eng->triggers = n->next;

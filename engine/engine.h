@@ -67,5 +67,7 @@ herald_engine *herald_engine_from_lua(lua_State *L);
 /* Registers a source/trigger instance with the engine (start and shutdown). */
 void herald__engine_add_source(herald_engine *eng, herald_source *src);
 void herald__engine_add_trigger(herald_engine *eng, herald_trigger *t);
+/* Reports pending filtered-event completions and closes their handle (source.c). */
+void herald__source_defer_close(void);
 
 #endif

@@ -39,5 +39,9 @@ int herald_lua_open_core(lua_State *L);
 /* Add core.regex_* (regex.c) and core.sandbox_* (sandbox.c). stack: core -> core */
 void herald__lua_open_regex(lua_State *L);
 void herald__lua_open_sandbox(lua_State *L);
+void herald__lua_open_jq(lua_State *L);
+void herald__lua_open_time(lua_State *L);
+/* Closes the conditionsReset timers (lua_time.c), at shutdown. */
+void herald__cron_timers_close(void);
 
 #endif

@@ -50,6 +50,8 @@ struct herald_source {
   void *priv;
   void *data; /* the engine's */
   struct herald_metric *m_sent, *m_sent_failed, *m_processing_failed, *m_duration;
+  int filter_ref; /* EventSource filter.expression compiled to a Lua function, or LUA_NOREF */
+  struct herald_metric *m_filtered;
 };
 
 /* Creates a source instance of `type` for event `ev` of EventSource `es` from the config table
@@ -57,13 +59,18 @@ struct herald_source {
  * herald_engine_start). Returns it, or NULL after logging why. */
 herald_source *herald_source_new(herald_engine *eng, lua_State *L, const char *type,
                                  const char *es, const char *ev, int cfg_idx);
+/* Sets the EventSource filter: the Lua function at fn_idx, called as fn(data_json) -> pass
+ * [, err]. Returns 0. */
+int herald_source_set_filter(herald_source *src, lua_State *L, int fn_idx);
 /* Frees an instance that is stopped (or was never started). */
 void herald_source_free(herald_source *src);
 
 /* Wraps `json` (the event data in Argo's shape for this source; must be valid JSON) in a
- * CloudEvent and publishes it. On 0, cb(cbdata, status) runs later with status 0 once the
- * event is on the bus, or a negative error. On a negative return (HERALD_EBUSFULL when the
- * bus is full) cb is not called and nothing was published. */
+ * CloudEvent and publishes it, unless the EventSource's filter.expression rejects the data
+ * (then it is dropped and counted, as in Argo, and the producer is told "done"). On 0,
+ * cb(cbdata, status) runs later with status 0 once the event is on the bus (or was filtered
+ * out), or a negative error. On a negative return (HERALD_EBUSFULL when the bus is full) cb is
+ * not called and nothing was published. */
 int herald_source_emit(herald_source *src, const char *json, size_t len,
                        herald_bus_publish_cb cb, void *cbdata);
 

@@ -19,6 +19,7 @@
  *   core.sandbox_new{memory=, instructions=, timeout_ms=} -> sb
  *   sb:compile(source, chunkname) -> id | nil, err
  *   sb:filter(id, data_json) -> true, result_is_true | nil, err
+ *   sb:transform(id, data_json) -> json_of_returned_table | nil, err
  *   sb:memory() -> bytes in use
  */
 #include "common.h"
@@ -153,6 +154,8 @@ static int open_libs(lua_State *L) {
   lua_call(L, 0, 1);
   lua_getfield(L, -1, "decode");
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.decode");
+  lua_getfield(L, -1, "encode");
+  lua_setfield(L, LUA_REGISTRYINDEX, "herald.encode");
   lua_pop(L, 1);
   /* the JIT is off in this state: count hooks only interrupt interpreted code */
   luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
@@ -244,15 +247,14 @@ static int l_sandbox_compile(lua_State *L) {
   return 1;
 }
 
-/* sb:filter(id, data_json) -> true, passed | nil, err */
-static int l_sandbox_filter(lua_State *L) {
-  sandbox *sb = check_sb(L);
+/* Runs script `id` (arg 2) with `event` = the decoded JSON (arg 3), under the CPU budget.
+ * On success leaves the script's first result on S's stack above `base` and returns 1; on
+ * failure restores S, pushes nil, err on L and returns 0. stack(S): base -> base result */
+static int sb_run(lua_State *L, sandbox *sb, int base) {
   int id = (int)luaL_checkinteger(L, 2);
   size_t len;
   const char *json = luaL_checklstring(L, 3, &len);
   lua_State *S = sb->L;
-  int base = lua_gettop(S);
-  /* stack(S): -> fn env decoded */
   lua_getfield(S, LUA_REGISTRYINDEX, "herald.scripts");
   lua_rawgeti(S, -1, id);
   lua_remove(S, -2);
@@ -267,7 +269,7 @@ static int l_sandbox_filter(lua_State *L) {
     lua_pushnil(L);
     push_error(L, S);
     lua_settop(S, base);
-    return 2;
+    return 0;
   }
   lua_setfield(S, -2, "event");
   lua_pop(S, 1); /* env */
@@ -282,13 +284,53 @@ static int l_sandbox_filter(lua_State *L) {
     push_error(L, S);
     lua_settop(S, base);
     if (status == LUA_ERRMEM || sb->mem_used > sb->mem_limit / 2) lua_gc(S, LUA_GCCOLLECT, 0);
-    return 2;
+    return 0;
   }
+  return 1;
+}
+
+/* sb:filter(id, data_json) -> true, passed | nil, err: passed when the script returns true. */
+static int l_sandbox_filter(lua_State *L) {
+  sandbox *sb = check_sb(L);
+  lua_State *S = sb->L;
+  int base = lua_gettop(S);
+  if (!sb_run(L, sb, base)) return 2;
   int passed = lua_type(S, -1) == LUA_TBOOLEAN && lua_toboolean(S, -1);
   lua_settop(S, base);
   lua_pushboolean(L, 1);
   lua_pushboolean(L, passed);
   return 2;
+}
+
+/* sb:transform(id, data_json) -> json | nil, err: the table the script returns, as JSON
+ * (encoded inside the sandbox, under its memory cap). */
+static int l_sandbox_transform(lua_State *L) {
+  sandbox *sb = check_sb(L);
+  lua_State *S = sb->L;
+  int base = lua_gettop(S);
+  if (!sb_run(L, sb, base)) return 2;
+  if (lua_type(S, -1) != LUA_TTABLE) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "script transform returned %s, not a table", lua_typename(S, lua_type(S, -1)));
+    lua_settop(S, base);
+    return 2;
+  }
+  /* stack(S): result -> encode result -> json */
+  lua_getfield(S, LUA_REGISTRYINDEX, "herald.encode");
+  lua_insert(S, -2);
+  if (lua_pcall(S, 1, 1, 0) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "script transform result cannot be encoded as JSON: ");
+    push_error(L, S);
+    lua_concat(L, 2);
+    lua_settop(S, base);
+    return 2;
+  }
+  size_t n;
+  const char *json = lua_tolstring(S, -1, &n);
+  lua_pushlstring(L, json, n);
+  lua_settop(S, base);
+  return 1;
 }
 
 static int l_sandbox_memory(lua_State *L) {
@@ -314,6 +356,8 @@ void herald__lua_open_sandbox(lua_State *L) {
     lua_setfield(L, -2, "compile");
     lua_pushcfunction(L, l_sandbox_filter);
     lua_setfield(L, -2, "filter");
+    lua_pushcfunction(L, l_sandbox_transform);
+    lua_setfield(L, -2, "transform");
     lua_pushcfunction(L, l_sandbox_memory);
     lua_setfield(L, -2, "memory");
     lua_setfield(L, -2, "__index");

@@ -8,10 +8,13 @@
  */
 #include "common.h"
 #include "engine.h"
+#include "lua_host.h"
+#include "runtime.h"
 #include "metrics.h"
 #include "plugin.h"
 
 #include <lauxlib.h>
+#include <lua.h>
 #include <string.h>
 
 herald_source *herald_source_new(herald_engine *eng, lua_State *L, const char *type,
@@ -40,12 +43,23 @@ herald_source *herald_source_new(herald_engine *eng, lua_State *L, const char *t
   src->m_duration = herald_metric_get("argo_events_event_processing_duration_milliseconds",
                                       "Summary of durations of event processing.", HERALD_SUMMARY,
                                       "eventsource_name", es, "event_name", ev, NULL);
+  src->filter_ref = LUA_NOREF;
   if (st->init && st->init(src, L, cfg_idx) != 0) {
     herald_source_free(src);
     return NULL;
   }
   herald__engine_add_source(eng, src);
   return src;
+}
+
+int herald_source_set_filter(herald_source *src, lua_State *L, int fn_idx) {
+  lua_pushvalue(L, fn_idx);
+  src->filter_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  src->m_filtered = herald_metric_get("herald_events_source_filtered_total",
+                                      "Events an EventSource filter.expression dropped.",
+                                      HERALD_COUNTER, "eventsource_name", src->es_name,
+                                      "event_name", src->event_name, NULL);
+  return 0;
 }
 
 void herald_source_free(herald_source *src) {
@@ -79,8 +93,76 @@ static void emit_done(void *data, int status) {
   if (cb) cb(cbdata, status);
 }
 
+/* Completions of events the source filter dropped: reported on the next loop pass, never from
+ * inside herald_source_emit (a function taking a callback does not call it before returning). */
+typedef struct deferred {
+  herald_bus_publish_cb cb;
+  void *cbdata;
+  struct deferred *next;
+} deferred;
+
+static uv_idle_t defer_idle;
+static int defer_ready;
+static deferred *defer_head, *defer_tail;
+
+static void run_deferred(uv_idle_t *h) {
+  deferred *d = defer_head;
+  defer_head = defer_tail = NULL;
+  uv_idle_stop(h);
+  while (d) {
+    deferred *next = d->next;
+    if (d->cb) d->cb(d->cbdata, 0);
+    free(d);
+    d = next;
+  }
+}
+
+static int defer_done(herald_engine *eng, herald_bus_publish_cb cb, void *cbdata) {
+  deferred *d = malloc(sizeof *d);
+  if (!d) return HERALD_ENOMEM;
+  d->cb = cb;
+  d->cbdata = cbdata;
+  d->next = NULL;
+  if (!defer_ready) {
+    uv_idle_init(eng->loop, &defer_idle);
+    uv_unref((uv_handle_t *)&defer_idle);
+    defer_ready = 1;
+  }
+  if (defer_tail) defer_tail->next = d;
+  else defer_head = d;
+  defer_tail = d;
+  uv_idle_start(&defer_idle, run_deferred);
+  return 0;
+}
+
+void herald__source_defer_close(void) {
+  if (defer_ready) {
+    run_deferred(&defer_idle);
+    uv_close((uv_handle_t *)&defer_idle, NULL);
+    defer_ready = 0;
+  }
+}
+
+/* Runs the EventSource filter on the data; returns 1 to publish, 0 to drop. */
+static int source_filter_passes(herald_source *src, const char *json, size_t len) {
+  lua_State *L = src->engine->L;
+  /* stack: -> fn json -> ok [err] */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, src->filter_ref);
+  lua_pushlstring(L, json, len);
+  if (herald_lua_pcall(L, 1, 2, &src->log, "filter.expression") != 0) return 0;
+  int pass = lua_toboolean(L, -2);
+  if (!pass && lua_isstring(L, -1))
+    herald_log_limited(&src->log, HLOG_WARN, "filter.expression failed: %s", lua_tostring(L, -1));
+  lua_pop(L, 2);
+  return pass;
+}
+
 int herald_source_emit(herald_source *src, const char *json, size_t len, herald_bus_publish_cb cb,
                        void *cbdata) {
+  if (src->filter_ref != LUA_NOREF && !source_filter_passes(src, json, len)) {
+    herald_metric_inc(src->m_filtered);
+    return defer_done(src->engine, cb, cbdata);
+  }
   emit_ctx *c = malloc(sizeof *c);
   if (!c) return HERALD_ENOMEM;
   herald_event *ev = herald_event_new(src->es_name, src->event_name, src->type->event_type, json, len);

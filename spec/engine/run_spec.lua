@@ -237,7 +237,7 @@ describe("herald run", function()
     local code, out = H.run{ "compile", H.source_dir .. "/bench/webhook-log/sensor.yaml" }
     assert.equal(0, code)
     assert.truthy(out:find("-- spec.dependencies[0] \"order\": events from bench/ingest", 1, true))
-    assert.truthy(out:find("-- spec.dependencies[0].filters.data[0]: body.type (string)", 1, true))
+    assert.truthy(out:find("-- spec.dependencies[0].filters.data[0]: body.type is a string", 1, true))
     assert.truthy(out:find("-- spec.triggers[0] \"log\" (log)", 1, true))
     assert.truthy(loadstring(out), "the output is valid Lua")
   end)

@@ -24,7 +24,23 @@ local function locate_with(obj)
   return function() return 0, 0 end
 end
 
-local function build_eventsource(obj)
+--- Compiles an EventSource `filter.expression` (expr-lang) into fn(data_json) -> pass [, err].
+local function source_filter(expr)
+  local exprlang = require "herald.exprlang"
+  local cjson = require "cjson"
+  local c, err = exprlang.compile(expr)
+  if not c then return nil, err end
+  return function(json)
+    local ok, data = pcall(cjson.decode, json)
+    if not ok then return false, "event data is not JSON" end
+    local v, verr = c.fn(exprlang.prepare_env(data))
+    if verr then return false, verr end
+    if type(v) ~= "boolean" then return false, "expression did not return a bool" end
+    return v
+  end
+end
+
+local function build_eventsource(obj, locate)
   local spec = obj.doc.spec
   for _, typ in ipairs(SOURCE_TYPES) do
     local events = spec[typ]
@@ -33,8 +49,20 @@ local function build_eventsource(obj)
       for name in pairs(events) do names[#names + 1] = name end
       table.sort(names)
       for _, name in ipairs(names) do
-        local src, err = core.source_new(typ, obj.name, name, events[name])
+        local cfg = events[name]
+        local filter
+        if cfg.filter and cfg.filter.expression then
+          local err
+          filter, err = source_filter(cfg.filter.expression)
+          if not filter then
+            local line, col = locate(cfg.filter, "expression")
+            return nil, ("%s:%d:%d: spec.%s.%s.filter.expression: invalid expression: %s"):format(
+              obj.file, line or 0, col or 0, typ, name, tostring(err))
+          end
+        end
+        local src, err = core.source_new(typ, obj.name, name, cfg)
         if not src then return nil, ("%s: EventSource %s: %s"):format(obj.file, obj.name, err) end
+        if filter then core.source_filter(src, filter) end
       end
     end
   end
@@ -44,19 +72,28 @@ end
 --- Builds the per-dependency handler: filter, then for each listening trigger update the
 --- latest-wins state and fire when its condition holds (then clear that trigger's state).
 local function make_handler(sensor, dep, listeners, filtered_metric)
-  local filter = dep.filter
+  local filter, transform = dep.filter, dep.transform
   local fire, log = core.fire, core.log
   local logger = "sensor:" .. sensor.name
   return function(event)
-    if filter then
-      local ok, pass, why = pcall(filter, event)
-      if not ok then
-        log("warn", logger, ("dependency %s: filter error (event %s): %s"):format(dep.name, event.context.id, tostring(pass)))
+    if transform then
+      local ok, tev, terr = pcall(transform, event)
+      if not ok or not tev then
+        log("warn", logger, ("dependency %s: transform failed, event %s dropped: %s"):format(
+          dep.name, event.context.id, tostring(ok and terr or tev)))
         core.metric_add(filtered_metric)
         return
       end
+      event = tev
+    end
+    if filter then
+      local ok, pass, why, is_error = pcall(filter, event)
+      if not ok then
+        why, is_error, pass = pass, true, false
+      end
       if not pass then
-        log("debug", logger, ("dependency %s: event %s discarded: %s"):format(dep.name, event.context.id, tostring(why)))
+        log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
+          dep.name, event.context.id, tostring(why)))
         core.metric_add(filtered_metric)
         return
       end
@@ -93,6 +130,10 @@ local function build_sensor(obj)
     trig.state = {}
     trig.failed_metric = core.metric("argo_events_action_failed_total", "How many actions failed.",
       "counter", "sensor_name", sensor.name, "trigger_name", trig.name)
+    for _, reset in ipairs(trig.conditions_reset or {}) do
+      local ok, cerr = core.cron_timer(reset.cron, reset.timezone, function() trig.state = {} end)
+      if not ok then return nil, ("%s: sensor %s: conditionsReset: %s"):format(obj.file, sensor.name, cerr) end
+    end
     for _, d in ipairs(trig.dependencies) do
       listeners[d] = listeners[d] or {}
       table.insert(listeners[d], trig)
@@ -114,7 +155,7 @@ function _M.build(objects)
   for _, obj in ipairs(objects) do
     local ok, err = true, nil
     if obj.kind == "EventSource" then
-      ok, err = build_eventsource(obj)
+      ok, err = build_eventsource(obj, locate_with(obj))
     elseif obj.kind == "Sensor" then
       ok, err = build_sensor(obj)
     end

@@ -18,6 +18,8 @@ local _M = {}
 
 _M.null = null
 
+local sandboxes = {} -- sensor name -> its sandbox (created with its first script)
+
 --- Splits a simple gjson path ("body.items.0.name", with "\." for a literal dot) into keys.
 --- Numeric segments are kept as strings here; path_get tries them as array indexes.
 ---@param path string
@@ -166,45 +168,192 @@ function _M.set_path(t, keys, value, operation)
   t[k] = value
 end
 
---- Resolves a parameter source against the events of one firing. src is the compiled form:
---- {dep=, data_keys=, context_keys=, value=, raw=}. Returns the value, or nil, reason.
---- Argo's order: template, then key, then `value` as the default.
-function _M.resolve(events, src)
-  local ev = events[src.dep]
-  if ev then
-    if src.context_keys then
-      local v = _M.path_get(ev.context, src.context_keys)
-      if v ~= nil and v ~= null then return to_string(v) end
-    elseif src.data_keys then
-      local v = _M.path_get(ev.data, src.data_keys)
-      if v ~= nil then
-        if src.raw and type(v) ~= "string" then return v end
-        return to_string(v)
-      end
-    elseif src.value == nil then
-      -- no key: the whole event as JSON (with data as JSON, not base64: see docs/compat.md)
-      return encode({ context = ev.context, data = ev.data })
+-- Paths, templates and expressions: thin adapters over the language modules, so generated
+-- sensor code does not depend on their internals. -------------------------------------------
+
+local has_gjson, gjson = pcall(require, "herald.gjson")
+local has_sjson, sjson = pcall(require, "herald.sjson")
+local has_tpl, gotemplate = pcall(require, "herald.gotemplate")
+local has_gv, govaluate = pcall(require, "herald.govaluate")
+
+--- Compiles a gjson path. Returns get(value) -> result | nil (nil when the path does not
+--- exist), or nil, err.
+function _M.path(path)
+  if has_gjson then
+    local g, err = gjson.compile(path)
+    if not g then return nil, err end
+    return function(v)
+      local r = g(v)
+      if r and r.exists then return r end
+      return nil
     end
   end
-  if src.value ~= nil then return src.value end
-  if not ev then return nil, "dependency " .. src.dep .. " has no event in this firing" end
+  local keys = _M.split_path(path)
+  return function(v)
+    local x = _M.path_get(v, keys)
+    if x ~= nil then return { exists = true, value = x } end
+  end
+end
+
+--- gjson Result.String() of a result.
+function _M.res_string(r)
+  if has_gjson then return gjson.string(r) end
+  return to_string(r.value)
+end
+
+--- gjson Result.Bool() of a result.
+function _M.res_bool(r)
+  if has_gjson then return gjson.bool(r) end
+  return _M.to_bool(r.value)
+end
+
+--- The Lua value of a result (gjson Result.Value()).
+function _M.res_value(r)
+  local v = r.value
+  if v == null then return nil end
+  return v
+end
+
+--- Compiles a Go text/template; returns t or nil, err.
+function _M.template(text)
+  if not has_tpl then return nil, "Go templates are not available" end
+  return gotemplate.compile(text)
+end
+
+--- Renders a compiled template with data; returns the text or nil, err.
+function _M.render(t, data)
+  return t:render(data)
+end
+
+--- Compiles a govaluate expression; returns fn(params) -> value | nil, err.
+function _M.govaluate(expr)
+  if not has_gv then return nil, "govaluate expressions are not available" end
+  local c, err = govaluate.compile(expr)
+  if not c then return nil, err end
+  return c.fn
+end
+
+--- Compiles an sjson destination path; returns set(doc, value, operation) or nil, err.
+function _M.setter(path)
+  if has_sjson then
+    local set, err = sjson.compile(path)
+    if not set then return nil, err end
+    local get = has_gjson and gjson.compile(path) or nil
+    return function(doc, value, operation)
+      if operation == "append" or operation == "prepend" then
+        local cur = get and get(doc)
+        if cur and cur.exists then
+          local old = gjson.string(cur)
+          value = operation == "append" and (old .. to_string(value)) or (to_string(value) .. old)
+        end
+      end
+      return set(doc, value)
+    end
+  end
+  local keys = _M.split_path(path)
+  return function(doc, value, operation)
+    _M.set_path(doc, keys, value, operation)
+    return doc
+  end
+end
+
+--- Compiles a jq program (libjq); returns it or nil, err.
+function _M.jq(program)
+  return core.jq_compile(program)
+end
+
+--- A new event with the same context and `json` as its data.
+local function with_data(event, json)
+  local ok, data = pcall(cjson.decode, json)
+  if not ok then return nil, "transform produced invalid JSON" end
+  return { context = event.context, data = data, raw = json }
+end
+
+--- Applies a compiled jq program to the event: the first output replaces the data.
+function _M.transform_jq(jq, event)
+  local json, err = jq:run(event.raw)
+  if not json then return nil, err end
+  return with_data(event, json)
+end
+
+--- Applies a sandboxed transform script: the table it returns replaces the data.
+function _M.transform_script(sensor_name, id, event)
+  local json, err = sandboxes[sensor_name]:transform(id, event.raw)
+  if not json then return nil, "script transform: " .. tostring(err) end
+  return with_data(event, json)
+end
+
+-- Trigger parameters (Argo's ResolveParamValue / ApplyParams) --------------------------------
+
+--- The event as JSON, as a parameter with no key or template resolves to it (data as JSON,
+--- where Argo gives base64: docs/compat.md).
+local function whole_event(ev)
+  return encode({ context = ev.context, data = ev.data })
+end
+
+--- Resolves one compiled parameter source (see Compiler:params). Returns value, is_raw or
+--- nil, reason. Argo's order: template, then key, then `value`; with no key and no template the
+--- whole event; a dependency absent from the firing only has `value`.
+function _M.resolve(events, p)
+  local ev = events[p.dep]
+  if not ev then
+    if p.value ~= nil then return p.value end
+    return nil, "dependency " .. p.dep .. " has no event in this firing"
+  end
+  if not (p.data_get or p.context_get or p.data_tpl or p.context_tpl) then
+    return whole_event(ev)
+  end
+  local input, get, tpl = ev.context, p.context_get, p.context_tpl
+  if p.data_get or p.data_tpl then input, get, tpl = ev.data, p.data_get, p.data_tpl end
+  if tpl then
+    local out = tpl:render({ Input = input })
+    if out ~= nil and out ~= "" and out ~= "<no value>" then return out end
+  end
+  if get then
+    local r = get(input)
+    if r ~= nil then
+      if p.raw and type(r.value) ~= "string" then return r.value, true end
+      return _M.res_string(r)
+    end
+  end
+  if p.value ~= nil then return p.value end
   return nil, "key not found and no default value"
 end
 
---- Applies compiled parameters (array of {src=, dest_keys=, operation=}) to target.
---- Returns true, or nil, reason for the first parameter that cannot be resolved.
+--- Applies compiled parameters to target (a table). Returns target, or nil, reason for the
+--- first parameter that cannot be resolved (a parameter whose dependency did not fire and has
+--- no `value` is skipped, as in Argo).
 function _M.apply_params(target, params, events)
   for i = 1, #params do
     local p = params[i]
-    local v, err = _M.resolve(events, p.src)
+    local v, err = _M.resolve(events, p)
     if v == nil then
-      -- Argo skips a parameter whose dependency did not fire; anything else fails the action.
-      if events[p.src.dep] ~= nil then return nil, ("parameter %s: %s"):format(p.where, err) end
-    else
-      _M.set_path(target, p.dest_keys, v, p.operation)
+      if events[p.dep] ~= nil then return nil, ("parameter %s: %s"):format(p.where, err) end
+    elseif p.dest then
+      target = p.dest(target, v, p.operation) or target
     end
   end
-  return true
+  return target
+end
+
+--- Builds an HTTP (or other) payload from compiled parameters, starting from {} as Argo does;
+--- a parameter without `dest` makes its value the whole body. Returns the body text or nil, err.
+function _M.build_payload(params, events)
+  local doc = {}
+  local whole
+  for i = 1, #params do
+    local p = params[i]
+    local v, err = _M.resolve(events, p)
+    if v == nil then
+      if events[p.dep] ~= nil then return nil, ("parameter %s: %s"):format(p.where, err) end
+    elseif p.dest then
+      doc = p.dest(doc, v, p.operation) or doc
+    else
+      whole = v
+    end
+  end
+  if whole ~= nil then return type(whole) == "string" and whole or encode(whole) end
+  return encode(doc)
 end
 
 --- Deep copy of a plain table (templates are copied per firing before parameters touch them).
@@ -217,8 +366,6 @@ end
 _M.copy = copy
 
 -- Sandboxed user scripts --------------------------------------------------------------------
-
-local sandboxes = {}
 
 --- Returns the sandbox of a sensor (created on first use: only sensors with scripts pay).
 function _M.sandbox(sensor_name, limits)
@@ -236,13 +383,13 @@ function _M.script(sensor_name, source, chunkname)
   return sb:compile(source, chunkname)
 end
 
---- Runs a compiled script filter on the event's data. Returns true/false, and a reason when
---- it did not pass. A script that raises (or hits its CPU or memory limit) raises here too:
---- the dependency's whole filter then fails, as a script error always does in Argo.
+--- Runs a compiled script filter on the event's data. Returns passed, reason, raised: a script
+--- that raises (or hits its CPU or memory limit) fails the dependency's whole filter, as a
+--- script error always does in Argo.
 function _M.run_script(sensor_name, id, event)
   local sb = sandboxes[sensor_name]
   local ok, res = sb:filter(id, event.raw)
-  if ok == nil then error("script filter: " .. tostring(res), 0) end
+  if ok == nil then return false, "script filter: " .. tostring(res), true end
   return res == true, res ~= true and "script did not return true" or nil
 end
 

@@ -150,18 +150,47 @@ function Compiler:fail(path, tbl, key, msg)
 end
 
 local DATA_TYPES = { string = true, number = true, bool = true }
+local NUMBER_COMPARATORS = { [">="] = ">=", [">"] = ">", ["="] = "==", [""] = "==", ["!="] = "~=", ["<"] = "<", ["<="] = "<=" }
+
+--- A constant holding a compiled gjson path; fails at `where` when the path does not compile.
+function Compiler:path_const(path, where, tbl, key)
+  local get, err = rt.path(path)
+  if not get then self:fail(where, tbl, key, "invalid path: " .. tostring(err)) end
+  return self:const("PATH", fmt("assert(rt.path(%s))", literal(path)))
+end
+
+--- A constant holding a compiled Go template.
+function Compiler:template_const(text, where, tbl, key)
+  local t, err = rt.template(text)
+  if not t then self:fail(where, tbl, key, "invalid template: " .. tostring(err)) end
+  return self:const("TEMPLATE", fmt("assert(rt.template(%s))", literal(text)))
+end
 
 function Compiler:data_filter(dpath, f, idx)
   local path = fmt("%s.filters.data[%d]", dpath, idx - 1)
-  local keys = self:const("PATH", literal(rt.split_path(f.path)))
   local typ = f.type
   if not DATA_TYPES[typ] then self:fail(path .. ".type", f, "type", "unsupported type " .. tostring(typ)) end
   local cmp = f.comparator or ""
-  self:emit("    -- %s: %s (%s)%s", path, f.path, typ, cmp ~= "" and (" " .. cmp) or "")
+  local getter = self:path_const(f.path, path .. ".path", f, "path")
+  self:emit("    -- %s: %s is a %s%s", path, f.path, typ, cmp ~= "" and (" " .. cmp) or "")
   self:emit("    do")
-  self:emit("      local v = path_get(event.data, %s)", keys)
-  self:emit("      if v == nil then ok, why = false, %q", "path " .. f.path .. " does not exist")
+  self:emit("      local r = %s(event.data)", getter)
+  self:emit("      if r == nil then")
+  self:emit("        results[#results + 1], err = false, %s", literal("path " .. f.path .. " does not exist"))
   self:emit("      else")
+  self:emit("        local s = res_string(r)")
+  if f.template then
+    local tpl = self:template_const(f.template, path .. ".template", f, "template")
+    self:emit("        -- %s.template: Go template with .Input = the value as a string", path)
+    self:emit("        local out = render(%s, { Input = s })", tpl)
+    self:emit("        if out == nil or out == \"\" or out == \"<no value>\" then")
+    self:emit("          results[#results + 1], err = false, %s", literal("template evaluated to empty string or no value: " .. f.template))
+    self:emit("          s = nil")
+    self:emit("        else")
+    self:emit("          s = out")
+    self:emit("        end")
+  end
+  self:emit("        if s ~= nil then")
   local tests = {}
   for i, val in ipairs(f.value) do
     local vpath = fmt("%s.value[%d]", path, i - 1)
@@ -170,15 +199,12 @@ function Compiler:data_filter(dpath, f, idx)
       local m, err = rt.regex(val)
       if not m then self:fail(vpath, f.value, i, "invalid regular expression: " .. err) end
       local re = self:const("RE", fmt("assert(rt.regex(%s))", literal(val)))
-      if cmp == "!=" then tests[#tests + 1] = fmt("not %s:find(s)", re)
-      else tests[#tests + 1] = fmt("%s:find(s)", re) end
+      tests[#tests + 1] = cmp == "!=" and fmt("not %s:find(s)", re) or fmt("%s:find(s)", re)
     elseif typ == "number" then
       local num = rt.to_number(val)
       if not num then self:fail(vpath, f.value, i, "not a number: " .. val) end
-      if cmp ~= "" and not ({ [">="] = 1, [">"] = 1, ["="] = 1, ["!="] = 1, ["<"] = 1, ["<="] = 1 })[cmp] then
-        self:fail(path .. ".comparator", f, "comparator", "unknown comparator " .. cmp)
-      end
-      local op = (cmp == "" or cmp == "=") and "==" or (cmp == "!=" and "~=" or cmp)
+      local op = NUMBER_COMPARATORS[cmp]
+      if not op then self:fail(path .. ".comparator", f, "comparator", "unknown comparator " .. cmp) end
       tests[#tests + 1] = fmt("n %s %s", op, literal(num))
     else
       local b = rt.parse_bool(val)
@@ -187,19 +213,54 @@ function Compiler:data_filter(dpath, f, idx)
     end
   end
   if typ == "string" then
-    self:emit("        local s = to_string(v)")
+    self:emit("          results[#results + 1] = %s", concat(tests, " or "))
   elseif typ == "number" then
-    self:emit("        local n = to_number(to_string(v))")
-    self:emit("        if n == nil then ok, why = false, %q else", "value at " .. f.path .. " is not a number")
+    self:emit("          local n = to_number(s)")
+    self:emit("          if n == nil then")
+    self:emit("            results[#results + 1], err = false, %s", literal("value at " .. f.path .. " is not a number"))
+    self:emit("          else")
+    self:emit("            results[#results + 1] = %s", concat(tests, " or "))
+    self:emit("          end")
   else
-    self:emit("        local b = to_bool(v)")
+    self:emit("          local b = %s", f.template and "to_bool(s)" or "res_bool(r)")
+    self:emit("          results[#results + 1] = %s", concat(tests, " or "))
   end
-  self:emit("        ok = %s", concat(tests, " or "))
-  self:emit("        if not ok then why = %q end", fmt("%s: value did not match", f.path))
-  if typ == "number" then self:emit("        end") end
+  self:emit("        end")
   self:emit("      end")
-  self:emit("      results[#results + 1] = ok")
   self:emit("    end")
+end
+
+function Compiler:expr_filter(dpath, e, idx)
+  local path = fmt("%s.filters.exprs[%d]", dpath, idx - 1)
+  local fn, err, col = rt.govaluate(e.expr)
+  if not fn then self:fail(path .. ".expr", e, "expr", "invalid expression: " .. tostring(err)) end
+  local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", literal(e.expr)))
+  self:emit("    -- %s: %s", path, e.expr)
+  self:emit("    do")
+  self:emit("      local params, missing = {}, nil")
+  for j, field in ipairs(e.fields or {}) do
+    local getter = self:path_const(field.path, fmt("%s.fields[%d].path", path, j - 1), field, "path")
+    self:emit("      local f%d = %s(event.data)", j, getter)
+    self:emit("      if f%d == nil then missing = %s else params[%s] = res_value(f%d) end", j, literal(field.path), literal(field.name), j)
+  end
+  self:emit("      if missing then")
+  self:emit("        results[#results + 1], err = false, \"path \" .. missing .. \" does not exist\"")
+  self:emit("      else")
+  self:emit("        local v, e = %s(params)", efn)
+  self:emit("        if e then err = %s .. e end", literal(path .. ": "))
+  self:emit("        results[#results + 1] = v == true")
+  self:emit("      end")
+  self:emit("    end")
+end
+
+local CONTEXT_FIELDS = { "type", "subject", "source", "datacontenttype" }
+
+--- Parses "HH:MM:SS" into seconds of the day, or nil.
+local function clock_seconds(s)
+  local h, m, sec = tostring(s):match("^(%d%d?):(%d%d):(%d%d)$")
+  h, m, sec = tonumber(h), tonumber(m), tonumber(sec)
+  if not h or h > 23 or m > 59 or sec > 59 then return nil end
+  return h * 3600 + m * 60 + sec
 end
 
 function Compiler:dependency(dep, i)
@@ -208,68 +269,147 @@ function Compiler:dependency(dep, i)
   self:emit("-- %s %q: events from %s/%s", dpath, dep.name, dep.eventSourceName, dep.eventName)
   self:emit("sensor.dependencies[%d] = {", i)
   self:emit("  name = %q, eventSourceName = %q, eventName = %q,", dep.name, dep.eventSourceName, dep.eventName)
+  local tr = dep.transform
+  if tr and tr.jq then
+    local ok, err = rt.jq(tr.jq)
+    if not ok then self:fail(dpath .. ".transform.jq", tr, "jq", "invalid jq program: " .. tostring(err)) end
+    local jq = self:const("JQ", fmt("assert(rt.jq(%s))", literal(tr.jq)))
+    self:emit("  -- %s.transform.jq: the first output (an object) replaces the event data", dpath)
+    self:emit("  transform = function(event) return transform_jq(%s, event) end,", jq)
+  elseif tr and tr.script then
+    local where = dpath .. ".transform.script"
+    local id, err = rt.script(self.name, tr.script, "=" .. where)
+    if not id then self:fail(where, tr, "script", "script does not compile: " .. tostring(err)) end
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(tr.script), literal("=" .. where)))
+    self:emit("  -- %s: sandboxed Lua; `event` is the data, the returned table replaces it", where)
+    self:emit("  transform = function(event) return transform_script(%q, %s, event) end,", self.name, sid)
+  end
   local filters = dep.filters
-  if not filters or (not filters.data and not filters.script) then
+  local kinds = {}
+  if filters then
+    if filters.exprs and #filters.exprs > 0 then kinds[#kinds + 1] = "exprs" end
+    if filters.data and #filters.data > 0 then kinds[#kinds + 1] = "data" end
+    if filters.context then kinds[#kinds + 1] = "context" end
+    if filters.time then kinds[#kinds + 1] = "time" end
+    if filters.script then kinds[#kinds + 1] = "script" end
+  end
+  if #kinds == 0 then
     self:emit("  filter = nil, -- no filters: every event passes")
     self:emit("}")
     return
   end
   local op_all = (dep.filtersLogicalOperator or "and") == "or" and "or" or "and"
-  self:emit("  -- filters combined with %q (%s.filtersLogicalOperator)", op_all, dpath)
+  self:emit("  -- filters in Argo's order (exprs, data, context, time, script), combined with %q", op_all)
+  self:emit("  -- returns pass, reason, is_error")
   self:emit("  filter = function(event)")
-  self:emit("    local kinds, why = {}, nil")
-  if filters.data then
+  self:emit("    local results, err, why")
+  local vars = {}
+  if kinds[1] and filters.exprs and #filters.exprs > 0 then
+    local eop = (filters.exprLogicalOperator or "and") == "or" and "or" or "and"
+    self:emit("    -- %s.filters.exprs, combined with %q", dpath, eop)
+    self:emit("    results, err = {}, nil")
+    for j, e in ipairs(filters.exprs) do
+      if e.fields and #e.fields > 0 then self:expr_filter(dpath, e, j)
+      else self:emit("    -- %s.filters.exprs[%d] has no fields: skipped, as in Argo", dpath, j - 1) end
+    end
+    self:emit("    local exprs_ok, exprs_err = #results == 0 or combine_%s(results), err", eop)
+    vars[#vars + 1] = "exprs"
+  end
+  if filters.data and #filters.data > 0 then
     local dop = (filters.dataLogicalOperator or "and") == "or" and "or" or "and"
     self:emit("    -- %s.filters.data, combined with %q", dpath, dop)
-    self:emit("    local results, ok = {}, false")
+    self:emit("    results, err = {}, nil")
     for j, f in ipairs(filters.data) do self:data_filter(dpath, f, j) end
-    self:emit("    kinds[#kinds + 1] = combine_%s(results)", dop)
+    self:emit("    local data_ok, data_err = combine_%s(results), err", dop)
+    vars[#vars + 1] = "data"
+  end
+  if filters.context then
+    local tests = {}
+    for _, k in ipairs(CONTEXT_FIELDS) do
+      if filters.context[k] ~= nil then
+        tests[#tests + 1] = fmt("event.context.%s == %s", k, literal(filters.context[k]))
+      end
+    end
+    if #tests == 0 then self:fail(dpath .. ".filters.context", filters, "context", "needs at least one of type, subject, source, datacontenttype") end
+    self:emit("    -- %s.filters.context: exact match on the CloudEvent attributes", dpath)
+    self:emit("    local context_ok, context_err = %s, nil", concat(tests, " and "))
+    vars[#vars + 1] = "context"
+  end
+  if filters.time then
+    local tf = filters.time
+    local tpath = dpath .. ".filters.time"
+    local start, stop = clock_seconds(tf.start), clock_seconds(tf.stop)
+    if not start then self:fail(tpath .. ".start", tf, "start", "expected HH:MM:SS, got " .. tostring(tf.start)) end
+    if not stop then self:fail(tpath .. ".stop", tf, "stop", "expected HH:MM:SS, got " .. tostring(tf.stop)) end
+    local tz, err = core.tz_open and core.tz_open(tf.timezone or "UTC")
+    if core.tz_open and not tz then self:fail(tpath .. ".timezone", tf, "timezone", tostring(err)) end
+    local zone = self:const("ZONE", fmt("assert(core.tz_open(%s))", literal(tf.timezone or "UTC")))
+    local test = start <= stop and fmt("sod >= %d and sod < %d", start, stop) or fmt("sod >= %d or sod < %d", start, stop)
+    self:emit("    -- %s: %s to %s in %s%s", tpath, tf.start, tf.stop, tf.timezone or "UTC", start > stop and " (wraps midnight)" or "")
+    self:emit("    local time_ok, time_err")
+    self:emit("    do")
+    self:emit("      local t = parse_time(event.context.time)")
+    self:emit("      if t == nil then")
+    self:emit("        time_ok, time_err = false, \"event time \" .. tostring(event.context.time) .. \" is not RFC 3339\"")
+    self:emit("      else")
+    self:emit("        local h, m, s = %s:clock(t)", zone)
+    self:emit("        local sod = h * 3600 + m * 60 + s")
+    self:emit("        time_ok = %s", test)
+    self:emit("      end")
+    self:emit("    end")
+    vars[#vars + 1] = "time"
   end
   if filters.script then
     local spath = dpath .. ".filters.script"
     local id, err = rt.script(self.name, filters.script, "=" .. spath)
     if not id then self:fail(spath, filters, "script", "script does not compile: " .. tostring(err)) end
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(filters.script), literal("=" .. spath)))
-    self:emit("    -- %s (sandboxed Lua; `event` is the event data)", spath)
-    self:emit("    do")
-    self:emit("      local ok, reason = run_script(%q, %s, event)", self.name, sid)
-    self:emit("      if not ok then why = reason end")
-    self:emit("      kinds[#kinds + 1] = ok")
-    self:emit("    end")
+    self:emit("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
+    self:emit("    local script_ok, script_err, script_raised = run_script(%q, %s, event)", self.name, sid)
+    self:emit("    if script_raised then return false, script_err, true end")
+    vars[#vars + 1] = "script"
   end
-  self:emit("    local pass = combine_%s(kinds)", op_all)
-  self:emit("    return pass, not pass and why or nil")
+  local oks, errs = {}, {}
+  for _, v in ipairs(vars) do
+    oks[#oks + 1] = v .. "_ok"
+    errs[#errs + 1] = v .. "_err"
+  end
+  self:emit("    local pass = %s", concat(oks, " " .. op_all .. " "))
+  self:emit("    if pass then return true end")
+  self:emit("    err = %s", concat(errs, " or "))
+  self:emit("    return false, err or %s, err ~= nil", literal("filters did not match"))
   self:emit("  end,")
   self:emit("}")
 end
 
---- Compiles a parameter list into a constant (array of {src, dest_keys, operation, where}).
+--- Compiles a parameter list into a constant: an array of resolved descriptors with the
+--- paths, templates and destinations compiled once.
 function Compiler:params(list, path)
   if not list or #list == 0 then return nil end
-  local out = {}
+  local parts = {}
   for i, p in ipairs(list) do
     local where = fmt("%s[%d]", path, i - 1)
     local src = p.src or {}
-    if src.dataTemplate or src.contextTemplate then
-      self:fail(where .. ".src", p, "src", "dataTemplate/contextTemplate are not supported by Herald yet")
-    end
     if not self.dep_names[src.dependencyName] then
       self:fail(where .. ".src.dependencyName", src, "dependencyName", "unknown dependency " .. tostring(src.dependencyName))
     end
-    out[i] = {
-      where = where,
-      src = {
-        dep = src.dependencyName,
-        data_keys = src.dataKey and rt.split_path(src.dataKey) or nil,
-        context_keys = src.contextKey and rt.split_path(src.contextKey) or nil,
-        value = src.value,
-        raw = src.useRawData or nil,
-      },
-      dest_keys = rt.split_path(p.dest or ""),
-      operation = p.operation or "overwrite",
-    }
+    local fields = { fmt("where = %s", literal(where)), fmt("dep = %s", literal(src.dependencyName)) }
+    if src.dataKey then fields[#fields + 1] = "data_get = " .. self:path_const(src.dataKey, where .. ".src.dataKey", src, "dataKey") end
+    if src.contextKey then fields[#fields + 1] = "context_get = " .. self:path_const(src.contextKey, where .. ".src.contextKey", src, "contextKey") end
+    if src.dataTemplate then fields[#fields + 1] = "data_tpl = " .. self:template_const(src.dataTemplate, where .. ".src.dataTemplate", src, "dataTemplate") end
+    if src.contextTemplate then fields[#fields + 1] = "context_tpl = " .. self:template_const(src.contextTemplate, where .. ".src.contextTemplate", src, "contextTemplate") end
+    if src.value ~= nil then fields[#fields + 1] = "value = " .. literal(src.value) end
+    if src.useRawData then fields[#fields + 1] = "raw = true" end
+    local dest = p.dest or ""
+    if dest ~= "" then
+      local set, err = rt.setter(dest)
+      if not set then self:fail(where .. ".dest", p, "dest", "invalid path: " .. tostring(err)) end
+      fields[#fields + 1] = "dest = " .. self:const("DEST", fmt("assert(rt.setter(%s))", literal(dest)))
+    end
+    fields[#fields + 1] = "operation = " .. literal(p.operation or "overwrite")
+    parts[#parts + 1] = "  { " .. concat(fields, ", ") .. " }"
   end
-  return self:const("PARAMS", literal(out))
+  return self:const("PARAMS", "{\n" .. concat(parts, ",\n") .. ",\n}")
 end
 
 local TRIGGER_TYPES = { "log", "http" }
@@ -304,6 +444,21 @@ function Compiler:trigger(trig, i)
   self:emit("  dependencies = %s,", literal(deps))
   self:emit("  -- %s.template.conditions: %s", tpath, tmpl.conditions or "(all dependencies)")
   self:emit("  condition = function(s) return %s end,", cond_lua)
+  if tmpl.conditionsReset and #tmpl.conditionsReset > 0 then
+    local resets = {}
+    for j, r in ipairs(tmpl.conditionsReset) do
+      local where = fmt("%s.template.conditionsReset[%d].byTime", tpath, j - 1)
+      local bt = r.byTime
+      if not bt or not bt.cron then self:fail(where, r, "byTime", "needs cron") end
+      if core.cron_check then
+        local ok, err = core.cron_check(bt.cron, bt.timezone)
+        if not ok then self:fail(where .. ".cron", bt, "cron", "invalid cron: " .. tostring(err)) end
+      end
+      resets[#resets + 1] = { cron = bt.cron, timezone = bt.timezone }
+    end
+    self:emit("  -- %s.template.conditionsReset: the dependency state is cleared at these times", tpath)
+    self:emit("  conditions_reset = %s,", literal(resets, "  "))
+  end
   self:emit("  config = %s,", literal(tmpl[ttype], "  "))
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
@@ -330,10 +485,9 @@ function Compiler:trigger(trig, i)
     self:emit("    local body")
     if payload then
       self:emit("    -- %s.template.http.payload builds the request body", tpath)
-      self:emit("    local doc = {}")
-      self:emit("    local ok3, err3 = apply_params(doc, %s, events)", payload)
-      self:emit("    if not ok3 then return nil, err3 end")
-      self:emit("    body = doc[\"\"] ~= nil and (type(doc[\"\"]) == \"string\" and doc[\"\"] or encode(doc[\"\"])) or encode(doc)")
+      self:emit("    local err3")
+      self:emit("    body, err3 = build_payload(%s, events)", payload)
+      self:emit("    if not body then return nil, err3 end")
     end
     self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
     self:emit("             body = body, timeout = spec.timeout }")
@@ -346,9 +500,11 @@ local HEADER = [[
 -- Sensor %q, compiled by Herald from %s.
 -- Generated code: edit the Sensor spec, not this.
 local rt = ...
-local path_get, to_string, to_number, to_bool = rt.path_get, rt.to_string, rt.to_number, rt.to_bool
-local apply_params, copy, run_script = rt.apply_params, rt.copy, rt.run_script
-local encode = require("cjson").encode
+local core = require "herald.core"
+local res_string, res_bool, res_value = rt.res_string, rt.res_bool, rt.res_value
+local to_number, to_bool, render, parse_time = rt.to_number, rt.to_bool, rt.render, core.parse_time
+local apply_params, build_payload, copy = rt.apply_params, rt.build_payload, rt.copy
+local run_script, transform_jq, transform_script = rt.run_script, rt.transform_jq, rt.transform_script
 
 local function combine_and(r)
   for i = 1, #r do if not r[i] then return false end end
