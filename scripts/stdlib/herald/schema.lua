@@ -254,7 +254,7 @@ local WebhookContext = object(webhook_context_fields(), { doc = "HTTP endpoint s
 
 local WebhookEventSource = object((function()
   local f = webhook_context_fields()
-  f.filter = es_filter { supported = NO, what = "source-side filter expressions" }
+  f.filter = es_filter { doc = "expr-lang expression over the event data; false drops the event" }
   return f
 end)(), { doc = "an HTTP endpoint that turns each request into an event" })
 
@@ -297,7 +297,7 @@ local CalendarEventSource = object({
       createIfNotExist = bool { doc = "create the ConfigMap" },
     }),
   }, { supported = NO, what = "calendar persistence and catch-up" }),
-  filter = es_filter { supported = NO, what = "source-side filter expressions" },
+  filter = es_filter { doc = "expr-lang expression over the event data; false drops the event" },
 }, { doc = "events on a schedule", at_least_one_of = { "schedule", "interval" } })
 
 local FileEventSource = object({
@@ -577,7 +577,7 @@ local DataFilter = object({
                     doc = "accepted values (regexps for strings); any one may match" },
   comparator = str { enum = { ">=", ">", "=", "!=", "<", "<=" }, default = "=",
                      doc = "comparison for number (and = / != for string and bool)" },
-  template = str { supported = NO, what = "data filter templates (Go text/template)" },
+  template = str { doc = "Go template over .Input (the value as a string); its output is matched instead" },
 }, { doc = "a constraint on the event data" })
 
 local ExprFilter = object({
@@ -601,14 +601,14 @@ local TimeFilter = object({
 }, { doc = "a daily time window" })
 
 local EventDependencyFilter = object({
-  time = use(TimeFilter, { supported = NO, what = "time filters" }),
-  context = use(EventContext, { supported = NO, what = "context filters" }),
+  time = use(TimeFilter),
+  context = use(EventContext),
   data = array(DataFilter, { doc = "data filters" }),
-  exprs = array(ExprFilter, { supported = NO, what = "expr filters" }),
+  exprs = array(ExprFilter, { doc = "govaluate expressions over fields bound by gjson paths" }),
   dataLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and",
                               doc = "how data filters combine" },
-  exprLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and", supported = NO,
-                              what = "exprLogicalOperator (expr filters)" },
+  exprLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and",
+                              doc = "how expr filters combine" },
   script = str { doc = "Lua filter: the event passes when the script returns true" },
 }, { doc = "filters on the dependency's events" })
 
@@ -620,7 +620,7 @@ local EventDependency = object({
   transform = object({
     jq = str { doc = "jq program applied to the event data" },
     script = str { doc = "Lua script that returns the new event data" },
-  }, { supported = NO, what = "event transforms (jq / script)" }),
+  }, { doc = "rewrites the event data before the filters", exactly_one_of = { "jq", "script" } }),
   filtersLogicalOperator = str { enum = LOGICAL_OPERATOR, default = "and",
                                  doc = "how the filter kinds combine" },
 }, { doc = "an event the sensor waits for" })
@@ -783,7 +783,7 @@ local TriggerTemplate = object({
   conditions = str { doc = "boolean expression over dependency names, e.g. (a || b) && c" },
   conditionsReset = array(object({
     byTime = object({ cron = str(), timezone = str() }),
-  }), { supported = NO, what = "conditionsReset" }),
+  }), { doc = "times at which the dependency state of this trigger is cleared" }),
   k8s = use(K8sTrigger, { supported = NO, what = "Kubernetes (k8s) triggers" }),
   argoWorkflow = use(ArgoWorkflowTrigger, { supported = NO, what = "Argo Workflow triggers" }),
   http = use(HTTPTrigger),
