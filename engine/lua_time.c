@@ -144,7 +144,7 @@ static int l_cron_timer(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
   char err[256];
   herald_cron *c = NULL;
-  if (herald_cron_parse(expr, tz && *tz ? tz : NULL, 0, &c, err, sizeof err) != 0) {
+  if (herald_cron_parse(expr, tz && *tz ? tz : NULL, HERALD_CRON_DESCRIPTORS, &c, err, sizeof err) != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;

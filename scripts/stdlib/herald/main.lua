@@ -91,6 +91,17 @@ local function cmd_lint(paths, opts)
     return 2
   end
   local result = load(paths)
+  if #result.errors == 0 then
+    -- valid specs must also compile: paths, expressions, templates, regexes, scripts, jq
+    local compiler = require "herald.sensor"
+    local loader = require "herald.loader"
+    for _, obj in ipairs(result.objects) do
+      if obj.kind == "Sensor" then
+        local _, err = compiler.compile(obj, { locate = function(tbl, key) return loader.position(obj.pos, tbl, key) end })
+        if err then result.errors[#result.errors + 1] = err end
+      end
+    end
+  end
   for _, e in ipairs(result.errors) do eprint(e) end
   for _, w in ipairs(result.warnings) do eprint(w) end
   local nerr = #result.errors + (opts.strict and #result.warnings or 0)
@@ -108,10 +119,11 @@ local function cmd_compile(paths)
   for _, e in ipairs(result.errors) do eprint(e) end
   if #result.errors > 0 then return 1 end
   local compiler = require "herald.sensor"
+  local loader = require "herald.loader"
   local n = 0
   for _, obj in ipairs(result.objects) do
     if obj.kind == "Sensor" then
-      local compiled, err = compiler.compile(obj)
+      local compiled, err = compiler.compile(obj, { locate = function(tbl, key) return loader.position(obj.pos, tbl, key) end })
       if not compiled then
         eprint(err)
         return 1
