@@ -14,6 +14,7 @@ commands:
                      on the embedded bus
   lint PATH...       validate EventSource, Sensor and EventBus files; exit 1 on any error
   compile FILE       print the Lua a Sensor compiles to
+  lua FILE [ARG...]  run a Lua file with Herald's stdlib (for scripting and benchmarks)
   version            print the version
 
 options (run):
@@ -195,6 +196,20 @@ function _M.main(argv)
   if cmd == "run" then return cmd_run(paths, opts) end
   if cmd == "lint" then return cmd_lint(paths, opts) end
   if cmd == "compile" then return cmd_compile(paths) end
+  if cmd == "lua" then
+    local fn, err = loadfile(paths[1] or "")
+    if not fn then
+      eprint("herald lua: ", err or "no FILE given")
+      return 2
+    end
+    _G.arg = { [0] = paths[1], select(2, unpack(paths)) }
+    local ok, res = pcall(fn, select(2, unpack(paths)))
+    if not ok then
+      eprint(res)
+      return 1
+    end
+    return type(res) == "number" and res or 0
+  end
   if cmd == "version" or cmd == "--version" then
     io.stdout:write("herald ", VERSION, "\n")
     return 0

@@ -108,14 +108,17 @@ function _M.parse_bool(s)
   return PARSE_BOOL[s]
 end
 
---- strconv.ParseFloat on gjson's String() of v: a number, or nil.
+--- strconv.ParseFloat on gjson's String() of v: a number, or nil. Byte checks rather than
+--- patterns: this runs per event and string.find with a pattern is not JIT-compiled.
+local byte = string.byte
 function _M.to_number(v)
   if type(v) == "number" then return v end
-  if type(v) == "string" then
-    if v:find("^%s") or v:find("%s$") or v:find("^0[xX]") then return nil end
-    return tonumber(v)
-  end
-  return nil
+  if type(v) ~= "string" or v == "" then return nil end
+  local first, last = byte(v, 1), byte(v, -1)
+  -- Go rejects surrounding spaces; Lua's tonumber would accept them, and hex integers
+  if first <= 32 or last <= 32 then return nil end
+  if first == 48 and (byte(v, 2) == 120 or byte(v, 2) == 88) then return nil end -- 0x..
+  return tonumber(v)
 end
 
 --- Compares a and b with an Argo comparator (">=", ">", "=", "!=", "<", "<=", "" means "=").
@@ -176,40 +179,22 @@ local has_sjson, sjson = pcall(require, "herald.sjson")
 local has_tpl, gotemplate = pcall(require, "herald.gotemplate")
 local has_gv, govaluate = pcall(require, "herald.govaluate")
 
---- Compiles a gjson path. Returns get(value) -> result | nil (nil when the path does not
---- exist), or nil, err.
+--- Compiles a gjson path. Returns get(value) -> the value at the path (gjson's "light"
+--- result: nil when it does not exist, cjson.null for JSON null), or nil, err.
 function _M.path(path)
-  if has_gjson then
-    local g, err = gjson.compile(path)
-    if not g then return nil, err end
-    return function(v)
-      local r = g(v)
-      if r and r.exists then return r end
-      return nil
-    end
-  end
+  if has_gjson then return gjson.compile(path) end
   local keys = _M.split_path(path)
-  return function(v)
-    local x = _M.path_get(v, keys)
-    if x ~= nil then return { exists = true, value = x } end
-  end
+  return function(v) return _M.path_get(v, keys) end
 end
 
---- gjson Result.String() of a result.
-function _M.res_string(r)
-  if has_gjson then return gjson.string(r) end
-  return to_string(r.value)
-end
+--- gjson Result.String() of a path's value.
+_M.res_string = has_gjson and gjson.string or to_string
 
---- gjson Result.Bool() of a result.
-function _M.res_bool(r)
-  if has_gjson then return gjson.bool(r) end
-  return _M.to_bool(r.value)
-end
+--- gjson Result.Bool() of a path's value.
+_M.res_bool = has_gjson and gjson.bool or _M.to_bool
 
---- The Lua value of a result (gjson Result.Value()).
-function _M.res_value(r)
-  local v = r.value
+--- gjson Result.Value(): the Lua value, with JSON null as nil.
+function _M.res_value(v)
   if v == null then return nil end
   return v
 end
@@ -242,7 +227,7 @@ function _M.setter(path)
     return function(doc, value, operation)
       if operation == "append" or operation == "prepend" then
         local cur = get and get(doc)
-        if cur and cur.exists then
+        if cur ~= nil then
           local old = gjson.string(cur)
           value = operation == "append" and (old .. to_string(value)) or (to_string(value) .. old)
         end
@@ -312,7 +297,7 @@ function _M.resolve(events, p)
   if get then
     local r = get(input)
     if r ~= nil then
-      if p.raw and type(r.value) ~= "string" then return r.value, true end
+      if p.raw and type(r) ~= "string" then return r, true end
       return _M.res_string(r)
     end
   end
