@@ -259,7 +259,9 @@ describe("trigger parameters", function()
             - src: {dependencyName: a, dataKey: body.user.name}
               dest: greeting
             - src: {dependencyName: a, value: "Hello, "}
-              dest: unused
+              dest: hello
+            - src: {dependencyName: a}
+              dest: whole
             - src: {dependencyName: b, dataKey: body.x, value: "b absent"}
               dest: fromb
             - src: {dependencyName: a, dataKey: body.items, useRawData: true}
@@ -276,8 +278,9 @@ describe("trigger parameters", function()
     assert.equal("ada", body.greeting)
     assert.equal("b absent", body.fromb)
     assert.same({ { sku = "A1", qty = 3 }, { sku = "B", qty = 1 } }, body.items)
-    -- Argo: a source with a dependency present but no key or template gives the whole event
-    local whole = cjson.decode(body.unused)
+    -- no key and no template: `value` when given, else the whole event as JSON
+    assert.equal("Hello, ", body.hello)
+    local whole = cjson.decode(body.whole)
     assert.equal("a", whole.context.subject)
     assert.equal("ada", whole.data.body.user.name)
     p:kill()

@@ -276,20 +276,21 @@ local function whole_event(ev)
   return encode({ context = ev.context, data = ev.data })
 end
 
---- Resolves one compiled parameter source (see Compiler:params). Returns value, is_raw or
---- nil, reason. Argo's order: template, then key, then `value`; with no key and no template the
---- whole event; a dependency absent from the firing only has `value`.
+--- Resolves one compiled parameter source (see Compiler:params), as Argo's
+--- ResolveParamValue does. Returns value [, is_raw], or nil when the parameter is skipped (its
+--- dependency did not fire and it has no `value`: normal with || conditions).
+---   no key and no template: `value`, else the whole event as JSON
+---   otherwise: the template's output, else the key's value, else `value`, else the whole
+---   data (or context) as JSON
 function _M.resolve(events, p)
   local ev = events[p.dep]
-  if not ev then
-    if p.value ~= nil then return p.value end
-    return nil, "dependency " .. p.dep .. " has no event in this firing"
-  end
+  if not ev then return p.value end
   if not (p.data_get or p.context_get or p.data_tpl or p.context_tpl) then
+    if p.value ~= nil then return p.value end
     return whole_event(ev)
   end
-  local input, get, tpl = ev.context, p.context_get, p.context_tpl
-  if p.data_get or p.data_tpl then input, get, tpl = ev.data, p.data_get, p.data_tpl end
+  local input, get, tpl, is_data = ev.context, p.context_get, p.context_tpl, false
+  if p.data_get or p.data_tpl then input, get, tpl, is_data = ev.data, p.data_get, p.data_tpl, true end
   if tpl then
     local out = tpl:render({ Input = input })
     if out ~= nil and out ~= "" and out ~= "<no value>" then return out end
@@ -302,21 +303,16 @@ function _M.resolve(events, p)
     end
   end
   if p.value ~= nil then return p.value end
-  return nil, "key not found and no default value"
+  return is_data and ev.raw or encode(input)
 end
 
---- Applies compiled parameters to target (a table). Returns target, or nil, reason for the
---- first parameter that cannot be resolved (a parameter whose dependency did not fire and has
---- no `value` is skipped, as in Argo).
+--- Applies compiled parameters to target (a table) and returns it. A parameter whose
+--- dependency did not fire and that has no `value` is skipped, as in Argo.
 function _M.apply_params(target, params, events)
   for i = 1, #params do
     local p = params[i]
-    local v, err = _M.resolve(events, p)
-    if v == nil then
-      if events[p.dep] ~= nil then return nil, ("parameter %s: %s"):format(p.where, err) end
-    elseif p.dest then
-      target = p.dest(target, v, p.operation) or target
-    end
+    local v = _M.resolve(events, p)
+    if v ~= nil and p.dest then target = p.dest(target, v, p.operation) or target end
   end
   return target
 end
@@ -328,13 +324,10 @@ function _M.build_payload(params, events)
   local whole
   for i = 1, #params do
     local p = params[i]
-    local v, err = _M.resolve(events, p)
-    if v == nil then
-      if events[p.dep] ~= nil then return nil, ("parameter %s: %s"):format(p.where, err) end
-    elseif p.dest then
-      doc = p.dest(doc, v, p.operation) or doc
-    else
-      whole = v
+    local v = _M.resolve(events, p)
+    if v ~= nil then
+      if p.dest then doc = p.dest(doc, v, p.operation) or doc
+      else whole = v end
     end
   end
   if whole ~= nil then return type(whole) == "string" and whole or encode(whole) end

@@ -514,15 +514,13 @@ function Compiler:trigger(trig, i)
     local tconst = self:const("TEMPLATE", literal(tmpl))
     self:emit("    -- %s.parameters apply to the whole template", tpath)
     self:emit("    local template = copy(%s)", tconst)
-    self:emit("    local ok, err = apply_params(template, %s, events)", tparams)
-    self:emit("    if not ok then return nil, err end")
+    self:emit("    template = apply_params(template, %s, events)", tparams)
     self:emit("    local spec = template.%s", ttype)
   else
     self:emit("    local spec = copy(sensor.triggers[%d].config)", i)
   end
   if type_params then
-    self:emit("    local ok2, err2 = apply_params(spec, %s, events)", type_params)
-    self:emit("    if not ok2 then return nil, err2 end")
+    self:emit("    spec = apply_params(spec, %s, events)", type_params)
   end
   if ttype == "log" then
     self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }")
