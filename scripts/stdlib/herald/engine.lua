@@ -3,10 +3,11 @@
 --   EventSource -> one source instance per (type, event name): core.source_new
 --   Sensor      -> compiled (herald/sensor.lua); one trigger instance per trigger
 --                  (core.trigger_new); one bus subscription per dependency (core.subscribe)
---                  whose handler runs the filter, keeps the latest event per dependency for
---                  each trigger that listens to it, and fires when the condition holds.
+--                  handing events to herald/sensor_runtime.lua, whose actions go to the
+--                  trigger executors (core.fire).
 local core = require "herald.core"
 local compiler = require "herald.sensor"
+local runtime = require "herald.sensor_runtime"
 
 local _M = {}
 
@@ -33,10 +34,7 @@ local function source_filter(expr)
   return function(json)
     local ok, data = pcall(cjson.decode, json)
     if not ok then return false, "event data is not JSON" end
-    local v, verr = c.fn(exprlang.prepare_env(data))
-    if verr then return false, verr end
-    if type(v) ~= "boolean" then return false, "expression did not return a bool" end
-    return v
+    return exprlang.eval_bool(c, exprlang.prepare_env(data))
   end
 end
 
@@ -69,82 +67,46 @@ local function build_eventsource(obj, locate)
   return true
 end
 
---- Builds the per-dependency handler: filter, then for each listening trigger update the
---- latest-wins state and fire when its condition holds (then clear that trigger's state).
-local function make_handler(sensor, dep, listeners, filtered_metric)
-  local filter, transform = dep.filter, dep.transform
-  local fire, log = core.fire, core.log
-  local logger = "sensor:" .. sensor.name
-  return function(event)
-    if transform then
-      local ok, tev, terr = pcall(transform, event)
-      if not ok or not tev then
-        log("warn", logger, ("dependency %s: transform failed, event %s dropped: %s"):format(
-          dep.name, event.context.id, tostring(ok and terr or tev)))
-        core.metric_add(filtered_metric)
-        return
-      end
-      event = tev
-    end
-    if filter then
-      local ok, pass, why, is_error = pcall(filter, event)
-      if not ok then
-        why, is_error, pass = pass, true, false
-      end
-      if not pass then
-        log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
-          dep.name, event.context.id, tostring(why)))
-        core.metric_add(filtered_metric)
-        return
-      end
-    end
-    for i = 1, #listeners do
-      local trig = listeners[i]
-      local state = trig.state
-      state[dep.name] = event
-      if trig.condition(state) then
-        trig.state = {}
-        local action, err = trig.action(state)
-        if not action then
-          log("error", logger .. "/trigger:" .. trig.name, "cannot build the action: " .. tostring(err))
-          core.metric_add(trig.failed_metric)
-        else
-          local fired, ferr = fire(trig.handle, action)
-          if not fired then
-            log("error", logger .. "/trigger:" .. trig.name, "cannot execute: " .. tostring(ferr))
-          end
-        end
-      end
-    end
-  end
-end
-
 local function build_sensor(obj)
   local sensor, err = compiler.load(obj, { locate = locate_with(obj) })
   if not sensor then return nil, err end
-  local listeners = {}
+  local logger = "sensor:" .. sensor.name
+  local filtered = {}
+  for _, dep in ipairs(sensor.dependencies) do
+    filtered[dep.name] = core.metric("herald_events_filtered_total",
+      "Events a dependency's filters discarded (or that failed filter evaluation).",
+      "counter", "sensor_name", sensor.name, "dependency_name", dep.name)
+  end
+  local rt = runtime.new(sensor, {
+    fire = function(trig, action)
+      local fired, ferr = core.fire(trig.handle, action)
+      if not fired then core.log("error", logger .. "/trigger:" .. trig.name, "cannot execute: " .. tostring(ferr)) end
+    end,
+    discard = function(dep, event, why, is_error)
+      core.log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
+        dep.name, event.context.id, why))
+      core.metric_add(filtered[dep.name])
+    end,
+    action_error = function(trig, aerr)
+      core.log("error", logger .. "/trigger:" .. trig.name, "cannot build the action: " .. aerr)
+      core.metric_add(trig.failed_metric)
+    end,
+  })
   for _, trig in ipairs(sensor.triggers) do
     local handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config)
     if not handle then return nil, ("%s: %s"):format(obj.file, terr) end
     trig.handle = handle
-    trig.state = {}
     trig.failed_metric = core.metric("argo_events_action_failed_total", "How many actions failed.",
       "counter", "sensor_name", sensor.name, "trigger_name", trig.name)
     for _, reset in ipairs(trig.conditions_reset or {}) do
-      local ok, cerr = core.cron_timer(reset.cron, reset.timezone, function() trig.state = {} end)
+      local ok, cerr = core.cron_timer(reset.cron, reset.timezone, function() rt.reset(trig) end)
       if not ok then return nil, ("%s: sensor %s: conditionsReset: %s"):format(obj.file, sensor.name, cerr) end
     end
-    for _, d in ipairs(trig.dependencies) do
-      listeners[d] = listeners[d] or {}
-      table.insert(listeners[d], trig)
-    end
   end
+  local on_event = rt.on_event
   for _, dep in ipairs(sensor.dependencies) do
-    local filtered = core.metric("herald_events_filtered_total",
-      "Events a dependency's filters discarded (or that failed filter evaluation).",
-      "counter", "sensor_name", sensor.name, "dependency_name", dep.name)
     local ok, serr = core.subscribe(sensor.name, dep.name, dep.eventSourceName, dep.eventName,
-      make_handler(sensor, dep, listeners[dep.name] or {}, filtered))
+      function(event) on_event(dep, event) end)
     if not ok then return nil, ("%s: sensor %s: %s"):format(obj.file, sensor.name, serr) end
   end
   return true

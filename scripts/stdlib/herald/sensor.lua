@@ -276,7 +276,7 @@ function Compiler:expr_filter(dpath, e, idx, var)
   for j, field in ipairs(e.fields or {}) do
     self:emit("      do")
     self:emit_get("        ", "event.data", field.path, fmt("%s.fields[%d].path", path, j - 1), field, "path")
-    self:emit("        if r == nil then missing = %s else params[%s] = res_value(r) end", literal(field.path), literal(field.name))
+    self:emit("        if r == nil then missing = %s else params[%s] = r end -- JSON null stays cjson.null", literal(field.path), literal(field.name))
     self:emit("      end")
   end
   self:emit("      if missing then")

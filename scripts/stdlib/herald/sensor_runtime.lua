@@ -1,0 +1,78 @@
+-- herald/sensor_runtime.lua: what happens to one event in one dependency of a compiled sensor,
+-- independent of where events come from and where actions go. The engine drives it from the
+-- bus and hands actions to trigger executors; `herald test` drives it from a file and prints
+-- the actions instead.
+--
+--   on_event(dep, event):  transform -> filter -> for each trigger listening to dep:
+--                          state[dep] = event (latest wins) -> condition? -> action -> fire
+--                          -> the trigger's state is cleared
+local _M = {}
+
+local pcall, tostring = pcall, tostring
+
+---@class herald.SensorHooks
+---@field fire fun(trig: table, action: table, events: table)        an action to execute
+---@field discard fun(dep: table, event: table, why: string, is_error: boolean)  filtered or failed
+---@field action_error fun(trig: table, err: string, events: table)  the action could not be built
+
+--- Prepares a compiled sensor (herald/sensor.lua) for events: per-trigger state and, per
+--- dependency, the triggers listening to it. Returns the runtime.
+---@param sensor table
+---@param hooks herald.SensorHooks
+function _M.new(sensor, hooks)
+  local listeners = {}
+  for _, trig in ipairs(sensor.triggers) do
+    trig.state = {}
+    for _, d in ipairs(trig.dependencies) do
+      listeners[d] = listeners[d] or {}
+      listeners[d][#listeners[d] + 1] = trig
+    end
+  end
+  local rt = { sensor = sensor, listeners = listeners }
+
+  --- Runs one event through dependency `dep` (an entry of sensor.dependencies).
+  function rt.on_event(dep, event)
+    local transform, filter = dep.transform, dep.filter
+    if transform then
+      local ok, tev, terr = pcall(transform, event)
+      if not ok or not tev then
+        hooks.discard(dep, event, "transform failed: " .. tostring(ok and terr or tev), true)
+        return
+      end
+      event = tev
+    end
+    if filter then
+      local ok, pass, why, is_error = pcall(filter, event)
+      if not ok then why, is_error, pass = pass, true, false end
+      if not pass then
+        hooks.discard(dep, event, tostring(why), is_error == true)
+        return
+      end
+    end
+    local ls = listeners[dep.name]
+    if not ls then return end
+    for i = 1, #ls do
+      local trig = ls[i]
+      local state = trig.state
+      state[dep.name] = event
+      if trig.condition(state) then
+        trig.state = {}
+        local ok, action, err = pcall(trig.action, state)
+        if not ok or not action then
+          hooks.action_error(trig, tostring(ok and err or action), state)
+        else
+          hooks.fire(trig, action, state)
+        end
+      end
+    end
+  end
+
+  --- Clears a trigger's dependency state (conditionsReset).
+  function rt.reset(trig)
+    trig.state = {}
+  end
+
+  return rt
+end
+
+return _M
