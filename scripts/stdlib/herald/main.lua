@@ -14,6 +14,9 @@ commands:
                      on the embedded bus
   lint PATH...       validate EventSource, Sensor and EventBus files; exit 1 on any error
   compile FILE       print the Lua a Sensor compiles to
+  test SENSOR --events EVENTS.jsonl [--explain] [--expect FILE]
+                     run a sensor on events in dry run: print one JSON line per firing
+  test PATH...       run the *_test.yaml sensor tests in PATH (files or folders)
   lua FILE [ARG...]  run a Lua file with Herald's stdlib (for scripting and benchmarks)
   version            print the version
 
@@ -36,10 +39,11 @@ local VALUE_FLAGS = {
   ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity",
   ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
   ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
+  ["--events"] = "events", ["--expect"] = "expect",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true }
-local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help" }
+local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain" }
 
 local function eprint(...)
   io.stderr:write(table.concat({ ... }, ""), "\n")
@@ -140,6 +144,74 @@ local function cmd_compile(paths)
   return 0
 end
 
+--- herald test SENSOR --events FILE: prints the lines; exit 0, 1 on an --expect mismatch,
+--- 2 on a bad spec or event file.
+local function cmd_test_events(paths, opts)
+  local T = require "herald.testing"
+  local session, err = T.load_sensor(paths[1])
+  if not session then
+    eprint(err)
+    return 2
+  end
+  local events, eerr = T.read_events(opts.events)
+  if not events then
+    eprint("herald test: ", eerr)
+    return 2
+  end
+  local lines = {}
+  for _, ev in ipairs(events) do
+    for _, line in ipairs(session:feed(ev, { explain = opts.explain })) do
+      lines[#lines + 1] = line
+      io.stdout:write(T.encode(line), "\n")
+    end
+  end
+  if opts.expect then
+    local expected = {}
+    local f, ferr = io.open(opts.expect, "rb")
+    if not f then
+      eprint("herald test: ", ferr)
+      return 2
+    end
+    local cjson = require "cjson"
+    local n = 0
+    for line in f:lines() do
+      n = n + 1
+      if line:match("%S") then
+        local ok, v = pcall(cjson.decode, line)
+        if not ok then
+          f:close()
+          eprint(("herald test: %s:%d: not JSON"):format(opts.expect, n))
+          return 2
+        end
+        expected[#expected + 1] = v
+      end
+    end
+    f:close()
+    local d = T.diff(expected, lines)
+    if d ~= "" then
+      eprint("herald test: output differs from ", opts.expect, ":")
+      eprint(d)
+      return 1
+    end
+  end
+  return 0
+end
+
+--- herald test PATH...: runs *_test.yaml files.
+local function cmd_test_files(paths)
+  local suite = require "herald.test_files"
+  return suite.run(paths, io.stdout, eprint)
+end
+
+local function cmd_test(paths, opts)
+  if #paths == 0 then
+    eprint("herald test: expected a Sensor file with --events, or test files/folders")
+    return 2
+  end
+  if opts.events then return cmd_test_events(paths, opts) end
+  return cmd_test_files(paths)
+end
+
 local function cmd_run(paths, opts)
   if #paths == 0 then
     eprint("herald run: no PATH given (try: herald run examples/quickstart/)")
@@ -196,6 +268,7 @@ function _M.main(argv)
   if cmd == "run" then return cmd_run(paths, opts) end
   if cmd == "lint" then return cmd_lint(paths, opts) end
   if cmd == "compile" then return cmd_compile(paths) end
+  if cmd == "test" then return cmd_test(paths, opts) end
   if cmd == "lua" then
     local fn, err = loadfile(paths[1] or "")
     if not fn then

@@ -202,11 +202,11 @@ function Compiler:data_filter(dpath, f, idx, var)
   if not DATA_TYPES[typ] then self:fail(path .. ".type", f, "type", "unsupported type " .. tostring(typ)) end
   local cmp = f.comparator or ""
   self:emit("    -- %s: %s is a %s%s", path, f.path, typ, cmp ~= "" and (" " .. cmp) or "")
-  self:emit("    local %s = false", var)
+  self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
   self:emit_get("      ", "event.data", f.path, path .. ".path", f, "path")
   self:emit("      if r == nil then")
-  self:emit("        err = %s", literal("path " .. f.path .. " does not exist"))
+  self:emit("        %s_err = %s", var, literal("path " .. f.path .. " does not exist"))
   self:emit("      else")
   if typ == "number" and not f.template then
     self:emit("        local s = type(r) == \"number\" and r or res_string(r) -- ParseFloat(String()) without the round trip")
@@ -218,7 +218,7 @@ function Compiler:data_filter(dpath, f, idx, var)
     self:emit("        -- %s.template: Go template with .Input = the value as a string", path)
     self:emit("        local out = render(%s, { Input = s })", tpl)
     self:emit("        if out == nil or out == \"\" or out == \"<no value>\" then")
-    self:emit("          err = %s", literal("template evaluated to empty string or no value: " .. f.template))
+    self:emit("          %s_err = %s", var, literal("template evaluated to empty string or no value: " .. f.template))
     self:emit("          s = nil")
     self:emit("        else")
     self:emit("          s = out")
@@ -251,7 +251,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   elseif typ == "number" then
     self:emit("          local n = to_number(s)")
     self:emit("          if n == nil then")
-    self:emit("            err = %s", literal("value at " .. f.path .. " is not a number"))
+    self:emit("            %s_err = %s", var, literal("value at " .. f.path .. " is not a number"))
     self:emit("          else")
     self:emit("            %s = %s", var, concat(tests, " or "))
     self:emit("          end")
@@ -262,6 +262,9 @@ function Compiler:data_filter(dpath, f, idx, var)
   self:emit("        end")
   self:emit("      end")
   self:emit("    end")
+  self:emit("    err = err or %s_err", var)
+  self:emit("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or %s) } end",
+    idx - 1, var, var, var, literal(f.path .. ": value did not match"))
 end
 
 function Compiler:expr_filter(dpath, e, idx, var)
@@ -270,7 +273,7 @@ function Compiler:expr_filter(dpath, e, idx, var)
   if not fn then self:fail(path .. ".expr", e, "expr", "invalid expression: " .. tostring(err)) end
   local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", literal(e.expr)))
   self:emit("    -- %s: %s", path, e.expr)
-  self:emit("    local %s = false", var)
+  self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
   self:emit("      local params, missing = {}, nil")
   for j, field in ipairs(e.fields or {}) do
@@ -280,13 +283,16 @@ function Compiler:expr_filter(dpath, e, idx, var)
     self:emit("      end")
   end
   self:emit("      if missing then")
-  self:emit("        err = \"path \" .. missing .. \" does not exist\"")
+  self:emit("        %s_err = \"path \" .. missing .. \" does not exist\"", var)
   self:emit("      else")
   self:emit("        local v, e = %s(params)", efn)
-  self:emit("        if e then err = %s .. e end", literal(path .. ": "))
+  self:emit("        if e then %s_err = %s .. e end", var, literal(path .. ": "))
   self:emit("        %s = v == true", var)
   self:emit("      end")
   self:emit("    end")
+  self:emit("    err = err or %s_err", var)
+  self:emit("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or %s) } end",
+    idx - 1, var, var, var, literal("expression is not true: " .. e.expr))
 end
 
 local CONTEXT_FIELDS = { "type", "subject", "source", "datacontenttype" }
@@ -337,7 +343,8 @@ function Compiler:dependency(dep, i)
   local op_all = (dep.filtersLogicalOperator or "and") == "or" and "or" or "and"
   self:emit("  -- filters in Argo's order (exprs, data, context, time, script), combined with %q", op_all)
   self:emit("  -- returns pass, reason, is_error")
-  self:emit("  filter = function(event)")
+  self:emit("  -- `trace` (herald test --explain) collects one verdict per filter")
+  self:emit("  filter = function(event, trace)")
   self:emit("    local err")
   local vars = {}
   if kinds[1] and filters.exprs and #filters.exprs > 0 then
@@ -378,6 +385,8 @@ function Compiler:dependency(dep, i)
     if #tests == 0 then self:fail(dpath .. ".filters.context", filters, "context", "needs at least one of type, subject, source, datacontenttype") end
     self:emit("    -- %s.filters.context: exact match on the CloudEvent attributes", dpath)
     self:emit("    local context_ok, context_err = %s, nil", concat(tests, " and "))
+    self:emit("    if trace then trace[#trace + 1] = { kind = \"context\", index = 0, passed = context_ok, reason = context_ok and \"matched\" or %s } end",
+      literal("context does not match " .. concat(tests, " and "):gsub("event%.context%.", "")))
     vars[#vars + 1] = "context"
   end
   if filters.time then
@@ -402,6 +411,8 @@ function Compiler:dependency(dep, i)
     self:emit("        time_ok = %s", test)
     self:emit("      end")
     self:emit("    end")
+    self:emit("    if trace then trace[#trace + 1] = { kind = \"time\", index = 0, passed = time_ok, reason = time_ok and \"in the window\" or (time_err or %s) } end",
+      literal(("event time is outside %s-%s %s"):format(tf.start, tf.stop, tf.timezone or "UTC")))
     vars[#vars + 1] = "time"
   end
   if filters.script then
@@ -411,6 +422,7 @@ function Compiler:dependency(dep, i)
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(filters.script), literal("=" .. spath)))
     self:emit("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
     self:emit("    local script_ok, script_err, script_raised = run_script(%q, %s, event)", self.name, sid)
+    self:emit("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and \"returned true\" or script_err } end")
     self:emit("    if script_raised then return false, script_err, true end")
     vars[#vars + 1] = "script"
   end
@@ -509,12 +521,13 @@ function Compiler:trigger(trig, i)
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
   local payload = ttype == "http" and self:params(tmpl.http.payload, tpath .. ".template.http.payload") or nil
   self:emit("  -- builds what the %s executor does with this firing's events", ttype)
-  self:emit("  action = function(events)")
+  local tconst = self:const("TEMPLATE", literal(tmpl))
+  self:emit("  -- with_template: also return the template with the parameters applied (herald test)")
+  self:emit("  action = function(events, with_template)")
+  self:emit("    local template")
   if tparams then
-    local tconst = self:const("TEMPLATE", literal(tmpl))
     self:emit("    -- %s.parameters apply to the whole template", tpath)
-    self:emit("    local template = copy(%s)", tconst)
-    self:emit("    template = apply_params(template, %s, events)", tparams)
+    self:emit("    template = apply_params(copy(%s), %s, events)", tconst, tparams)
     self:emit("    local spec = template.%s", ttype)
   else
     self:emit("    local spec = copy(sensor.triggers[%d].config)", i)
@@ -522,8 +535,12 @@ function Compiler:trigger(trig, i)
   if type_params then
     self:emit("    spec = apply_params(spec, %s, events)", type_params)
   end
+  self:emit("    if with_template then")
+  self:emit("      template = template or copy(%s)", tconst)
+  self:emit("      template.%s = spec", ttype)
+  self:emit("    end")
   if ttype == "log" then
-    self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }")
+    self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }, template")
   elseif ttype == "http" then
     self:emit("    local body")
     if payload then
@@ -533,7 +550,7 @@ function Compiler:trigger(trig, i)
       self:emit("    if not body then return nil, err3 end")
     end
     self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
-    self:emit("             body = body, timeout = spec.timeout }")
+    self:emit("             body = body, timeout = spec.timeout }, template")
   end
   self:emit("  end,")
   self:emit("}")

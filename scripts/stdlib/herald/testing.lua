@@ -1,0 +1,248 @@
+-- herald/testing.lua: run a Sensor on events without a cluster, a bus or any target: the
+-- sensor's whole logic (transforms, filters, conditions, parameters, trigger rendering) in dry
+-- run. `herald test` and the REPL are built on it.
+--
+--   local T = require "herald.testing"
+--   local s = assert(T.load_sensor("sensor.yaml"))
+--   for _, ev in ipairs(assert(T.read_events("events.jsonl"))) do
+--     for _, line in ipairs(s:feed(ev, { explain = true })) do print(T.encode(line)) end
+--   end
+--
+-- Output lines (one JSON object each):
+--   explain: {"event":"<id>","dependency":"<name>","passed":bool,"filters":[{"kind":...,"index":0,"passed":...,"reason":...}]}
+--   firing:  {"trigger":"<name>","events":{"<dependency>":"<event id>"},"template":{...},"action":{...}}
+local cjson = require "cjson"
+local compiler = require "herald.sensor"
+local runtime = require "herald.sensor_runtime"
+
+local _M = {}
+
+local null = cjson.null
+local has_gjson, gjson = pcall(require, "herald.gjson")
+local ARRAY_MT = has_gjson and gjson.array_mt or nil
+
+--- JSON text with sorted keys (deterministic output for diffs and expected files).
+local function encode(v)
+  local t = type(v)
+  if t == "table" then
+    local mt = getmetatable(v)
+    if v[1] ~= nil or (mt ~= nil and mt == ARRAY_MT) then
+      local parts = {}
+      for i = 1, #v do parts[i] = encode(v[i]) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    local parts = {}
+    for _, k in ipairs(keys) do
+      local x = v[k]
+      if x == nil then x = v[tonumber(k)] end
+      parts[#parts + 1] = cjson.encode(k) .. ":" .. encode(x)
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  if t == "function" or t == "userdata" and v ~= null then return cjson.encode(tostring(v)) end
+  return cjson.encode(v)
+end
+_M.encode = encode
+
+--- The dry-run description of what a trigger would do (herald test's "action").
+local function describe_action(trig, action)
+  if trig.type == "http" then
+    local body = action.body
+    if type(body) == "string" then
+      local ok, v = pcall(cjson.decode, body)
+      if ok then body = v end
+    end
+    return { type = "http", method = action.method or "POST", url = action.url,
+      headers = action.headers or {}, body = body == nil and null or body }
+  elseif trig.type == "log" then
+    return { type = "log" }
+  end
+  return { type = trig.type }
+end
+_M.describe_action = describe_action
+
+--- Loads, validates and compiles the Sensors in path (a file or a folder). Returns a session
+--- for the first Sensor, or nil, "errors" (one per line, file:line:col).
+function _M.load_sensor(path, name)
+  local loader = require "herald.loader"
+  local result = loader.load({ path })
+  if #result.errors > 0 then return nil, table.concat(result.errors, "\n") end
+  for _, obj in ipairs(result.objects) do
+    if obj.kind == "Sensor" and (name == nil or obj.name == name) then
+      local sensor, err = compiler.load(obj, {
+        locate = function(tbl, key) return loader.position(obj.pos, tbl, key) end })
+      if not sensor then return nil, err end
+      return _M.session(sensor, obj)
+    end
+  end
+  return nil, path .. ": no Sensor" .. (name and (" named " .. name) or "")
+end
+
+--- A session over a compiled sensor: feed events, collect explain and firing lines.
+function _M.session(sensor, obj)
+  local s = { sensor = sensor, obj = obj, out = nil, explain = false }
+  s.runtime = runtime.new(sensor, {
+    fire = function(trig, action, events)
+      local ok, _, template = pcall(trig.action, events, true)
+      local ids = {}
+      for dep, ev in pairs(events) do ids[dep] = ev.context.id end
+      s.out[#s.out + 1] = { trigger = trig.name, events = ids,
+        template = ok and template or null, action = describe_action(trig, action) }
+    end,
+    discard = function() end,
+    action_error = function(trig, err, events)
+      local ids = {}
+      for dep, ev in pairs(events) do ids[dep] = ev.context.id end
+      s.out[#s.out + 1] = { trigger = trig.name, events = ids, error = err }
+    end,
+  })
+
+  --- The dependencies an event could match (same EventSource and event name).
+  function s:dependencies_for(event)
+    local deps = {}
+    for _, d in ipairs(self.sensor.dependencies) do
+      if d.eventSourceName == event.context.source and d.eventName == event.context.subject then
+        deps[#deps + 1] = d
+      end
+    end
+    return deps
+  end
+
+  --- Explains how dependency `dep` judges `event`: transform, then each filter's verdict.
+  function s:explain_dep(dep, event)
+    local line = { event = event.context.id, dependency = dep.name, passed = true, filters = {} }
+    if dep.transform then
+      local ok, tev, terr = pcall(dep.transform, event)
+      if not ok or not tev then
+        line.passed = false
+        line.filters[1] = { kind = "transform", index = 0, passed = false, reason = tostring(ok and terr or tev) }
+        return line, nil
+      end
+      event = tev
+    end
+    if dep.filter then
+      local trace = {}
+      local ok, pass, why = pcall(dep.filter, event, trace)
+      if not ok then pass, why = false, pass end
+      line.passed = pass == true
+      line.filters = trace
+      if not pass and #trace == 0 then trace[1] = { kind = "filter", index = 0, passed = false, reason = tostring(why) } end
+    end
+    return line, event
+  end
+
+  --- Runs one event through the sensor; returns the lines it produced (explain lines first,
+  --- when opts.explain, then firings in order).
+  function s:feed(event, opts)
+    self.out = {}
+    local lines = {}
+    local deps = self:dependencies_for(event)
+    if opts and opts.explain then
+      for _, dep in ipairs(deps) do lines[#lines + 1] = (self:explain_dep(dep, event)) end
+    end
+    for _, dep in ipairs(deps) do self.runtime.on_event(dep, event) end
+    for _, l in ipairs(self.out) do lines[#lines + 1] = l end
+    return lines
+  end
+
+  return s
+end
+
+local seq = 0
+
+--- Builds an event table from a structured-mode CloudEvent (a decoded JSON object), filling
+--- the defaults: id (a sequence number), time (now), specversion, datacontenttype. Returns the
+--- event or nil, err.
+function _M.event_from_cloudevent(ce)
+  if type(ce) ~= "table" then return nil, "an event must be a JSON object" end
+  if type(ce.source) ~= "string" or ce.source == "" then return nil, "source (the EventSource name) is required" end
+  if type(ce.subject) ~= "string" or ce.subject == "" then return nil, "subject (the event name) is required" end
+  seq = seq + 1
+  local now = require("herald.core").now()
+  local secs = math.floor(now)
+  local context = {
+    id = ce.id ~= nil and tostring(ce.id) or tostring(seq),
+    source = ce.source, subject = ce.subject,
+    type = ce.type or "webhook",
+    time = ce.time or (os.date("!%Y-%m-%dT%H:%M:%S", secs) .. (".%09dZ"):format(math.floor((now - secs) * 1e9))),
+    datacontenttype = ce.datacontenttype or "application/json",
+    specversion = ce.specversion or "1.0",
+  }
+  local data = ce.data
+  if data == nil then data = null end
+  return { context = context, data = data, raw = cjson.encode(data) }
+end
+
+--- Reads a JSON-lines file of CloudEvents; returns events or nil, "file:line: message".
+function _M.read_events(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local events, n = {}, 0
+  for line in f:lines() do
+    n = n + 1
+    if line:match("%S") then
+      local ok, ce = pcall(cjson.decode, line)
+      if not ok then
+        f:close()
+        return nil, ("%s:%d: not JSON: %s"):format(path, n, tostring(ce))
+      end
+      local ev, eerr = _M.event_from_cloudevent(ce)
+      if not ev then
+        f:close()
+        return nil, ("%s:%d: %s"):format(path, n, eerr)
+      end
+      events[#events + 1] = ev
+    end
+  end
+  f:close()
+  return events
+end
+
+--- Deep equality of decoded JSON values (exact for --expect).
+local function equal(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then
+    if type(a) == "number" and type(b) == "number" then return math.abs(a - b) < 1e-9 end
+    return false
+  end
+  for k, v in pairs(a) do if not equal(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+_M.equal = equal
+
+--- Whether `actual` contains everything `expected` says (objects: keys in expected must match;
+--- arrays and scalars: equal). Used by *_test.yaml files.
+local function contains(actual, expected)
+  if type(expected) ~= "table" then return equal(actual, expected) end
+  if type(actual) ~= "table" then return false end
+  if expected[1] ~= nil then return equal(actual, expected) end
+  for k, v in pairs(expected) do
+    if not contains(actual[k], v) then return false end
+  end
+  return true
+end
+_M.contains = contains
+
+--- A readable line diff between expected and actual output lines (arrays of tables).
+function _M.diff(expected, actual)
+  local out = {}
+  local n = math.max(#expected, #actual)
+  for i = 1, n do
+    local e, a = expected[i], actual[i]
+    if e == nil then
+      out[#out + 1] = ("+ line %d (unexpected): %s"):format(i, encode(a))
+    elseif a == nil then
+      out[#out + 1] = ("- line %d (missing):    %s"):format(i, encode(e))
+    elseif not equal(e, a) then
+      out[#out + 1] = ("- line %d expected: %s"):format(i, encode(e))
+      out[#out + 1] = ("+ line %d actual:   %s"):format(i, encode(a))
+    end
+  end
+  return table.concat(out, "\n")
+end
+
+return _M
