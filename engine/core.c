@@ -265,5 +265,6 @@ int herald_lua_open_core(lua_State *L) {
   herald__lua_open_sandbox(L); /* stack: core -> core */
   herald__lua_open_jq(L);      /* stack: core -> core */
   herald__lua_open_time(L);    /* stack: core -> core */
+  herald__lua_open_repl(L);    /* stack: core -> core */
   return 1;
 }

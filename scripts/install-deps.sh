@@ -4,8 +4,8 @@
 set -euo pipefail
 
 BUILD=(build-essential cmake pkg-config luajit libluajit-5.1-dev libuv1-dev libyaml-dev
-       lua-cjson-dev libcurl4-openssl-dev libhttp-parser-dev libpcre2-dev libjq-dev tzdata)
-TEST=(lua-busted lua-socket lua-posix lua-rex-pcre2 curl)
+       lua-cjson-dev libcurl4-openssl-dev libhttp-parser-dev libpcre2-dev libjq-dev libedit-dev tzdata)
+TEST=(lua-busted lua-socket lua-posix lua-rex-pcre2 curl tmux)
 BENCH=(wrk)
 
 want=("${BUILD[@]}")

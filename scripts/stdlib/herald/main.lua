@@ -17,6 +17,8 @@ commands:
   test SENSOR --events EVENTS.jsonl [--explain] [--expect FILE]
                      run a sensor on events in dry run: print one JSON line per firing
   test PATH...       run the *_test.yaml sensor tests in PATH (files or folders)
+  repl [SENSOR] [--events EVENTS.jsonl] [-e CODE]
+                     an interactive Lua prompt with the sensor and events loaded
   lua FILE [ARG...]  run a Lua file with Herald's stdlib (for scripting and benchmarks)
   version            print the version
 
@@ -39,7 +41,7 @@ local VALUE_FLAGS = {
   ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity",
   ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
   ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
-  ["--events"] = "events", ["--expect"] = "expect",
+  ["--events"] = "events", ["--expect"] = "expect", ["-e"] = "eval",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true }
@@ -269,6 +271,7 @@ function _M.main(argv)
   if cmd == "lint" then return cmd_lint(paths, opts) end
   if cmd == "compile" then return cmd_compile(paths) end
   if cmd == "test" then return cmd_test(paths, opts) end
+  if cmd == "repl" then return require("herald.repl").main(paths, opts) end
   if cmd == "lua" then
     local fn, err = loadfile(paths[1] or "")
     if not fn then
