@@ -72,6 +72,8 @@ static int l_configure(lua_State *L) {
   if ((s = herald_cfg_string(L, 1, "secrets_dir", NULL))) eng->opts.secrets_dir = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "listen_host", NULL))) eng->opts.listen_host = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "metrics_addr", NULL))) eng->opts.metrics_addr = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "admin_addr", NULL))) eng->opts.admin_addr = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "admin_token_file", NULL))) eng->opts.admin_token_file = herald_xstrdup(s);
   double n;
   if ((n = herald_cfg_number(L, 1, "bus_capacity", 0)) > 0) eng->opts.bus_capacity = (uint32_t)n;
   if ((n = herald_cfg_number(L, 1, "drain_timeout", 0)) > 0) eng->opts.drain_timeout_ms = (uint64_t)n;
@@ -266,5 +268,6 @@ int herald_lua_open_core(lua_State *L) {
   herald__lua_open_jq(L);      /* stack: core -> core */
   herald__lua_open_time(L);    /* stack: core -> core */
   herald__lua_open_repl(L);    /* stack: core -> core */
+  herald__lua_open_admin(L);   /* stack: core -> core */
   return 1;
 }

@@ -49,6 +49,7 @@ int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_
   if (!eng->opts.secrets_dir) eng->opts.secrets_dir = "/argo-events/secrets";
   if (!eng->opts.listen_host) eng->opts.listen_host = "127.0.0.1";
   if (!eng->opts.metrics_addr) eng->opts.metrics_addr = "127.0.0.1:7777";
+  if (!eng->opts.admin_addr) eng->opts.admin_addr = "127.0.0.1:7778";
   if (!eng->opts.drain_timeout_ms) eng->opts.drain_timeout_ms = 10000;
   eng->http_limits = herald_http_default_limits;
   eng->L = herald_lua_new(eng);
@@ -68,6 +69,12 @@ int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_
 herald_bus *herald__engine_bus(herald_engine *eng) {
   if (!eng->bus) eng->bus = herald_bus_embedded_new(eng->loop, eng->opts.bus_capacity);
   return eng->bus;
+}
+
+herald_source *herald__engine_find_source(herald_engine *eng, const char *es, const char *ev) {
+  for (source_node *n = eng->sources; n; n = n->next)
+    if (strcmp(n->src->es_name, es) == 0 && strcmp(n->src->event_name, ev) == 0) return n->src;
+  return NULL;
 }
 
 void herald__engine_add_source(herald_engine *eng, herald_source *src) {
@@ -134,6 +141,8 @@ int herald_engine_start(herald_engine *eng) {
   herald__engine_bus(eng);
   int r = start_metrics(eng);
   if (r < 0) return r;
+  r = herald__admin_start(eng);
+  if (r < 0) return r;
   for (source_node *n = eng->sources; n; n = n->next) {
     herald_source *src = n->src;
     herald_metric_set(herald_metric_get("argo_events_event_service_running_total",
@@ -195,6 +204,8 @@ static void finish_close(herald_engine *eng) {
   }
   if (eng->metrics_server) herald_http_server_close(eng->metrics_server, server_closed, NULL);
   eng->metrics_server = NULL;
+  if (eng->admin_server) herald_http_server_close(eng->admin_server, server_closed, NULL);
+  eng->admin_server = NULL;
   if (eng->bus) eng->bus->ops->close(eng->bus, bus_closed);
   eng->bus = NULL;
   uv_close((uv_handle_t *)&eng->drain_timer, NULL);

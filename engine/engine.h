@@ -21,6 +21,8 @@ typedef struct herald_engine_opts {
   const char *secrets_dir; /* default /argo-events/secrets */
   const char *listen_host; /* address webhook-style sources bind; default 127.0.0.1 */
   const char *metrics_addr;/* "host:port" for /metrics, NULL/"" = off; default 127.0.0.1:7777 */
+  const char *admin_addr;  /* "host:port" of the admin endpoint (herald emit); default 127.0.0.1:7778 */
+  const char *admin_token_file; /* default $XDG_STATE_HOME/herald/admin-token */
   uint32_t bus_capacity;   /* embedded bus: events held at once; default 16384 */
   uint64_t drain_timeout_ms;/* on shutdown; default 10000 */
 } herald_engine_opts;
@@ -34,6 +36,7 @@ struct herald_engine {
   herald_http_limits http_limits; /* for the servers webhook-style sources share */
   struct herald_server_entry *servers; /* shared HTTP servers by host:port */
   herald_http_server *metrics_server;
+  herald_http_server *admin_server;
   uv_signal_t sigint, sigterm;
   uv_timer_t drain_timer;
   int draining;
@@ -57,6 +60,13 @@ void herald_engine_free(herald_engine *eng);
 /* Returns the HTTP server listening on the engine's listen_host:port, creating it on first
  * use; NULL with *err (a libuv error) when it cannot listen. */
 herald_http_server *herald_engine_http_server(herald_engine *eng, int port, int *err);
+
+/* The source instance for event `ev` of EventSource `es`, or NULL. */
+herald_source *herald__engine_find_source(herald_engine *eng, const char *es, const char *ev);
+/* Starts the admin endpoint (admin.c). Returns 0 or a negative error. */
+int herald__admin_start(herald_engine *eng);
+/* The admin token file: `configured`, else $XDG_STATE_HOME/herald/admin-token. A new string. */
+char *herald_admin_token_path(const char *configured);
 
 /* The bus, created on first use with the configured capacity. */
 herald_bus *herald__engine_bus(herald_engine *eng);

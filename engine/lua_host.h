@@ -42,6 +42,7 @@ void herald__lua_open_sandbox(lua_State *L);
 void herald__lua_open_jq(lua_State *L);
 void herald__lua_open_time(lua_State *L);
 void herald__lua_open_repl(lua_State *L);
+void herald__lua_open_admin(lua_State *L);
 /* Closes the conditionsReset timers (lua_time.c), at shutdown. */
 void herald__cron_timers_close(void);
 

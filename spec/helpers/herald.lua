@@ -111,16 +111,30 @@ function H.start(args, opts)
   opts = opts or {}
   local dir = H.tmpdir()
   local argv = { [0] = opts.bin or H.bin }
-  local has_metrics = false
+  local has_metrics, has_admin, has_token = false, false, false
   for i, a in ipairs(args) do
     argv[i] = a
     if a == "--metrics-addr" then has_metrics = true end
+    if a == "--admin-addr" then has_admin = true end
+    if a == "--admin-token-file" then has_token = true end
   end
   local p = setmetatable({ out_path = dir .. "/stdout", err_path = dir .. "/stderr" }, Proc)
   if args[1] == "run" and not has_metrics then
     p.metrics_port = H.free_port()
     argv[#argv + 1] = "--metrics-addr"
     argv[#argv + 1] = "127.0.0.1:" .. p.metrics_port
+  end
+  if args[1] == "run" then -- each process its own admin endpoint and token (herald emit)
+    if not has_admin then
+      p.admin_port = H.free_port()
+      argv[#argv + 1] = "--admin-addr"
+      argv[#argv + 1] = "127.0.0.1:" .. p.admin_port
+    end
+    if not has_token then
+      p.admin_token_file = dir .. "/admin-token"
+      argv[#argv + 1] = "--admin-token-file"
+      argv[#argv + 1] = p.admin_token_file
+    end
   end
   p.argv = argv
   p.pid = spawn(argv, p.out_path, p.err_path, opts.env)

@@ -17,6 +17,8 @@ commands:
   test SENSOR --events EVENTS.jsonl [--explain] [--expect FILE]
                      run a sensor on events in dry run: print one JSON line per firing
   test PATH...       run the *_test.yaml sensor tests in PATH (files or folders)
+  emit --source ES --event NAME --data JSON|@FILE [--admin-addr A] [--admin-token-file F]
+                     hand an event to a running `herald run`, as if the EventSource made it
   repl [SENSOR] [--events EVENTS.jsonl] [-e CODE]
                      an interactive Lua prompt with the sensor and events loaded
   lua FILE [ARG...]  run a Lua file with Herald's stdlib (for scripting and benchmarks)
@@ -28,6 +30,9 @@ options (run):
                            (default /argo-events/secrets)
   --listen-host HOST       address webhook servers bind (default 127.0.0.1)
   --metrics-addr HOST:PORT Prometheus /metrics (default 127.0.0.1:7777; "off" disables)
+  --admin-addr HOST:PORT   admin endpoint for herald emit (default 127.0.0.1:7778; "off")
+  --admin-token-file FILE  its bearer token (default $XDG_STATE_HOME/herald/admin-token,
+                           created with a random token when missing)
   --bus-capacity N         events the embedded bus holds at once (default 16384)
   --drain-timeout MS       how long SIGINT/SIGTERM waits for in-flight work (default 10000)
   --http-header-timeout MS, --http-body-timeout MS, --http-idle-timeout MS
@@ -42,6 +47,8 @@ local VALUE_FLAGS = {
   ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
   ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
   ["--events"] = "events", ["--expect"] = "expect", ["-e"] = "eval",
+  ["--admin-addr"] = "admin_addr", ["--admin-token-file"] = "admin_token_file",
+  ["--source"] = "source", ["--event"] = "event", ["--data"] = "data",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true }
@@ -214,6 +221,49 @@ local function cmd_test(paths, opts)
   return cmd_test_files(paths)
 end
 
+--- herald emit: POSTs the data to a running engine's admin endpoint.
+local function cmd_emit(_, opts)
+  if not opts.source or not opts.event or not opts.data then
+    eprint("herald emit: --source ES, --event NAME and --data JSON|@FILE are required")
+    return 2
+  end
+  local data = opts.data
+  if data:sub(1, 1) == "@" then
+    local text, err = core.read_file(data:sub(2))
+    if not text then
+      eprint("herald emit: ", err)
+      return 2
+    end
+    data = text
+  end
+  local ok = pcall(require("cjson").decode, data)
+  if not ok then
+    eprint("herald emit: --data is not JSON")
+    return 2
+  end
+  local token_path = core.admin_token_path(opts.admin_token_file)
+  local token = core.read_file(token_path)
+  if not token then
+    eprint("herald emit: cannot read the admin token from ", token_path,
+      " (is `herald run` running here, with the same --admin-token-file?)")
+    return 2
+  end
+  token = token:gsub("%s+$", "")
+  local function q(s) return (s:gsub("[^%w%-_.~]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+  local url = ("http://%s/emit?source=%s&event=%s"):format(opts.admin_addr or "127.0.0.1:7778", q(opts.source), q(opts.event))
+  local status, body = core.http_post(url, data, token, 10)
+  if not status then
+    eprint("herald emit: ", body)
+    return 1
+  end
+  if status ~= 200 then
+    eprint(("herald emit: %d %s"):format(status, (body or ""):gsub("%s+$", "")))
+    return 1
+  end
+  io.stdout:write(body)
+  return 0
+end
+
 local function cmd_run(paths, opts)
   if #paths == 0 then
     eprint("herald run: no PATH given (try: herald run examples/quickstart/)")
@@ -271,6 +321,7 @@ function _M.main(argv)
   if cmd == "lint" then return cmd_lint(paths, opts) end
   if cmd == "compile" then return cmd_compile(paths) end
   if cmd == "test" then return cmd_test(paths, opts) end
+  if cmd == "emit" then return cmd_emit(paths, opts) end
   if cmd == "repl" then return require("herald.repl").main(paths, opts) end
   if cmd == "lua" then
     local fn, err = loadfile(paths[1] or "")
