@@ -680,7 +680,8 @@ local function walk(fs, dir, out, errors)
         walk(fs, p, out, errors)
       elseif kind == "file" then
         local ext = name:match("%.([^.]+)$")
-        if ext and SPEC_EXTENSIONS[ext:lower()] then out[#out + 1] = p end
+        -- *_test.yaml files beside the specs are sensor tests (herald test), not specs
+        if ext and SPEC_EXTENSIONS[ext:lower()] and not name:match("_test%.ya?ml$") then out[#out + 1] = p end
       end
     end
   end

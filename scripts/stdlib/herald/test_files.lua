@@ -34,7 +34,7 @@ local function collect(paths)
       local names = core.list_dir(p) or {}
       table.sort(names)
       for _, n in ipairs(names) do
-        if n:sub(1, 1) ~= "." then walk(p .. "/" .. n) end
+        if n:sub(1, 1) ~= "." then walk((p:gsub("/+$", "")) .. "/" .. n) end
       end
     elseif kind == "file" and (p:match("_test%.ya?ml$")) then
       files[#files + 1] = p
