@@ -99,7 +99,10 @@ local function build_sensor(obj)
     trig.failed_metric = core.metric("argo_events_action_failed_total", "How many actions failed.",
       "counter", "sensor_name", sensor.name, "trigger_name", trig.name)
     for _, reset in ipairs(trig.conditions_reset or {}) do
-      local ok, cerr = core.cron_timer(reset.cron, reset.timezone, function() rt.reset(trig) end)
+      local ok, cerr = core.cron_timer(reset.cron, reset.timezone, function()
+        rt.reset(trig)
+        core.log("debug", logger .. "/trigger:" .. trig.name, "conditionsReset: dependency state cleared")
+      end)
       if not ok then return nil, ("%s: sensor %s: conditionsReset: %s"):format(obj.file, sensor.name, cerr) end
     end
   end
