@@ -266,11 +266,18 @@ cases("sprig regex", {
   { [[{{ .Input.ref | regexReplaceAll "^refs/heads/" "" }}]], "", { Input = { ref = "refs/heads/main" } } },
 })
 
-cases("sprig paths and env", {
+cases("sprig paths", {
   { [[{{ base "/a/b/c.txt" }} {{ dir "/a/b/c.txt" }} {{ ext "c.tar.gz" }} {{ clean "/a/../b/./c/" }} {{ isAbs "/x" }}]],
     "c.txt /a/b .gz /b/c true" },
-  { [[{{ env "HERALD_SURELY_UNSET_VAR" }}]], "" },
 })
+
+describe("sprig environment access", function()
+  it("is not available: env and expandenv would leak the engine's environment", function()
+    local t, err = require("herald.gotemplate").compile([[{{ env "HOME" }}]])
+    assert.is_nil(t)
+    assert.matches('function "env" not defined', err)
+  end)
+end)
 
 failing("sprig errors", {
   { [[{{ upper 1 }}]], "wrong type for value; expected string; got float64" },

@@ -32,7 +32,7 @@
 --             regexSplit regexQuoteMeta, and mustRegexMatch mustRegexFind mustRegexFindAll
 --             mustRegexReplaceAll mustRegexReplaceAllLiteral mustRegexSplit
 --   paths:    base dir ext clean isAbs
---   os:       env expandenv
+-- Left out on purpose: env, expandenv (they would leak the engine's environment).
 -- Not implemented: semver semverCompare, crypto (bcrypt htpasswd derivePassword genPrivateKey
 -- genCA genSelfSignedCert genSignedCert encryptAES decryptAES sha512sum), getHostByName,
 -- urlParse urlJoin, osBase/osDir/osExt/osClean/osIsAbs, reflection on Go structs.
@@ -2078,14 +2078,8 @@ function _M.ext(p)
 end
 function _M.isAbs(p) return sub(S(p), 1, 1) == "/" end
 
-function _M.env(name) return os.getenv(S(name)) or "" end
-function _M.expandenv(s)
-  return (gsub(S(s), "%$(%{?)([%w_]*)(%}?)", function(b, name, c)
-    if b == "{" and c ~= "}" then return "" end
-    local v = os.getenv(name) or ""
-    if b == "" and c == "}" then return v .. "}" end
-    return v
-  end))
-end
+-- env and expandenv are left out on purpose: a template in a Sensor would otherwise copy the
+-- engine's environment (credentials included) into trigger payloads. Argo leaves them out of
+-- its source-filter map for the same reason.
 
 return _M
