@@ -131,6 +131,12 @@ end
 local Compiler = {}
 Compiler.__index = Compiler
 
+--- Emits a line only when compiling for explanation (herald test --explain, the REPL): the
+--- engine's code stays free of the bookkeeping.
+function Compiler:emit_trace(line, ...)
+  if self.explain then self:emit(line, ...) end
+end
+
 function Compiler:emit(line, ...)
   self.out[#self.out + 1] = select("#", ...) > 0 and fmt(line, ...) or line
 end
@@ -263,7 +269,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   self:emit("      end")
   self:emit("    end")
   self:emit("    err = err or %s_err", var)
-  self:emit("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or %s) } end",
+  self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or %s) } end",
     idx - 1, var, var, var, literal(f.path .. ": value did not match"))
 end
 
@@ -291,7 +297,7 @@ function Compiler:expr_filter(dpath, e, idx, var)
   self:emit("      end")
   self:emit("    end")
   self:emit("    err = err or %s_err", var)
-  self:emit("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or %s) } end",
+  self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or %s) } end",
     idx - 1, var, var, var, literal("expression is not true: " .. e.expr))
 end
 
@@ -343,7 +349,7 @@ function Compiler:dependency(dep, i)
   local op_all = (dep.filtersLogicalOperator or "and") == "or" and "or" or "and"
   self:emit("  -- filters in Argo's order (exprs, data, context, time, script), combined with %q", op_all)
   self:emit("  -- returns pass, reason, is_error")
-  self:emit("  -- `trace` (herald test --explain) collects one verdict per filter")
+  self:emit_trace("  -- `trace` (herald test --explain) collects one verdict per filter")
   self:emit("  filter = function(event, trace)")
   self:emit("    local err")
   local vars = {}
@@ -385,7 +391,7 @@ function Compiler:dependency(dep, i)
     if #tests == 0 then self:fail(dpath .. ".filters.context", filters, "context", "needs at least one of type, subject, source, datacontenttype") end
     self:emit("    -- %s.filters.context: exact match on the CloudEvent attributes", dpath)
     self:emit("    local context_ok, context_err = %s, nil", concat(tests, " and "))
-    self:emit("    if trace then trace[#trace + 1] = { kind = \"context\", index = 0, passed = context_ok, reason = context_ok and \"matched\" or %s } end",
+    self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"context\", index = 0, passed = context_ok, reason = context_ok and \"matched\" or %s } end",
       literal("context does not match " .. concat(tests, " and "):gsub("event%.context%.", "")))
     vars[#vars + 1] = "context"
   end
@@ -411,7 +417,7 @@ function Compiler:dependency(dep, i)
     self:emit("        time_ok = %s", test)
     self:emit("      end")
     self:emit("    end")
-    self:emit("    if trace then trace[#trace + 1] = { kind = \"time\", index = 0, passed = time_ok, reason = time_ok and \"in the window\" or (time_err or %s) } end",
+    self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"time\", index = 0, passed = time_ok, reason = time_ok and \"in the window\" or (time_err or %s) } end",
       literal(("event time is outside %s-%s %s"):format(tf.start, tf.stop, tf.timezone or "UTC")))
     vars[#vars + 1] = "time"
   end
@@ -422,7 +428,7 @@ function Compiler:dependency(dep, i)
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(filters.script), literal("=" .. spath)))
     self:emit("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
     self:emit("    local script_ok, script_err, script_raised = run_script(%q, %s, event)", self.name, sid)
-    self:emit("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and \"returned true\" or script_err } end")
+    self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and \"returned true\" or script_err } end")
     self:emit("    if script_raised then return false, script_err, true end")
     vars[#vars + 1] = "script"
   end
@@ -520,6 +526,8 @@ function Compiler:trigger(trig, i)
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
   local payload = ttype == "http" and self:params(tmpl.http.payload, tpath .. ".template.http.payload") or nil
+  -- the compiled parameter lists, for the REPL's :params (nil when absent)
+  self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
   self:emit("  -- builds what the %s executor does with this firing's events", ttype)
   local tconst = self:const("TEMPLATE", literal(tmpl))
   self:emit("  -- with_template: also return the template with the parameters applied (herald test)")
@@ -577,6 +585,7 @@ function _M.compile(obj, opts)
     out = {}, consts = {}, nconst = 0,
     file = obj.file or "?", name = obj.name, spec = spec,
     locate = opts.locate or function() return 0, 0 end,
+    explain = opts.explain or false,
     dep_names = {},
   }, Compiler)
   for _, d in ipairs(spec.dependencies) do c.dep_names[d.name] = true end

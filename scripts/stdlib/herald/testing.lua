@@ -72,7 +72,7 @@ function _M.load_sensor(path, name)
   if #result.errors > 0 then return nil, table.concat(result.errors, "\n") end
   for _, obj in ipairs(result.objects) do
     if obj.kind == "Sensor" and (name == nil or obj.name == name) then
-      local sensor, err = compiler.load(obj, {
+      local sensor, err = compiler.load(obj, { explain = true,
         locate = function(tbl, key) return loader.position(obj.pos, tbl, key) end })
       if not sensor then return nil, err end
       return _M.session(sensor, obj)
