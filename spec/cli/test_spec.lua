@@ -19,6 +19,15 @@ describe("herald test", function()
     assert.equal(0, select(2, out:gsub("not ok", "")))
   end)
 
+  for _, ex in ipairs{ { "quickstart", "webhook-sensor.yaml" }, { "calendar", "calendar.yaml" }, { "filters-conditions", "sensor.yaml" } } do
+    it("matches the expected output checked in for examples/" .. ex[1], function()
+      local d = H.source_dir .. "/examples/" .. ex[1] .. "/"
+      local code, _, err = H.run{ "test", d .. ex[2], "--events", d .. "events.jsonl", "--expect", d .. "expected.jsonl" }
+      assert.equal("", err)
+      assert.equal(0, code)
+    end)
+  end
+
   it("prints one line per firing and matches the checked-in expected output", function()
     local code, out = H.run{ "test", EX .. "sensor.yaml", "--events", EX .. "events.jsonl", "--expect", EX .. "expected.jsonl" }
     assert.equal(0, code)
