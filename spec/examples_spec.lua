@@ -8,8 +8,8 @@ describe("examples/", function()
     local code, out, err = H.run{ "lint", "--strict", H.source_dir .. "/examples" }
     assert.equal("", err)
     assert.equal(0, code)
-    -- quickstart (2) + calendar (2) + filters-conditions (2)
-    assert.matches("^6 object%(s%) valid", out)
+    -- quickstart (2) + calendar (2) + filters-conditions (2) + webhook-to-http (2)
+    assert.matches("^8 object%(s%) valid", out)
   end)
 
   it("calendar ticks and logs each tick with its metadata", function()

@@ -330,8 +330,8 @@ function _M.build_payload(params, events)
       else whole = v end
     end
   end
-  if whole ~= nil then return type(whole) == "string" and whole or encode(whole) end
-  return encode(doc)
+  if whole ~= nil then return type(whole) == "string" and whole or (encode(whole):gsub("\\/", "/")) end
+  return (encode(doc):gsub("\\/", "/")) -- cjson escapes "/", which JSON allows but does not need
 end
 
 --- Deep copy of a plain table (templates are copied per firing before parameters touch them).

@@ -21,14 +21,20 @@ local null = cjson.null
 local has_gjson, gjson = pcall(require, "herald.gjson")
 local ARRAY_MT = has_gjson and gjson.array_mt or nil
 
+local encode_raw
+
 --- JSON text with sorted keys (deterministic output for diffs and expected files).
 local function encode(v)
+  return (encode_raw(v):gsub("\\/", "/")) -- cjson escapes "/"; JSON does not need it
+end
+
+function encode_raw(v)
   local t = type(v)
   if t == "table" then
     local mt = getmetatable(v)
     if v[1] ~= nil or (mt ~= nil and mt == ARRAY_MT) then
       local parts = {}
-      for i = 1, #v do parts[i] = encode(v[i]) end
+      for i = 1, #v do parts[i] = encode_raw(v[i]) end
       return "[" .. table.concat(parts, ",") .. "]"
     end
     local keys = {}
@@ -38,7 +44,7 @@ local function encode(v)
     for _, k in ipairs(keys) do
       local x = v[k]
       if x == nil then x = v[tonumber(k)] end
-      parts[#parts + 1] = cjson.encode(k) .. ":" .. encode(x)
+      parts[#parts + 1] = cjson.encode(k) .. ":" .. encode_raw(x)
     end
     return "{" .. table.concat(parts, ",") .. "}"
   end
