@@ -334,6 +334,31 @@ function _M.build_payload(params, events)
   return (encode(doc):gsub("\\/", "/")) -- cjson escapes "/", which JSON allows but does not need
 end
 
+--- The Kubernetes object an ArtifactLocation (`source` of a k8s / argoWorkflow trigger) holds:
+--- `resource` (inline object), `inline` (YAML or JSON text), `file` ({path}), `configmap`
+--- ({name, key}, read where Argo mounts it: /argo-events/config/<name>/<key>, or
+--- $HERALD_CONFIG_DIR). Returns a fresh table (parameters change it) or nil, err.
+function _M.load_resource(source)
+  if type(source) ~= "table" then return nil, "the trigger has no source" end
+  if type(source.resource) == "table" then return _M.copy(source.resource) end
+  local text, err
+  if type(source.inline) == "string" then
+    text = source.inline
+  elseif type(source.file) == "table" and source.file.path then
+    text, err = core.read_file(source.file.path)
+  elseif type(source.configmap) == "table" and source.configmap.name then
+    local dir = os.getenv("HERALD_CONFIG_DIR") or "/argo-events/config"
+    text, err = core.read_file(dir .. "/" .. source.configmap.name .. "/" .. tostring(source.configmap.key))
+  else
+    return nil, "source: only resource, inline, file and configmap are supported"
+  end
+  if not text then return nil, err end
+  local docs, perr = core.yaml_load(text, "source")
+  if not docs then return nil, perr end
+  if type(docs[1]) ~= "table" then return nil, "source: not a Kubernetes object" end
+  return docs[1]
+end
+
 --- Deep copy of a plain table (templates are copied per firing before parameters touch them).
 local function copy(v)
   if type(v) ~= "table" then return v end

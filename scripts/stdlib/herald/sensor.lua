@@ -475,7 +475,12 @@ function Compiler:params(list, path)
   return self:const("PARAMS", "{\n" .. concat(parts, ",\n") .. ",\n}")
 end
 
-local TRIGGER_TYPES = { "log", "http" }
+local TRIGGER_TYPES = { "log", "http", "k8s", "argoWorkflow", "nats", "kafka", "awsLambda", "slack", "email" }
+-- trigger types whose `payload` builds the message body
+local PAYLOAD_TYPES = { http = true, awsLambda = true, kafka = true, nats = true }
+-- trigger types whose own `parameters` apply to the Kubernetes object they act on (Argo's
+-- ApplyResourceParameters), not to the trigger spec
+local RESOURCE_TYPES = { k8s = true, argoWorkflow = true }
 
 function Compiler:trigger(trig, i)
   local tpath = fmt("spec.triggers[%d]", i - 1)
@@ -525,7 +530,7 @@ function Compiler:trigger(trig, i)
   self:emit("  config = %s,", literal(tmpl[ttype], "  "))
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
-  local payload = ttype == "http" and self:params(tmpl.http.payload, tpath .. ".template.http.payload") or nil
+  local payload = PAYLOAD_TYPES[ttype] and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
   -- the compiled parameter lists, for the REPL's :params (nil when absent)
   self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
   self:emit("  -- builds what the %s executor does with this firing's events", ttype)
@@ -540,7 +545,7 @@ function Compiler:trigger(trig, i)
   else
     self:emit("    local spec = copy(sensor.triggers[%d].config)", i)
   end
-  if type_params then
+  if type_params and not RESOURCE_TYPES[ttype] then
     self:emit("    spec = apply_params(spec, %s, events)", type_params)
   end
   self:emit("    if with_template then")
@@ -558,7 +563,25 @@ function Compiler:trigger(trig, i)
       self:emit("    if not body then return nil, err3 end")
     end
     self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
-    self:emit("             body = body, timeout = spec.timeout }, template")
+    self:emit("             body = body, timeout = spec.timeout, spec = spec }, template")
+  elseif RESOURCE_TYPES[ttype] then
+    self:emit("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
+    self:emit("    local object, oerr = load_resource(spec.source)")
+    self:emit("    if not object then return nil, oerr end")
+    if type_params then
+      self:emit("    -- %s.template.%s.parameters apply to the object", tpath, ttype)
+      self:emit("    object = apply_params(object, %s, events)", type_params)
+    end
+    self:emit("    return { spec = spec, object = object, events = events }, template")
+  else
+    self:emit("    local body")
+    if payload then
+      self:emit("    -- %s.template.%s.payload builds the message", tpath, ttype)
+      self:emit("    local err3")
+      self:emit("    body, err3 = build_payload(%s, events)", payload)
+      self:emit("    if not body then return nil, err3 end")
+    end
+    self:emit("    return { spec = spec, body = body, events = events }, template")
   end
   self:emit("  end,")
   self:emit("}")
@@ -573,6 +596,7 @@ local res_string, res_bool, res_value = rt.res_string, rt.res_bool, rt.res_value
 local to_number, to_bool, render, parse_time = rt.to_number, rt.to_bool, rt.render, core.parse_time
 local apply_params, build_payload, copy = rt.apply_params, rt.build_payload, rt.copy
 local run_script, transform_jq, transform_script = rt.run_script, rt.transform_jq, rt.transform_script
+local load_resource = rt.load_resource
 
 ]]
 

@@ -66,6 +66,34 @@ local function describe_action(trig, action)
   elseif trig.type == "log" then
     return { type = "log" }
   end
+  local spec = action.spec or {}
+  local function body()
+    local b = action.body
+    if type(b) == "string" then
+      local ok, v = pcall(cjson.decode, b)
+      if ok then return v end
+    end
+    if b == nil then return null end
+    return b
+  end
+  if trig.type == "k8s" or trig.type == "argoWorkflow" then
+    return { type = trig.type, operation = spec.operation or (trig.type == "k8s" and "create" or "submit"),
+      object = action.object or null }
+  elseif trig.type == "nats" then
+    return { type = "nats", subject = spec.subject, payload = body() }
+  elseif trig.type == "kafka" then
+    return { type = "kafka", topic = spec.topic, key = spec.partitioningKey or null,
+      headers = spec.headers or {}, payload = body() }
+  elseif trig.type == "awsLambda" then
+    return { type = "awsLambda", functionName = spec.functionName,
+      invocationType = spec.invocationType or "RequestResponse", payload = body() }
+  elseif trig.type == "slack" then
+    return { type = "slack", channel = spec.channel, message = spec.message or null,
+      attachments = spec.attachments or null, blocks = spec.blocks or null }
+  elseif trig.type == "email" then
+    return { type = "email", from = spec.from, to = spec.to or {}, subject = spec.subject or "",
+      body = spec.body or "" }
+  end
   return { type = trig.type }
 end
 _M.describe_action = describe_action
