@@ -125,14 +125,24 @@ static int l_source_filter(lua_State *L) {
   return push_result(L, herald_source_set_filter(src, L, 2));
 }
 
-/* core.trigger_new(type, sensor, name, tmpl) -> trigger (lightuserdata) | nil, err */
+/* core.trigger_new(type, sensor, name, tmpl [, policy]) -> trigger (lightuserdata) | nil, err
+ * policy: {steps=, duration_ms=, factor=, jitter=, rate=, at_least_once=} */
 static int l_trigger_new(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
   const char *type = luaL_checkstring(L, 1);
   const char *sensor = luaL_checkstring(L, 2);
   const char *name = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TTABLE);
-  herald_trigger *t = herald_trigger_new(eng, L, type, sensor, name, 4);
+  herald_delivery_policy pol = {0};
+  if (lua_istable(L, 5)) {
+    pol.steps = (uint32_t)herald_cfg_number(L, 5, "steps", 1);
+    pol.duration_ms = (uint64_t)herald_cfg_number(L, 5, "duration_ms", 1000);
+    pol.factor = herald_cfg_number(L, 5, "factor", 1);
+    pol.jitter = herald_cfg_number(L, 5, "jitter", 0);
+    pol.rate = herald_cfg_number(L, 5, "rate", 0);
+    pol.at_least_once = herald_cfg_bool(L, 5, "at_least_once", 0);
+  }
+  herald_trigger *t = herald_trigger_new(eng, L, type, sensor, name, 4, &pol);
   if (!t) {
     lua_pushnil(L);
     lua_pushfstring(L, "sensor %s: trigger %s: failed to initialise", sensor, name);
@@ -140,6 +150,17 @@ static int l_trigger_new(lua_State *L) {
   }
   lua_pushlightuserdata(L, t);
   return 1;
+}
+
+/* core.trigger_dlq(trigger, dlq_trigger, builder): builder(events) -> action for the dlq */
+static int l_trigger_dlq(lua_State *L) {
+  herald_trigger *t = lua_touserdata(L, 1);
+  herald_trigger *dlq = lua_touserdata(L, 2);
+  luaL_argcheck(L, t != NULL, 1, "trigger expected");
+  luaL_argcheck(L, dlq != NULL, 2, "trigger expected");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  herald_trigger_set_dlq(t, dlq, L, 3);
+  return 0;
 }
 
 /* core.subscribe(sensor, dependency, es_name, event_name, handler) -> true | nil, err */
@@ -253,7 +274,7 @@ int herald_lua_open_core(lua_State *L) {
       {"list_dir", l_list_dir},     {"yaml_load", herald__lua_yaml_load},
       {"configure", l_configure},   {"source_new", l_source_new},
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
-      {"source_filter", l_source_filter},
+      {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"metric", l_metric},
       {"metric_add", l_metric_add}, {"now", l_now},

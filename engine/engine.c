@@ -174,6 +174,7 @@ static void server_closed(void *data) {
 }
 
 static void trigger_closed(herald_trigger *t) {
+  herald__trigger_delivery_free(t);
   free(t->priv);
   free(t->sensor_name);
   free(t->name);
@@ -192,6 +193,7 @@ static void finish_close(herald_engine *eng) {
   while (eng->triggers) {
     trigger_node *n = eng->triggers;
     eng->triggers = n->next;
+    herald__trigger_delivery_close(n->t);
     if (n->t->type->close) n->t->type->close(n->t, trigger_closed);
     else trigger_closed(n->t);
     free(n);

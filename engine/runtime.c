@@ -26,7 +26,6 @@ typedef struct sensor_sub {
 } sensor_sub;
 
 static sensor_sub *subs;
-static uint32_t total_inflight;
 static int cjson_decode_ref = LUA_NOREF;
 static lua_State *event_L; /* the state holding cached decoded events */
 
@@ -34,6 +33,15 @@ static void release(delivery_ctx *c) {
   if (--c->holds) return;
   herald_bus_ack(c->bus, c->d);
   free(c);
+}
+
+struct herald_delivery_ctx *herald__delivery_hold(herald_engine *eng) {
+  if (eng->current) eng->current->holds++;
+  return eng->current;
+}
+
+void herald__delivery_release(struct herald_delivery_ctx *c) {
+  if (c) release(c);
 }
 
 static void event_release_hook(herald_event *ev) {
@@ -143,89 +151,4 @@ void herald_runtime_unsubscribe_all(herald_engine *eng) {
   }
 }
 
-uint32_t herald_runtime_inflight(herald_engine *eng) {
-  return total_inflight;
-}
 
-/* ---- triggers ---- */
-
-herald_trigger *herald_trigger_new(herald_engine *eng, lua_State *L, const char *type,
-                                   const char *sensor, const char *name, int tmpl_idx) {
-  const herald_trigger_type *tt = herald_trigger_type_find(type);
-  if (!tt) {
-    herald_log(&eng->log, HLOG_ERROR, "sensor %s: trigger %s: unknown trigger type %s", sensor,
-               name, type);
-    return NULL;
-  }
-  herald_trigger *t = herald_xcalloc(1, sizeof *t);
-  t->type = tt;
-  t->engine = eng;
-  t->sensor_name = herald_xstrdup(sensor);
-  t->name = herald_xstrdup(name);
-  char *logname = herald_xasprintf("sensor:%s/trigger:%s", sensor, name);
-  t->log.name = logname;
-  t->priv = tt->priv_size ? herald_xcalloc(1, tt->priv_size) : NULL;
-  t->m_triggered = herald_metric_get("argo_events_action_triggered_total",
-                                     "How many actions have been triggered successfully.",
-                                     HERALD_COUNTER, "sensor_name", sensor, "trigger_name", name, NULL);
-  t->m_failed = herald_metric_get("argo_events_action_failed_total",
-                                  "How many actions failed.", HERALD_COUNTER, "sensor_name", sensor,
-                                  "trigger_name", name, NULL);
-  t->m_retries_failed = herald_metric_get("argo_events_action_retries_failed_total",
-                                          "How many actions failed after the retries have been exhausted.",
-                                          HERALD_COUNTER, "sensor_name", sensor, "trigger_name",
-                                          name, NULL);
-  t->m_duration = herald_metric_get("argo_events_action_duration_milliseconds",
-                                    "Summary of durations of trigger actions.", HERALD_SUMMARY,
-                                    "sensor_name", sensor, "trigger_name", name, NULL);
-  if (tt->init && tt->init(t, L, tmpl_idx) != 0) {
-    free(t->priv), free(t->sensor_name), free(t->name), free(logname), free(t);
-    return NULL;
-  }
-  herald__engine_add_trigger(eng, t);
-  return t;
-}
-
-static void finish(herald_trigger_req *req, herald_trigger_result res, const char *reason) {
-  herald_trigger *t = req->trigger;
-  herald_metric_observe(t->m_duration, (double)(herald_mono_ns() - req->start_ns) / 1e6);
-  if (res == HERALD_TRIGGER_DONE) {
-    herald_metric_inc(t->m_triggered);
-    if (herald_log_enabled(HLOG_DEBUG))
-      herald_log(&t->log, HLOG_DEBUG, "Successfully processed trigger '%s'", t->name);
-  } else {
-    /* Retries, backoff and dead-lettering belong to the delivery layer (a later milestone);
-     * until then a failed attempt is final, counted and logged. */
-    herald_metric_inc(t->m_failed);
-    herald_metric_inc(t->m_retries_failed);
-    herald_log_limited(&t->log, HLOG_ERROR, "trigger failed: %s", reason ? reason : "unknown");
-  }
-  t->inflight--;
-  total_inflight--;
-  delivery_ctx *c = req->data;
-  free(req);
-  if (c) release(c);
-}
-
-int herald_trigger_fire(herald_engine *eng, herald_trigger *t, lua_State *L, int action_idx) {
-  herald_trigger_req *req = calloc(1, sizeof *req + t->type->req_size);
-  if (!req) return HERALD_ENOMEM;
-  req->trigger = t;
-  req->done = finish;
-  req->start_ns = herald_mono_ns();
-  req->priv = t->type->req_size ? (void *)(req + 1) : NULL;
-  req->data = eng->current;
-  if (eng->current) eng->current->holds++;
-  t->inflight++;
-  total_inflight++;
-  int r = t->type->execute(t, req, L, action_idx);
-  if (r == 1) {
-    finish(req, HERALD_TRIGGER_DONE, NULL);
-    return 0;
-  }
-  if (r < 0) {
-    finish(req, HERALD_TRIGGER_FAILED, herald_strerror(r));
-    return r;
-  }
-  return 0;
-}

@@ -23,18 +23,49 @@ int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *senso
  * stack: -> event */
 void herald_runtime_push_event(lua_State *L, herald_event *ev);
 
-/* Creates a trigger instance of type `type` from the table at tmpl_idx. Returns it, or NULL
- * after logging why. The engine owns it (closed at shutdown). */
-herald_trigger *herald_trigger_new(herald_engine *eng, lua_State *L, const char *type,
-                                   const char *sensor, const char *name, int tmpl_idx);
-
-/* Executes one action (the table at action_idx) on t, tied to the delivery being processed.
- * Returns 0 when started or done, a negative error when it could not start. */
-int herald_trigger_fire(herald_engine *eng, herald_trigger *t, lua_State *L, int action_idx);
-
 /* Stops every subscription (no new deliveries). */
 void herald_runtime_unsubscribe_all(herald_engine *eng);
-/* Number of trigger actions in flight across the engine. */
+
+/* The bus delivery being processed by Lua, with one more hold (its ack waits for a matching
+ * release), or NULL outside a delivery. */
+struct herald_delivery_ctx *herald__delivery_hold(herald_engine *eng);
+/* Drops a hold; the last one acks the delivery. NULL is a no-op. */
+void herald__delivery_release(struct herald_delivery_ctx *c);
+
+/* ---- triggers and delivery (delivery.c) ---- */
+
+/* How the engine delivers a trigger's actions (the trigger-level fields of an Argo Trigger). */
+typedef struct herald_delivery_policy {
+  uint32_t steps;       /* attempts in all (retryStrategy.steps); 1 = no retry */
+  uint64_t duration_ms; /* first backoff */
+  double factor;        /* backoff multiplier */
+  double jitter;        /* random extra, as a fraction of the delay */
+  double rate;          /* actions per second (rateLimit); 0 = unlimited */
+  int at_least_once;    /* ack the bus delivery after the outcome (else at receipt) */
+  uint32_t max_inflight;/* actions executing at once for this trigger */
+} herald_delivery_policy;
+
+/* Creates a trigger instance of type `type` from the table at tmpl_idx, delivered with pol
+ * (NULL: one attempt, no rate limit, ack at receipt). Returns it, or NULL after logging why.
+ * The engine owns it (closed at shutdown). */
+herald_trigger *herald_trigger_new(herald_engine *eng, lua_State *L, const char *type,
+                                   const char *sensor, const char *name, int tmpl_idx,
+                                   const herald_delivery_policy *pol);
+
+/* Sets the dead-letter trigger of t: after the retries are exhausted, the Lua function at
+ * builder_idx is called with the firing's events and returns the action for dlq. */
+void herald_trigger_set_dlq(herald_trigger *t, herald_trigger *dlq, lua_State *L, int builder_idx);
+
+/* Queues one action (the table at action_idx, which carries `events`) on t, tied to the bus
+ * delivery being processed. Returns 0, or a negative error when it could not be queued. */
+int herald_trigger_fire(herald_engine *eng, herald_trigger *t, lua_State *L, int action_idx);
+
+/* Actions queued, executing or waiting for a retry, across the engine (the drain waits for 0). */
 uint32_t herald_runtime_inflight(herald_engine *eng);
+/* Cancels t's queued and retry-waiting actions (their deliveries are released); called at
+ * shutdown before the executor's close (which finishes or abandons what is executing). */
+void herald__trigger_delivery_close(herald_trigger *t);
+/* Releases the delivery state once the executor has closed. */
+void herald__trigger_delivery_free(herald_trigger *t);
 
 #endif

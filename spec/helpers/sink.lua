@@ -5,7 +5,7 @@
 --
 -- Serves many keep-alive connections at once from one non-blocking socket.select loop.
 -- Each complete request is appended to FILE as one JSON line
---   {"method":..., "path":..., "headers":{lowercase name: value}, "body":...}
+--   {"method":..., "path":..., "headers":{lowercase name: value}, "body":..., "t": arrival time}
 -- (flushed per line, written when the request has been read), and answered with the
 -- configured status after --delay-ms; a delayed answer holds only its own connection. The
 -- first K requests (--fail-first) get --fail-status instead. Prints "listening <port>" on
@@ -101,6 +101,7 @@ end
 
 local function on_request(st, req)
   nrequests = nrequests + 1
+  req.t = socket.gettime() -- arrival time, for specs about retry and rate-limit timing
   out:write(cjson.encode(req), "\n")
   out:flush()
   local status = nrequests <= opts.fail_first and opts.fail_status or opts.status

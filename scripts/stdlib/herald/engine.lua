@@ -93,9 +93,19 @@ local function build_sensor(obj)
     end,
   })
   for _, trig in ipairs(sensor.triggers) do
-    local handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config)
+    local handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config, trig.delivery)
     if not handle then return nil, ("%s: %s"):format(obj.file, terr) end
     trig.handle = handle
+    local dlq = trig.dlq
+    if dlq then
+      local dh, derr = core.trigger_new(dlq.type, sensor.name, dlq.name, dlq.config, dlq.delivery)
+      if not dh then return nil, ("%s: %s"):format(obj.file, derr) end
+      core.trigger_dlq(handle, dh, function(events)
+        local ok, action, aerr = pcall(dlq.action, events)
+        if not ok then return nil, action end
+        return action, aerr
+      end)
+    end
     trig.failed_metric = core.metric("argo_events_action_failed_total", "How many actions failed.",
       "counter", "sensor_name", sensor.name, "trigger_name", trig.name)
     for _, reset in ipairs(trig.conditions_reset or {}) do

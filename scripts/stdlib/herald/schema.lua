@@ -807,18 +807,19 @@ local Trigger = object({
   parameters = params { doc = "parameters applied to the whole template" },
   policy = object({
     k8s = object({ labels = strmap { required = true }, backoff = use(Backoff),
-                   errorOnBackoffTimeout = bool() }),
-    status = object({ allow = array(int(), { required = true }) }),
-  }, { supported = NO, what = "trigger policy" }),
-  retryStrategy = use(Backoff, { supported = NO, what = "retryStrategy" }),
+                   errorOnBackoffTimeout = bool() }, { supported = NO, what = "policy.k8s" }),
+    status = object({ allow = array(int(), { required = true }) },
+                    { doc = "response statuses that count as success (HTTP, AWS Lambda)" }),
+  }, { doc = "what counts as success" }),
+  retryStrategy = use(Backoff, { doc = "retries of a failed action (steps = attempts in all)" }),
   rateLimit = object({
     unit = str { enum = { "Second", "Minute", "Hour" }, default = "Second" },
     requestsPerUnit = int { min = 0 },
-  }, { supported = NO, what = "rateLimit" }),
-  atLeastOnce = bool { default = false, supported = NO, what = "atLeastOnce delivery" },
+  }, { doc = "at most requestsPerUnit actions per unit, spaced evenly" }),
+  atLeastOnce = bool { default = false, doc = "acknowledge the event only after the action's outcome" },
 }, { doc = "an action the sensor takes" })
 -- dlqTrigger is a whole Trigger (Argo forbids nesting another dlqTrigger at run time).
-Trigger.fields.dlqTrigger = use(Trigger, { supported = NO, what = "dlqTrigger" })
+Trigger.fields.dlqTrigger = use(Trigger, { doc = "runs with the same events when the retries are exhausted" })
 
 _M.sensor_spec = object({
   dependencies = array(EventDependency, { required = true, doc = "events the sensor waits for" }),

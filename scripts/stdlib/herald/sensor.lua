@@ -482,8 +482,41 @@ local PAYLOAD_TYPES = { http = true, awsLambda = true, kafka = true, nats = true
 -- ApplyResourceParameters), not to the trigger spec
 local RESOURCE_TYPES = { k8s = true, argoWorkflow = true }
 
-function Compiler:trigger(trig, i)
-  local tpath = fmt("spec.triggers[%d]", i - 1)
+--- Go duration text or nanoseconds -> milliseconds (Argo's Int64OrString).
+local function duration_ms(v)
+  if v == nil then return nil end
+  if type(v) == "number" then return v / 1e6 end
+  local ns = core.duration_check and core.duration_check(tostring(v))
+  if ns then return ns / 1e6 end
+  local n = tonumber(v)
+  return n and n / 1e6 or nil
+end
+
+--- The trigger-level delivery fields (retryStrategy, rateLimit, atLeastOnce, policy.status) as
+--- the engine's delivery policy.
+function Compiler:delivery(trig, tpath)
+  local pol = { at_least_once = trig.atLeastOnce == true }
+  local rs = trig.retryStrategy
+  if rs then
+    -- k8s wait.Backoff defaults, as Argo applies them: 5 steps of 1s, factor 1, jitter 1
+    pol.steps = rs.steps ~= nil and math.max(1, rs.steps) or 5
+    local d = rs.duration ~= nil and duration_ms(rs.duration) or 1000
+    if not d then self:fail(tpath .. ".retryStrategy.duration", rs, "duration", "not a duration: " .. tostring(rs.duration)) end
+    pol.duration_ms = d
+    pol.factor = tonumber(rs.factor) or 1
+    pol.jitter = rs.jitter ~= nil and tonumber(rs.jitter) or 1
+  end
+  local rl = trig.rateLimit
+  if rl and (rl.requestsPerUnit or 0) > 0 then
+    local per = ({ Second = 1, Minute = 60, Hour = 3600 })[rl.unit or "Second"] or 1
+    pol.rate = rl.requestsPerUnit / per
+  end
+  return pol
+end
+
+function Compiler:trigger(trig, i, target, tpath)
+  tpath = tpath or fmt("spec.triggers[%d]", i - 1)
+  target = target or fmt("sensor.triggers[%d]", i)
   local tmpl = trig.template
   local ttype
   for _, t in ipairs(TRIGGER_TYPES) do
@@ -507,8 +540,12 @@ function Compiler:trigger(trig, i)
   end
   self:emit("")
   self:emit("-- %s %q (%s)", tpath, tmpl.name, ttype)
-  self:emit("sensor.triggers[%d] = {", i)
+  self:emit("%s = {", target)
   self:emit("  name = %q, type = %q,", tmpl.name, ttype)
+  self:emit("  -- %s: retryStrategy, rateLimit, atLeastOnce", tpath)
+  self:emit("  delivery = %s,", literal(self:delivery(trig, tpath), "  "))
+  local allow = trig.policy and trig.policy.status and trig.policy.status.allow
+  if allow then self:emit("  -- %s.policy.status.allow", tpath) end
   self:emit("  dependencies = %s,", literal(deps))
   self:emit("  -- %s.template.conditions: %s", tpath, tmpl.conditions or "(all dependencies)")
   self:emit("  condition = function(s) return %s end,", cond_lua)
@@ -543,7 +580,7 @@ function Compiler:trigger(trig, i)
     self:emit("    template = apply_params(copy(%s), %s, events)", tconst, tparams)
     self:emit("    local spec = template.%s", ttype)
   else
-    self:emit("    local spec = copy(sensor.triggers[%d].config)", i)
+    self:emit("    local spec = copy(%s.config)", target)
   end
   if type_params and not RESOURCE_TYPES[ttype] then
     self:emit("    spec = apply_params(spec, %s, events)", type_params)
@@ -563,7 +600,8 @@ function Compiler:trigger(trig, i)
       self:emit("    if not body then return nil, err3 end")
     end
     self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
-    self:emit("             body = body, timeout = spec.timeout, spec = spec }, template")
+    self:emit("             body = body, timeout = spec.timeout, spec = spec, events = events,")
+    self:emit("             allow = %s }, template", allow and literal(allow) or "nil")
   elseif RESOURCE_TYPES[ttype] then
     self:emit("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
     self:emit("    local object, oerr = load_resource(spec.source)")
@@ -581,10 +619,16 @@ function Compiler:trigger(trig, i)
       self:emit("    body, err3 = build_payload(%s, events)", payload)
       self:emit("    if not body then return nil, err3 end")
     end
-    self:emit("    return { spec = spec, body = body, events = events }, template")
+    self:emit("    return { spec = spec, body = body, events = events, allow = %s }, template",
+      allow and literal(allow) or "nil")
   end
   self:emit("  end,")
   self:emit("}")
+  if trig.dlqTrigger then
+    if target:find("%.dlq$") then self:fail(tpath .. ".dlqTrigger", trig, "dlqTrigger", "a dlqTrigger cannot have its own dlqTrigger") end
+    self:emit("-- %s.dlqTrigger: runs with the same events when the retries are exhausted", tpath)
+    self:trigger(trig.dlqTrigger, i, target .. ".dlq", tpath .. ".dlqTrigger")
+  end
 end
 
 local HEADER = [[

@@ -520,7 +520,9 @@ describe("webhook source", function()
     local sink = sink_client.start{ delay_ms = 60000 }
     local http_sensor = H.sensor{ name = "s-http", deps = { { name = "d", es = ES_NAME, event = "ev" } },
       triggers = { { name = "slow", body = ("        http:\n          url: http://127.0.0.1:%d/slow\n" ..
-        "          method: POST\n"):format(sink.port) } } }
+        "          method: POST\n"):format(sink.port),
+        -- at-least-once: each event stays on the bus until its (never-ending) action finishes
+        extra = "      atLeastOnce: true\n" } } }
     p = start{ events = { { name = "ev", endpoint = "/hook", method = "POST", port = port } },
       args = { "--bus-capacity", "2" }, files = { ["sensor-http.yaml"] = http_sensor } }
     local got = {}

@@ -1,0 +1,159 @@
+/*
+ * curl_loop.c: the libcurl multi <-> libuv glue (see curl_loop.h).
+ *
+ *   curl asks to watch a socket (CURLMOPT_SOCKETFUNCTION) -> uv_poll on it -> readiness ->
+ *   curl_multi_socket_action(fd) ; curl asks for a timeout (CURLMOPT_TIMERFUNCTION) -> uv_timer
+ *   -> curl_multi_socket_action(TIMEOUT) ; after each action, finished transfers are read with
+ *   curl_multi_info_read and handed to their done callback.
+ */
+#include "curl_loop.h"
+
+#include "common.h"
+
+#include <stdlib.h>
+
+#define MAX_HOST_CONNECTIONS 64
+#define POOL_SIZE 64
+
+typedef struct sock_ctx {
+  uv_poll_t poll;
+  curl_socket_t fd;
+} sock_ctx;
+
+static struct {
+  CURLM *multi;
+  uv_loop_t *loop;
+  uv_timer_t timer;
+  int refs;
+  CURL *pool[POOL_SIZE];
+  int npool;
+} G;
+
+static void check_done(void) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(G.multi, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    herald_curl_xfer *x = NULL;
+    CURL *easy = msg->easy_handle;
+    CURLcode rc = msg->data.result;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+    curl_multi_remove_handle(G.multi, easy); /* invalidates msg */
+    if (HERALD_FAILS(x != NULL)) continue;
+    x->active = 0;
+    x->done(x, rc);
+  }
+}
+
+static void poll_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  sock_ctx *s = p->data;
+  int flags = 0, running;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(G.multi, s->fd, flags, &running);
+  check_done();
+}
+
+static int on_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
+  sock_ctx *s = socketp;
+  if (action == CURL_POLL_REMOVE) {
+    if (s) {
+      uv_poll_stop(&s->poll);
+      curl_multi_assign(G.multi, fd, NULL);
+      uv_close((uv_handle_t *)&s->poll, poll_closed);
+    }
+    return 0;
+  }
+  if (!s) {
+    s = malloc(sizeof *s);
+    if (!s) return -1;
+    s->fd = fd;
+    uv_poll_init_socket(G.loop, &s->poll, fd);
+    s->poll.data = s;
+    curl_multi_assign(G.multi, fd, s);
+  }
+  int ev = 0;
+  if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) ev |= UV_READABLE;
+  if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) ev |= UV_WRITABLE;
+  uv_poll_start(&s->poll, ev, on_poll);
+  return 0;
+}
+
+static void on_timer(uv_timer_t *t) {
+  int running;
+  curl_multi_socket_action(G.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done();
+}
+
+static int on_timeout_change(CURLM *multi, long timeout_ms, void *userp) {
+  if (timeout_ms < 0) uv_timer_stop(&G.timer);
+  else uv_timer_start(&G.timer, on_timer, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+int herald_curl_loop_ref(uv_loop_t *loop) {
+  if (G.refs == 0) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    G.multi = curl_multi_init();
+    if (!G.multi) return HERALD_ENOMEM;
+    G.loop = loop;
+    curl_multi_setopt(G.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(G.multi, CURLMOPT_TIMERFUNCTION, on_timeout_change);
+    curl_multi_setopt(G.multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)MAX_HOST_CONNECTIONS);
+    uv_timer_init(G.loop, &G.timer);
+  }
+  G.refs++;
+  return 0;
+}
+
+static void timer_closed(uv_handle_t *h) {
+  /* A new user may have arrived while the timer was closing (engine restarted in-process). */
+  if (G.refs > 0) return;
+  curl_multi_cleanup(G.multi);
+  G.multi = NULL;
+  while (G.npool) curl_easy_cleanup(G.pool[--G.npool]);
+}
+
+void herald_curl_loop_unref(void) {
+  if (HERALD_FAILS(G.refs > 0)) return;
+  if (--G.refs == 0) {
+    uv_timer_stop(&G.timer);
+    uv_close((uv_handle_t *)&G.timer, timer_closed);
+  }
+}
+
+int herald_curl_xfer_init(herald_curl_xfer *x) {
+  x->easy = G.npool ? G.pool[--G.npool] : curl_easy_init();
+  if (!x->easy) return HERALD_ENOMEM;
+  x->active = 0;
+  x->errbuf[0] = '\0';
+  curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
+  curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
+  curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
+  return 0;
+}
+
+int herald_curl_xfer_start(herald_curl_xfer *x, herald_curl_done_cb done) {
+  x->done = done;
+  if (curl_multi_add_handle(G.multi, x->easy) != CURLM_OK) return HERALD_EIO;
+  x->active = 1;
+  return 0;
+}
+
+void herald_curl_xfer_release(herald_curl_xfer *x) {
+  if (!x->easy) return;
+  if (x->active) curl_multi_remove_handle(G.multi, x->easy);
+  x->active = 0;
+  if (G.npool < POOL_SIZE) {
+    curl_easy_reset(x->easy);
+    G.pool[G.npool++] = x->easy;
+  } else {
+    curl_easy_cleanup(x->easy);
+  }
+  x->easy = NULL;
+}
