@@ -258,19 +258,19 @@ describe("loader", function()
     if not need_yaml() then return end
     assert.same({
       "unsupported.yaml:6:3: spec.kafka: not supported by Herald yet (Kafka event source)",
-      "unsupported.yaml:29:9: spec.triggers[0].template.k8s: not supported by Herald yet (Kubernetes (k8s) triggers)",
+      "unsupported.yaml:29:9: spec.triggers[0].template.openWhisk: not supported by Herald yet (OpenWhisk triggers)",
     }, strip(load("unsupported.yaml").errors))
   end)
 
   it("accepts a field as soon as its one supported flag flips", function()
     if not need_yaml() then return end
-    local f = schema.types.TriggerTemplate.fields.k8s
+    local f = schema.types.TriggerTemplate.fields.openWhisk
     local saved = f.supported
     f.supported = true
     local ok, r = pcall(load, "unsupported.yaml")
     f.supported = saved
     assert.is_true(ok, r)
-    for _, e in ipairs(r.errors) do assert.not_matches("k8s", e) end
+    for _, e in ipairs(r.errors) do assert.not_matches("openWhisk", e) end
     assert.equal(1, #r.errors)
   end)
 
