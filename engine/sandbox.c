@@ -19,7 +19,8 @@
  *   core.sandbox_new{memory=, instructions=, timeout_ms=} -> sb
  *   sb:compile(source, chunkname) -> id | nil, err
  *   sb:filter(id, data_json) -> true, result_is_true | nil, err
- *   sb:transform(id, data_json) -> json_of_returned_table | nil, err
+ *   sb:transform(id, data_json [, global]) -> json_of_returned_table | nil, err
+ *       (global: the name the decoded JSON gets, "event" by default; "events" for Lua triggers)
  *   sb:memory() -> bytes in use
  */
 #include "common.h"
@@ -247,7 +248,8 @@ static int l_sandbox_compile(lua_State *L) {
   return 1;
 }
 
-/* Runs script `id` (arg 2) with `event` = the decoded JSON (arg 3), under the CPU budget.
+/* Runs script `id` (arg 2) with `event` (or the name in arg 4) = the decoded JSON (arg 3),
+ * under the CPU budget.
  * On success leaves the script's first result on S's stack above `base` and returns 1; on
  * failure restores S, pushes nil, err on L and returns 0. stack(S): base -> base result */
 static int sb_run(lua_State *L, sandbox *sb, int base) {
@@ -271,7 +273,7 @@ static int sb_run(lua_State *L, sandbox *sb, int base) {
     lua_settop(S, base);
     return 0;
   }
-  lua_setfield(S, -2, "event");
+  lua_setfield(S, -2, luaL_optstring(L, 4, "event")); /* the global the script reads */
   lua_pop(S, 1); /* env */
   sb->expired = 0;
   sb->instr_used = 0;

@@ -112,6 +112,14 @@ static int log_execute(herald_trigger *t, herald_trigger_req *req, lua_State *L,
   herald_buf_json_string(&out, t->sensor_name, strlen(t->sensor_name));
   herald_buf_puts(&out, ",\"triggerName\":");
   herald_buf_json_string(&out, t->name, strlen(t->name));
+  lua_getfield(L, idx, "message"); /* a Lua trigger's own message */
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    size_t mn;
+    const char *m = lua_tolstring(L, -1, &mn);
+    herald_buf_puts(&out, ",\"message\":");
+    herald_buf_json_string(&out, m, mn);
+  }
+  lua_pop(L, 1);
   if (lt->skipped) {
     herald_buf_printf(&out, ",\"skipped\":%llu", (unsigned long long)lt->skipped);
     lt->skipped = 0;

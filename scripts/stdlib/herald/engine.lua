@@ -79,7 +79,12 @@ local function build_sensor(obj)
   end
   local rt = runtime.new(sensor, {
     fire = function(trig, action)
-      local fired, ferr = core.fire(trig.handle, action)
+      local handle = trig.handle
+      if trig.type == "lua" then -- Herald's Lua trigger: its script chose what to do
+        if action.dispatch == "none" then return end
+        handle, action = trig.handles[action.dispatch], action.action
+      end
+      local fired, ferr = core.fire(handle, action)
       if not fired then core.log("error", logger .. "/trigger:" .. trig.name, "cannot execute: " .. tostring(ferr)) end
     end,
     discard = function(dep, event, why, is_error)
@@ -93,7 +98,17 @@ local function build_sensor(obj)
     end,
   })
   for _, trig in ipairs(sensor.triggers) do
-    local handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config, trig.delivery)
+    local handle, terr
+    if trig.type == "lua" then
+      -- the script's actions run on the http and log executors, under this trigger's name
+      trig.handles = {
+        http = core.trigger_new("http", sensor.name, trig.name, { url = "lua:" }, trig.delivery),
+        log = core.trigger_new("log", sensor.name, trig.name, {}, trig.delivery),
+      }
+      handle = trig.handles.http
+    else
+      handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config, trig.delivery)
+    end
     if not handle then return nil, ("%s: %s"):format(obj.file, terr) end
     trig.handle = handle
     local dlq = trig.dlq

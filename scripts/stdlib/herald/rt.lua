@@ -268,6 +268,35 @@ function _M.transform_script(sensor_name, id, event)
   return with_data(event, json)
 end
 
+--- Runs a Lua trigger's script (Herald's extension) in the sensor's sandbox with the global
+--- `events` = {dependency = {context = ..., data = ...}}. The script returns the action:
+---   {type = "http", url =, method =, headers =, body = (string or table)}
+---   {type = "log", message = ...}    or nil / {type = "none"} to do nothing.
+--- Returns dispatch ("http" | "log" | "none"), the executor's action table; or nil, err.
+function _M.lua_trigger(sensor_name, id, events)
+  local view = {}
+  for dep, ev in pairs(events) do view[dep] = { context = ev.context, data = ev.data } end
+  local json, err = sandboxes[sensor_name]:transform(id, encode(view), "events")
+  if not json then
+    if err and err:find("returned nil, not a table", 1, true) then return "none" end
+    return nil, "lua trigger: " .. tostring(err)
+  end
+  local a = cjson.decode(json)
+  local kind = a.type or "none"
+  if kind == "none" then return "none" end
+  if kind == "log" then
+    return "log", { events = events, message = a.message ~= nil and tostring(a.message) or nil }
+  end
+  if kind == "http" then
+    if type(a.url) ~= "string" then return nil, "lua trigger: an http action needs a url" end
+    local body = a.body
+    if type(body) == "table" then body = (encode(body):gsub("\\/", "/")) end
+    return "http", { url = a.url, method = a.method or "POST", headers = a.headers, body = body,
+      timeout = a.timeout, events = events }
+  end
+  return nil, "lua trigger: unknown action type " .. tostring(kind) .. " (http, log or none)"
+end
+
 -- Trigger parameters (Argo's ResolveParamValue / ApplyParams) --------------------------------
 
 --- The event as JSON, as a parameter with no key or template resolves to it (data as JSON,

@@ -775,7 +775,7 @@ local CustomTrigger = object({
 
 local TRIGGER_TYPES = { "k8s", "argoWorkflow", "http", "awsLambda", "custom", "kafka", "nats",
                         "slack", "openWhisk", "log", "azureEventHubs", "pulsar",
-                        "azureServiceBus", "email", "grpc" }
+                        "azureServiceBus", "email", "grpc", "lua" }
 _M.TRIGGER_TYPES = TRIGGER_TYPES
 
 local TriggerTemplate = object({
@@ -787,10 +787,10 @@ local TriggerTemplate = object({
   k8s = use(K8sTrigger, { supported = NO, what = "Kubernetes (k8s) triggers" }),
   argoWorkflow = use(ArgoWorkflowTrigger, { supported = NO, what = "Argo Workflow triggers" }),
   http = use(HTTPTrigger),
-  awsLambda = use(AWSLambdaTrigger, { supported = NO, what = "AWS Lambda triggers" }),
+  awsLambda = use(AWSLambdaTrigger),
   custom = use(CustomTrigger, { supported = NO, what = "custom (gRPC) triggers" }),
   kafka = use(KafkaTrigger, { supported = NO, what = "Kafka triggers" }),
-  nats = use(NATSTrigger, { supported = NO, what = "NATS triggers" }),
+  nats = use(NATSTrigger),
   slack = use(SlackTrigger, { supported = NO, what = "Slack triggers" }),
   openWhisk = use(OpenWhiskTrigger, { supported = NO, what = "OpenWhisk triggers" }),
   log = use(LogTrigger),
@@ -800,6 +800,11 @@ local TriggerTemplate = object({
                         { supported = NO, what = "Azure Service Bus triggers" }),
   email = use(EmailTrigger, { supported = NO, what = "email triggers" }),
   grpc = any { supported = NO, what = "gRPC triggers" },
+  -- Herald's extension (not in Argo): a sandboxed Lua script receives the events and returns
+  -- the action (http, log or none)
+  lua = object({
+    script = str { required = true, doc = "Lua; `events` = {dependency = {context, data}}; returns {type = \"http\"|\"log\"|\"none\", ...}" },
+  }, { doc = "Herald extension: a Lua script decides the action" }),
 }, { doc = "what the trigger does", exactly_one_of = TRIGGER_TYPES })
 
 local Trigger = object({

@@ -475,7 +475,7 @@ function Compiler:params(list, path)
   return self:const("PARAMS", "{\n" .. concat(parts, ",\n") .. ",\n}")
 end
 
-local TRIGGER_TYPES = { "log", "http", "k8s", "argoWorkflow", "nats", "kafka", "awsLambda", "slack", "email" }
+local TRIGGER_TYPES = { "log", "http", "k8s", "argoWorkflow", "nats", "kafka", "awsLambda", "slack", "email", "lua" }
 -- trigger types whose `payload` builds the message body
 local PAYLOAD_TYPES = { http = true, awsLambda = true, kafka = true, nats = true }
 -- trigger types whose own `parameters` apply to the Kubernetes object they act on (Argo's
@@ -602,6 +602,16 @@ function Compiler:trigger(trig, i, target, tpath)
     self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
     self:emit("             body = body, timeout = spec.timeout, spec = spec, events = events,")
     self:emit("             allow = %s }, template", allow and literal(allow) or "nil")
+  elseif ttype == "lua" then
+    local where = tpath .. ".template.lua.script"
+    local script = tmpl.lua.script
+    local id, err = rt.script(self.name, script, "=" .. where)
+    if not id then self:fail(where, tmpl.lua, "script", "script does not compile: " .. tostring(err)) end
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(script), literal("=" .. where)))
+    self:emit("    -- %s: sandboxed Lua; `events` holds each dependency's event; it returns the action", where)
+    self:emit("    local dispatch, action = lua_trigger(%q, %s, events)", self.name, sid)
+    self:emit("    if not dispatch then return nil, action end")
+    self:emit("    return { dispatch = dispatch, action = action, events = events }, template")
   elseif RESOURCE_TYPES[ttype] then
     self:emit("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
     self:emit("    local object, oerr = load_resource(spec.source)")
@@ -640,7 +650,7 @@ local res_string, res_bool, res_value = rt.res_string, rt.res_bool, rt.res_value
 local to_number, to_bool, render, parse_time = rt.to_number, rt.to_bool, rt.render, core.parse_time
 local apply_params, build_payload, copy = rt.apply_params, rt.build_payload, rt.copy
 local run_script, transform_jq, transform_script = rt.run_script, rt.transform_jq, rt.transform_script
-local load_resource = rt.load_resource
+local load_resource, lua_trigger = rt.load_resource, rt.lua_trigger
 
 ]]
 

@@ -55,6 +55,12 @@ _M.encode = encode
 
 --- The dry-run description of what a trigger would do (herald test's "action").
 local function describe_action(trig, action)
+  if trig.type == "lua" then
+    if action.dispatch == "none" then return { type = "none" } end
+    local inner = describe_action({ type = action.dispatch }, action.action)
+    if action.dispatch == "log" and action.action.message then inner.message = action.action.message end
+    return inner
+  end
   if trig.type == "http" then
     local body = action.body
     if type(body) == "string" then
