@@ -317,7 +317,7 @@ describe("loader", function()
     if not need_yaml() then return end
     assert.same({
       "conditions.yaml:29:9: spec.triggers[3].template.http: only one of http and log may be set",
-      "conditions.yaml:32:9: spec.triggers[4].template: needs one of k8s, argoWorkflow, http, awsLambda, custom, kafka, nats, slack, openWhisk, log, azureEventHubs, pulsar, azureServiceBus, email, grpc",
+      "conditions.yaml:32:9: spec.triggers[4].template: needs one of k8s, argoWorkflow, http, awsLambda, custom, kafka, nats, slack, openWhisk, log, azureEventHubs, pulsar, azureServiceBus, email, grpc, lua",
       'conditions.yaml:20:21: spec.triggers[1].template.conditions: unknown dependency "dep-c"; did you mean dep-a? (defined: dep-a, dep-b)',
       "conditions.yaml:24:21: spec.triggers[2].template.conditions: invalid expression: missing ')' for the '(' at column 1",
     }, strip(load("conditions.yaml").errors))
