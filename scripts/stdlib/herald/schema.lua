@@ -720,7 +720,8 @@ local KafkaTrigger = object({
   url = str { required = true }, topic = str { required = true }, partition = int(),
   parameters = params(), requiredAcks = int(), compress = bool(), flushFrequency = int(),
   tls = use(TLSConfig), payload = params { required = true }, partitioningKey = str(),
-  version = str(), sasl = use(SASLConfig), schemaRegistry = use(SchemaRegistryConfig),
+  version = str(), sasl = use(SASLConfig),
+  schemaRegistry = use(SchemaRegistryConfig, { supported = NO, what = "Kafka trigger schemaRegistry (Avro encoding)" }),
   headers = strmap(), secureHeaders = array(SecureHeader),
 })
 
@@ -784,21 +785,21 @@ local TriggerTemplate = object({
   conditionsReset = array(object({
     byTime = object({ cron = str(), timezone = str() }),
   }), { doc = "times at which the dependency state of this trigger is cleared" }),
-  k8s = use(K8sTrigger, { supported = NO, what = "Kubernetes (k8s) triggers" }),
-  argoWorkflow = use(ArgoWorkflowTrigger, { supported = NO, what = "Argo Workflow triggers" }),
+  k8s = use(K8sTrigger, { fields = use(K8sTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file or configmap)" }), git = use(GitArtifact, { supported = NO, what = "source.git (use resource, inline, file or configmap)" }), url = use(ArtifactLocation.fields.url, { supported = NO, what = "source.url (use resource, inline, file or configmap)" }) }) }) }) }),
+  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file or configmap)" }), git = use(GitArtifact, { supported = NO, what = "source.git (use resource, inline, file or configmap)" }), url = use(ArtifactLocation.fields.url, { supported = NO, what = "source.url (use resource, inline, file or configmap)" }) }) }), args = strings { supported = NO, what = "argoWorkflow.args (Herald uses the Kubernetes API, not the argo CLI)" } }) }),
   http = use(HTTPTrigger),
   awsLambda = use(AWSLambdaTrigger),
   custom = use(CustomTrigger, { supported = NO, what = "custom (gRPC) triggers" }),
-  kafka = use(KafkaTrigger, { supported = NO, what = "Kafka triggers" }),
+  kafka = use(KafkaTrigger),
   nats = use(NATSTrigger),
-  slack = use(SlackTrigger, { supported = NO, what = "Slack triggers" }),
+  slack = use(SlackTrigger),
   openWhisk = use(OpenWhiskTrigger, { supported = NO, what = "OpenWhisk triggers" }),
   log = use(LogTrigger),
   azureEventHubs = use(AzureEventHubsTrigger, { supported = NO, what = "Azure Event Hubs triggers" }),
   pulsar = use(PulsarTrigger, { supported = NO, what = "Pulsar triggers" }),
   azureServiceBus = use(AzureServiceBusTrigger,
                         { supported = NO, what = "Azure Service Bus triggers" }),
-  email = use(EmailTrigger, { supported = NO, what = "email triggers" }),
+  email = use(EmailTrigger),
   grpc = any { supported = NO, what = "gRPC triggers" },
   -- Herald's extension (not in Argo): a sandboxed Lua script receives the events and returns
   -- the action (http, log or none)

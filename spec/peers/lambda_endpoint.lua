@@ -1,0 +1,287 @@
+-- spec/peers/lambda_endpoint.lua: a local AWS Lambda + STS endpoint for specs that VERIFIES
+-- the SigV4 signature of every request before answering (an implementation of its own, with
+-- SHA-256/HMAC from libcrypto through the LuaJIT FFI, so the trigger's signer is checked
+-- against a second reading of the algorithm).
+--
+--   luajit spec/peers/lambda_endpoint.lua --port N --out FILE --key AKID:SECRET [--key ...]
+--
+-- Lambda: POST /2015-03-31/functions/<name>/invocations. The function name picks the answer:
+--   fail-unhandled  200 + X-Amz-Function-Error: Unhandled   throttled  429 TooManyRequests
+--   broken          500 ServiceException                    missing    404 ResourceNotFound
+--   anything else   200 (RequestResponse, echoes the payload) | 202 (Event) | 204 (DryRun)
+-- STS: POST / with Action=AssumeRole issues temporary credentials (ASIA..., with a session
+-- token) that are then accepted, and only with their token.
+-- A bad or missing signature gets 403 InvalidSignatureException. Every request is recorded as a
+-- JSON line: {"api":"lambda"|"sts", "verified":bool, "error":..., "access_key":...,
+-- "session_token":..., "function":..., "invocation_type":..., "payload":..., "role_arn":...}.
+-- Prints "listening <port>" on stdout once it accepts connections.
+local socket = require "socket"
+local cjson = require "cjson"
+local ffi = require "ffi"
+
+ffi.cdef [[
+typedef struct evp_md_st EVP_MD;
+const EVP_MD *EVP_sha256(void);
+unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len, const unsigned char *d,
+                    size_t n, unsigned char *md, unsigned int *md_len);
+unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
+]]
+local crypto = ffi.load("crypto")
+
+local function tohex(s)
+  return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+local function sha256(s)
+  local md = ffi.new("unsigned char[32]")
+  crypto.SHA256(s, #s, md)
+  return ffi.string(md, 32)
+end
+
+local function hmac(key, msg)
+  local md = ffi.new("unsigned char[32]")
+  local len = ffi.new("unsigned int[1]", 32)
+  crypto.HMAC(crypto.EVP_sha256(), key, #key, msg, #msg, md, len)
+  return ffi.string(md, 32)
+end
+
+local opts = { port = 0, keys = {} }
+do
+  local i = 1
+  while i <= #arg do
+    local k, v = arg[i], arg[i + 1]
+    if k == "--port" then opts.port = tonumber(v)
+    elseif k == "--out" then opts.out = v
+    elseif k == "--key" then
+      local ak, sk = v:match("^([^:]+):(.+)$")
+      opts.keys[ak] = { secret = sk }
+    else
+      io.stderr:write("lambda_endpoint: unknown option " .. tostring(k) .. "\n")
+      os.exit(2)
+    end
+    i = i + 2
+  end
+end
+
+local out = assert(io.open(assert(opts.out, "--out FILE is required"), "ab"))
+
+-- SigV4, read from AWS's "Create a signed AWS API request" steps ---------------------------
+
+local function encode(s, keep_slash)
+  return (s:gsub("[^%w%-%._~" .. (keep_slash and "/" or "") .. "]", function(c)
+    return ("%%%02X"):format(c:byte())
+  end))
+end
+
+local function decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function canonical_query(q)
+  if not q or q == "" then return "" end
+  local items = {}
+  for part in q:gmatch("[^&]+") do
+    local k, v = part:match("^([^=]*)=?(.*)$")
+    items[#items + 1] = { encode(decode(k)), encode(decode(v)) }
+  end
+  table.sort(items, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+  local parts = {}
+  for i, kv in ipairs(items) do parts[i] = kv[1] .. "=" .. kv[2] end
+  return table.concat(parts, "&")
+end
+
+-- Returns true, or false and why.
+local function verify(req, service)
+  local auth = req.headers["authorization"]
+  if not auth then return false, "no Authorization header" end
+  local ak, date8, region, svc, signed, sig = auth:match(
+    "^AWS4%-HMAC%-SHA256 Credential=([^/]+)/(%d+)/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([^,]+), Signature=(%x+)$")
+  if not ak then return false, "malformed Authorization: " .. auth end
+  if svc ~= service then return false, "credential scope service " .. svc .. ", expected " .. service end
+  local key = opts.keys[ak]
+  if not key then return false, "unknown access key " .. ak end
+  if key.token and req.headers["x-amz-security-token"] ~= key.token then
+    return false, "temporary credentials without their session token"
+  end
+  local amz_date = req.headers["x-amz-date"]
+  if not amz_date or amz_date:sub(1, 8) ~= date8 then return false, "X-Amz-Date missing or not matching the scope" end
+  local lines = {}
+  local has = {}
+  for name in signed:gmatch("[^;]+") do
+    local v = req.headers[name]
+    if not v then return false, "signed header " .. name .. " missing" end
+    v = v:gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s+", " ")
+    lines[#lines + 1] = name .. ":" .. v .. "\n"
+    has[name] = true
+  end
+  if not has.host or not has["x-amz-date"] then return false, "host and x-amz-date must be signed" end
+  if req.headers["x-amz-security-token"] and not has["x-amz-security-token"] then
+    return false, "x-amz-security-token not signed"
+  end
+  local path, query = req.path:match("^([^?]*)%??(.*)$")
+  local creq = table.concat({ req.method, encode(path, true), canonical_query(query),
+    table.concat(lines), signed, tohex(sha256(req.body)) }, "\n")
+  local scope = table.concat({ date8, region, svc, "aws4_request" }, "/")
+  local sts = table.concat({ "AWS4-HMAC-SHA256", amz_date, scope, tohex(sha256(creq)) }, "\n")
+  local k = hmac("AWS4" .. key.secret, date8)
+  k = hmac(k, region)
+  k = hmac(k, svc)
+  k = hmac(k, "aws4_request")
+  local want = tohex(hmac(k, sts))
+  if want ~= sig then return false, "signature mismatch; canonical request was:\n" .. creq end
+  return true, nil, ak
+end
+
+-- Handlers ---------------------------------------------------------------------------------
+
+local issued = 0
+
+local function respond(status, headers, body)
+  return { status = status, headers = headers or {}, body = body or "" }
+end
+
+local function aws_error(status, etype, msg)
+  return respond(status, { ["Content-Type"] = "application/json", ["X-Amzn-ErrorType"] = etype },
+    cjson.encode({ Type = "User", message = msg }))
+end
+
+local function handle(req)
+  local rec = { method = req.method, path = req.path, access_key = nil }
+  local fn = req.path:match("^/2015%-03%-31/functions/([^/]+)/invocations$")
+  local service = fn and "lambda" or "sts"
+  rec.api = service
+  local ok, err, ak = verify(req, service)
+  rec.verified = ok
+  rec.error = err
+  rec.access_key = (req.headers["authorization"] or ""):match("Credential=([^/]+)")
+  rec.session_token = req.headers["x-amz-security-token"]
+  local resp
+  if fn then
+    rec["function"] = decode(fn)
+    rec.invocation_type = req.headers["x-amz-invocation-type"] or "RequestResponse"
+    rec.payload = req.body
+  else
+    local form = {}
+    for part in req.body:gmatch("[^&]+") do
+      local k, v = part:match("^([^=]*)=?(.*)$")
+      form[decode(k)] = decode((v:gsub("+", " ")))
+    end
+    rec.action = form.Action
+    rec.role_arn = form.RoleArn
+  end
+  if not ok then
+    resp = aws_error(403, "InvalidSignatureException", "The request signature we calculated does not match the signature you provided. " .. tostring(err))
+  elseif not fn then
+    if rec.action ~= "AssumeRole" then
+      resp = respond(400, { ["Content-Type"] = "text/xml" }, "<ErrorResponse><Error><Code>InvalidAction</Code><Message>unknown action</Message></Error></ErrorResponse>")
+    else
+      issued = issued + 1
+      local nak = ("ASIATEMP%08d"):format(issued)
+      local nsk = "temp-secret-" .. issued
+      local tok = "token/" .. issued .. "+&more"
+      opts.keys[nak] = { secret = nsk, token = tok }
+      rec.issued = nak
+      local exp = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 3600)
+      resp = respond(200, { ["Content-Type"] = "text/xml" }, ([[
+<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <AssumedRoleUser><Arn>%s/herald</Arn><AssumedRoleId>AROA:herald</AssumedRoleId></AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>%s</AccessKeyId>
+      <SecretAccessKey>%s</SecretAccessKey>
+      <SessionToken>%s</SessionToken>
+      <Expiration>%s</Expiration>
+    </Credentials>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>r-%d</RequestId></ResponseMetadata>
+</AssumeRoleResponse>]]):format(rec.role_arn or "", nak, nsk, tok:gsub("&", "&amp;"), exp, issued))
+    end
+  elseif rec["function"] == "fail-unhandled" then
+    resp = respond(200, { ["Content-Type"] = "application/json", ["X-Amz-Function-Error"] = "Unhandled" },
+      cjson.encode({ errorMessage = "boom", errorType = "Error" }))
+  elseif rec["function"] == "throttled" then
+    resp = aws_error(429, "TooManyRequestsException", "Rate exceeded")
+  elseif rec["function"] == "broken" then
+    resp = aws_error(500, "ServiceException", "internal failure")
+  elseif rec["function"] == "missing" then
+    resp = aws_error(404, "ResourceNotFoundException", "Function not found: " .. rec["function"])
+  elseif rec.invocation_type == "Event" then
+    resp = respond(202)
+  elseif rec.invocation_type == "DryRun" then
+    resp = respond(204)
+  else
+    resp = respond(200, { ["Content-Type"] = "application/json", ["X-Amz-Executed-Version"] = "$LATEST" }, req.body)
+  end
+  out:write(cjson.encode(rec), "\n")
+  out:flush()
+  return resp
+end
+
+-- HTTP/1.1 (keep-alive) on one select loop ---------------------------------------------------
+
+local function parse_request(st)
+  local buf = st.buf
+  local hend = buf:find("\r\n\r\n", 1, true)
+  if not hend then return nil end
+  local head = buf:sub(1, hend - 1)
+  local method, path = head:match("^(%S+)%s+(%S+)")
+  local headers = {}
+  for line in head:gmatch("\r\n([^\r\n]*)") do
+    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+    if k then
+      k = k:lower()
+      headers[k] = headers[k] and (headers[k] .. "," .. v) or v
+    end
+  end
+  local len = tonumber(headers["content-length"] or "0") or 0
+  local pos = hend + 4
+  if #buf < pos + len - 1 then return nil end
+  st.buf = buf:sub(pos + len)
+  return { method = method, path = path, headers = headers, body = buf:sub(pos, pos + len - 1) }
+end
+
+local REASONS = { [200] = "OK", [202] = "Accepted", [204] = "No Content", [400] = "Bad Request",
+  [403] = "Forbidden", [404] = "Not Found", [429] = "Too Many Requests", [500] = "Internal Server Error" }
+
+local server = assert(socket.bind("127.0.0.1", opts.port))
+server:settimeout(0)
+local _, bound_port = server:getsockname()
+io.stdout:write("listening ", bound_port, "\n")
+io.stdout:flush()
+
+local conns = {}
+while true do
+  local readers = { server }
+  for c in pairs(conns) do readers[#readers + 1] = c end
+  local readable = socket.select(readers, nil, 1)
+  for _, c in ipairs(readable) do
+    if c == server then
+      local nc = server:accept()
+      if nc then
+        nc:settimeout(0)
+        conns[nc] = { buf = "" }
+      end
+    elseif conns[c] then
+      local st = conns[c]
+      local data, err, partial = c:receive(65536)
+      data = data or partial
+      if data and #data > 0 then st.buf = st.buf .. data end
+      while true do
+        local req = parse_request(st)
+        if not req then break end
+        local r = handle(req)
+        local lines = { ("HTTP/1.1 %d %s"):format(r.status, REASONS[r.status] or "Status") }
+        for k, v in pairs(r.headers) do lines[#lines + 1] = k .. ": " .. v end
+        lines[#lines + 1] = "Content-Length: " .. #r.body
+        local data_out = table.concat(lines, "\r\n") .. "\r\n\r\n" .. r.body
+        c:settimeout(5)
+        c:send(data_out)
+        c:settimeout(0)
+      end
+      if err == "closed" then
+        conns[c] = nil
+        c:close()
+      end
+    end
+  end
+end
