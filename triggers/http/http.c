@@ -24,8 +24,16 @@
 
 #define MAX_RESPONSE_KEEP 4096 /* bytes of a failed response kept for the log */
 
+/* Per-trigger settings read once at init: TLS material, basic auth and secure headers come
+ * from secrets (files), the virtual host from the spec. */
 typedef struct http_trigger {
-  int unused;
+  char *ca, *cert, *key; /* PEM, handed to libcurl as blobs */
+  size_t ca_len, cert_len, key_len;
+  int insecure;
+  char *user, *password;
+  char **secure_headers; /* "Name: value" lines */
+  int nsecure;
+  char *host_header;     /* "Host: ..." */
 } http_trigger;
 
 #define MAX_ALLOW 16
@@ -95,12 +103,85 @@ static void on_done(herald_curl_xfer *x, CURLcode rc) {
   req->done(req, res, res == HERALD_TRIGGER_DONE ? NULL : reason);
 }
 
+/* Reads the secret named by the SecretKeySelector at field `name` of the table at idx (or
+ * a ConfigMapKeySelector when `configmap`, from $HERALD_CONFIG_DIR or /argo-events/config).
+ * Returns a new string (caller frees) or NULL: *failed is set when it was given but unreadable. */
+static char *read_selector(herald_trigger *t, lua_State *L, int idx, const char *name, int configmap,
+                           size_t *len, int *failed) {
+  char *v = NULL;
+  lua_getfield(L, idx, name);
+  if (lua_istable(L, -1)) {
+    const char *n = herald_cfg_string(L, -1, "name", NULL), *k = herald_cfg_string(L, -1, "key", NULL);
+    int err = 0;
+    if (configmap) {
+      const char *dir = getenv("HERALD_CONFIG_DIR");
+      char *path = herald_xasprintf("%s/%s/%s", dir ? dir : "/argo-events/config", n ? n : "", k ? k : "");
+      v = herald_read_file(path, len, &err);
+      free(path);
+    } else {
+      v = herald_secret_read(t->engine, n, k, &err);
+      if (v && len) *len = strlen(v);
+    }
+    if (!v) {
+      herald_log(&t->log, HLOG_ERROR, "%s %s/%s cannot be read: %s", configmap ? "ConfigMap key" : "secret",
+                 n ? n : "?", k ? k : "?", herald_strerror(err));
+      *failed = 1;
+    }
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 static int http_init(herald_trigger *t, lua_State *L, int idx) {
+  http_trigger *ht = t->priv;
   const char *url = herald_cfg_string(L, idx, "url", NULL);
   if (!url || !*url) {
     herald_log(&t->log, HLOG_ERROR, "http trigger needs a url");
     return HERALD_EINVAL;
   }
+  int failed = 0;
+  lua_getfield(L, idx, "tls");
+  if (lua_istable(L, -1)) {
+    int tls = lua_gettop(L);
+    ht->ca = read_selector(t, L, tls, "caCertSecret", 0, &ht->ca_len, &failed);
+    ht->cert = read_selector(t, L, tls, "clientCertSecret", 0, &ht->cert_len, &failed);
+    ht->key = read_selector(t, L, tls, "clientKeySecret", 0, &ht->key_len, &failed);
+    ht->insecure = herald_cfg_bool(L, tls, "insecureSkipVerify", 0);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "basicAuth");
+  if (lua_istable(L, -1)) {
+    int ba = lua_gettop(L);
+    ht->user = read_selector(t, L, ba, "username", 0, NULL, &failed);
+    ht->password = read_selector(t, L, ba, "password", 0, NULL, &failed);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "secureHeaders");
+  if (lua_istable(L, -1)) {
+    int sh = lua_gettop(L), n = (int)lua_objlen(L, sh);
+    ht->secure_headers = herald_xcalloc((size_t)n + 1, sizeof(char *));
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, sh, i);
+      int h = lua_gettop(L);
+      const char *name = herald_cfg_string(L, h, "name", NULL);
+      lua_getfield(L, h, "valueFrom");
+      char *v = NULL;
+      if (lua_istable(L, -1)) {
+        int vf = lua_gettop(L);
+        v = read_selector(t, L, vf, "secretKeyRef", 0, NULL, &failed);
+        if (!v) v = read_selector(t, L, vf, "configMapKeyRef", 1, NULL, &failed);
+      }
+      lua_pop(L, 1);
+      if (name && v && !strpbrk(name, "\r\n:") && !strpbrk(v, "\r\n"))
+        ht->secure_headers[ht->nsecure++] = herald_xasprintf("%s: %s", name, v);
+      free(v);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  const char *host = herald_cfg_string(L, idx, "host", NULL);
+  if (host && *host && !strpbrk(host, "\r\n")) ht->host_header = herald_xasprintf("Host: %s", host);
+  if (failed) return HERALD_EINVAL;
   return herald_curl_loop_ref(t->engine->loop);
 }
 
@@ -168,6 +249,28 @@ static int http_execute(herald_trigger *t, herald_trigger_req *req, lua_State *L
   }
   lua_pop(L, 1);
   if (!has_ct && body) hr->headers = curl_slist_append(hr->headers, "Content-Type: application/json");
+  http_trigger *ht = t->priv;
+  for (int i = 0; i < ht->nsecure; i++) hr->headers = curl_slist_append(hr->headers, ht->secure_headers[i]);
+  if (ht->host_header) hr->headers = curl_slist_append(hr->headers, ht->host_header);
+  if (ht->ca) {
+    struct curl_blob b = {ht->ca, ht->ca_len, CURL_BLOB_NOCOPY};
+    curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &b);
+  }
+  if (ht->cert && ht->key) {
+    struct curl_blob c = {ht->cert, ht->cert_len, CURL_BLOB_NOCOPY};
+    struct curl_blob k = {ht->key, ht->key_len, CURL_BLOB_NOCOPY};
+    curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &c);
+    curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &k);
+  }
+  if (ht->insecure) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (ht->user) {
+    curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+    curl_easy_setopt(e, CURLOPT_USERNAME, ht->user);
+    curl_easy_setopt(e, CURLOPT_PASSWORD, ht->password ? ht->password : "");
+  }
   hr->headers = curl_slist_append(hr->headers, "Expect:"); /* no 100-continue round trip */
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, hr->headers);
   hr->next = inflight;
@@ -189,6 +292,10 @@ static void http_close(herald_trigger *t, herald_trigger_close_cb done) {
     req_release(hr);
     req->done(req, HERALD_TRIGGER_FAILED, "engine stopped");
   }
+  http_trigger *ht = t->priv;
+  free(ht->ca), free(ht->cert), free(ht->key), free(ht->user), free(ht->password), free(ht->host_header);
+  for (int i = 0; i < ht->nsecure; i++) free(ht->secure_headers[i]);
+  free(ht->secure_headers);
   herald_curl_loop_unref();
   done(t);
 }

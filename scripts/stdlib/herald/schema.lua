@@ -664,15 +664,15 @@ local HTTP_METHODS = { "GET", "DELETE", "PATCH", "POST", "PUT" }
 local HTTPTrigger = object({
   url = str { required = true, doc = "URL to call" },
   payload = array(PayloadParameter, { doc = "builds the JSON body from events" }),
-  tls = use(TLSConfig, { supported = NO, what = "HTTP trigger TLS client settings" }),
+  tls = use(TLSConfig, { doc = "TLS client settings (CA, client certificate and key from secrets)" }),
   method = str { enum = HTTP_METHODS, default = "POST", doc = "HTTP method" },
   parameters = params { doc = "parameters applied to this http spec (e.g. dest url)" },
   timeout = int { min = 0, default = 60, doc = "request timeout in seconds" },
-  basicAuth = use(BasicAuth, { supported = NO, what = "HTTP trigger basic auth" }),
+  basicAuth = use(BasicAuth, { doc = "basic authentication from secrets" }),
   headers = strmap { doc = "request headers" },
-  secureHeaders = array(SecureHeader, { supported = NO, what = "HTTP trigger secureHeaders" }),
-  dynamicHeaders = params { supported = NO, what = "HTTP trigger dynamicHeaders" },
-  host = str { supported = NO, what = "HTTP trigger virtual host" },
+  secureHeaders = array(SecureHeader, { doc = "headers whose values come from secrets or ConfigMaps" }),
+  dynamicHeaders = params { doc = "headers from the events: dest is the header name" },
+  host = str { doc = "virtual host (the Host header)" },
 }, { doc = "send an HTTP request" })
 
 local LogTrigger = object({

@@ -568,6 +568,7 @@ function Compiler:trigger(trig, i, target, tpath)
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
   local payload = PAYLOAD_TYPES[ttype] and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
+  local dyn_headers = ttype == "http" and self:params(tmpl.http.dynamicHeaders, tpath .. ".template.http.dynamicHeaders") or nil
   -- the compiled parameter lists, for the REPL's :params (nil when absent)
   self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
   self:emit("  -- builds what the %s executor does with this firing's events", ttype)
@@ -592,6 +593,10 @@ function Compiler:trigger(trig, i, target, tpath)
   if ttype == "log" then
     self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }, template")
   elseif ttype == "http" then
+    if dyn_headers then
+      self:emit("    -- %s.template.http.dynamicHeaders: header values from the events", tpath)
+      self:emit("    spec.headers = apply_params(spec.headers or {}, %s, events)", dyn_headers)
+    end
     self:emit("    local body")
     if payload then
       self:emit("    -- %s.template.http.payload builds the request body", tpath)

@@ -1,0 +1,346 @@
+-- spec/triggers/k8s/k8s_spec.lua: the k8s trigger, driven through the real `herald` binary
+-- against the fake Kubernetes API server (spec/peers/kube-apiserver.js) over https.
+--
+-- Each test starts a fresh API server and a fresh herald with KUBECONFIG pointing at it, POSTs
+-- webhook events and checks, through the API (and kubectl where installed), what Herald
+-- created, updated, patched or deleted, and the trigger's success and failure counters.
+local H = require "helpers.herald"
+local K = require "triggers.k8s.kube_helper"
+
+local CM = "/api/v1/namespaces/%s/configmaps/%s"
+
+-- A k8s trigger body (indented for H.sensor) with `object` as its source.resource (YAML lines
+-- indented 14) and the usual parameters: metadata.name <- body.name, data.msg <- body.msg.
+local function k8s_body(o)
+  local lines = { "        k8s:\n" }
+  if o.operation then lines[#lines + 1] = "          operation: " .. o.operation .. "\n" end
+  if o.patchStrategy then lines[#lines + 1] = "          patchStrategy: " .. o.patchStrategy .. "\n" end
+  if o.liveObject then lines[#lines + 1] = "          liveObject: true\n" end
+  lines[#lines + 1] = "          source:\n            resource:\n"
+  lines[#lines + 1] = o.object
+  if o.params ~= false then
+    lines[#lines + 1] = [[
+          parameters:
+            - src:
+                dependencyName: d
+                dataKey: body.name
+              dest: metadata.name
+]]
+    if o.msg ~= false then
+      lines[#lines + 1] = [[
+            - src:
+                dependencyName: d
+                dataKey: body.msg
+              dest: data.msg
+]]
+    end
+  end
+  return table.concat(lines)
+end
+
+local CONFIGMAP = [[
+              apiVersion: v1
+              kind: ConfigMap
+              metadata:
+                name: placeholder
+              data:
+                msg: none
+]]
+
+local function start_all(triggers, kc_opts, srv_opts, herald_opts)
+  local srv = K.start(srv_opts)
+  local kc = srv:kubeconfig(kc_opts)
+  local p, port = K.herald(kc, triggers, herald_opts)
+  return srv, p, port
+end
+
+describe("k8s trigger", function()
+  if not K.has_tools() then
+    pending("node, openssl and curl are needed for the fake Kubernetes API server")
+    return
+  end
+
+  describe("create", function()
+    it("creates the object with parameters applied, Argo's labels and the default namespace", function()
+      local srv, p, port = start_all({ { name = "mk", body = k8s_body{ object = CONFIGMAP } } })
+      local before = os.time() * 1000
+      K.post(port, { name = "cm-one", msg = "hello" })
+      K.wait_metric(p, "triggered", "mk", 1)
+      local cm = assert(srv:get(CM:format("default", "cm-one")))
+      assert.equal("hello", cm.data.msg)
+      assert.equal("default", cm.metadata.namespace)
+      local labels = cm.metadata.labels
+      assert.equal("s", labels["events.argoproj.io/sensor"])
+      assert.equal("mk", labels["events.argoproj.io/trigger"])
+      local ts = tonumber(labels["events.argoproj.io/action-timestamp"])
+      assert.truthy(ts and ts >= before - 1000 and ts <= os.time() * 1000 + 1000, "action-timestamp in unix ms")
+      -- a second event, a second object
+      K.post(port, { name = "cm-two", msg = "again" })
+      K.wait_metric(p, "triggered", "mk", 2)
+      assert.equal("again", assert(srv:get(CM:format("default", "cm-two"))).data.msg)
+      assert.equal(0, H.metrics(p)['argo_events_action_failed_total{sensor_name="s",trigger_name="mk"}'])
+      assert.equal(0, p:stop())
+    end)
+
+    it("defaults the namespace to the kubeconfig context's, and keeps an explicit one", function()
+      local srv = K.start()
+      srv:create("/api/v1/namespaces", { apiVersion = "v1", kind = "Namespace", metadata = { name = "team" } })
+      srv:create("/api/v1/namespaces", { apiVersion = "v1", kind = "Namespace", metadata = { name = "other" } })
+      local kc = srv:kubeconfig{ namespace = "team" }
+      local p, port = K.herald(kc, {
+        { name = "ctx", body = k8s_body{ object = CONFIGMAP } },
+        { name = "explicit", body = k8s_body{ msg = false, object = [[
+              apiVersion: v1
+              kind: ConfigMap
+              metadata:
+                name: placeholder
+                namespace: other
+]] } },
+      })
+      K.post(port, { name = "cm-ns", msg = "x" })
+      K.wait_metric(p, "triggered", "ctx", 1)
+      K.wait_metric(p, "triggered", "explicit", 1)
+      assert.truthy(srv:get(CM:format("team", "cm-ns")))
+      assert.truthy(srv:get(CM:format("other", "cm-ns")))
+      local _, st = srv:get(CM:format("default", "cm-ns"))
+      assert.equal(404, st)
+    end)
+
+    it("finds the resource of any kind through discovery, namespaced or cluster-scoped", function()
+      local srv, p, port = start_all({
+        { name = "deploy", body = k8s_body{ msg = false, object = [[
+              apiVersion: apps/v1
+              kind: Deployment
+              metadata:
+                name: placeholder
+              spec:
+                replicas: 2
+                selector:
+                  matchLabels: {app: web}
+                template:
+                  metadata:
+                    labels: {app: web}
+                  spec:
+                    containers:
+                      - name: web
+                        image: nginx
+                        args: []
+]] } },
+        { name = "ns", body = k8s_body{ msg = false, object = [[
+              apiVersion: v1
+              kind: Namespace
+              metadata:
+                name: placeholder
+]] } },
+        { name = "crd", body = k8s_body{ msg = false, object = [[
+              apiVersion: argoproj.io/v1alpha1
+              kind: EventBus
+              metadata:
+                name: placeholder
+              spec:
+                jetstream:
+                  version: latest
+]] } },
+      })
+      K.post(port, { name = "web" })
+      K.wait_metric(p, "triggered", "deploy", 1)
+      K.wait_metric(p, "triggered", "ns", 1)
+      K.wait_metric(p, "triggered", "crd", 1)
+      local d = assert(srv:get("/apis/apps/v1/namespaces/default/deployments/web"))
+      assert.equal(2, d.spec.replicas)
+      assert.equal("nginx", d.spec.template.spec.containers[1].image)
+      local ns = assert(srv:get("/api/v1/namespaces/web"))
+      assert.is_nil(ns.metadata.namespace)
+      assert.equal("ns", ns.metadata.labels["events.argoproj.io/trigger"])
+      local eb = assert(srv:get("/apis/argoproj.io/v1alpha1/namespaces/default/eventbus/web"))
+      assert.equal("latest", eb.spec.jetstream.version)
+    end)
+
+    it("authenticates with a client certificate (files and inline data)", function()
+      for _, auth in ipairs{ "cert", "cert-data" } do
+        local srv, p, port = start_all({ { name = "mk", body = k8s_body{ object = CONFIGMAP } } }, { auth = auth })
+        K.post(port, { name = "by-" .. auth, msg = auth })
+        K.wait_metric(p, "triggered", "mk", 1)
+        assert.equal(auth, assert(srv:get(CM:format("default", "by-" .. auth))).data.msg)
+      end
+    end)
+
+    it("is visible to kubectl", function()
+      if not K.has_kubectl() then pending("kubectl not installed") return end
+      local srv, p, port = start_all({ { name = "mk", body = k8s_body{ object = CONFIGMAP } } })
+      K.post(port, { name = "seen-by-kubectl", msg = "hi" })
+      K.wait_metric(p, "triggered", "mk", 1)
+      local ok, out = srv:kubectl("get configmap seen-by-kubectl -o jsonpath='{.data.msg} {.metadata.labels.events\\.argoproj\\.io/sensor}'")
+      assert.truthy(ok, out)
+      assert.equal("hi s", out)
+      ok, out = srv:kubectl("get configmaps -l events.argoproj.io/trigger=mk -o name")
+      assert.truthy(ok, out)
+      assert.equal("configmap/seen-by-kubectl\n", out)
+    end)
+  end)
+
+  describe("update", function()
+    it("merges the object over the live one, and creates it when missing", function()
+      local srv, p, port = start_all({ { name = "up", body = k8s_body{ operation = "update", object = [[
+              apiVersion: v1
+              kind: ConfigMap
+              metadata:
+                name: placeholder
+                labels:
+                  touched: "yes"
+              data:
+                msg: none
+]] } } })
+      srv:create("/api/v1/namespaces/default/configmaps", { apiVersion = "v1", kind = "ConfigMap",
+        metadata = { name = "live", labels = { keep = "me" } }, data = { other = "1", msg = "old" } })
+      K.post(port, { name = "live", msg = "new" })
+      K.wait_metric(p, "triggered", "up", 1)
+      local cm = assert(srv:get(CM:format("default", "live")))
+      assert.same({ other = "1", msg = "new" }, cm.data)
+      assert.equal("me", cm.metadata.labels.keep)
+      assert.equal("yes", cm.metadata.labels.touched)
+      -- missing: created, with Argo's labels
+      K.post(port, { name = "fresh", msg = "created" })
+      K.wait_metric(p, "triggered", "up", 2)
+      cm = assert(srv:get(CM:format("default", "fresh")))
+      assert.equal("created", cm.data.msg)
+      assert.equal("up", cm.metadata.labels["events.argoproj.io/trigger"])
+    end)
+
+    it("liveObject: updates the live object the same way", function()
+      local srv, p, port = start_all({ { name = "up", body = k8s_body{ operation = "update", liveObject = true, object = CONFIGMAP } } })
+      srv:create("/api/v1/namespaces/default/configmaps", { apiVersion = "v1", kind = "ConfigMap",
+        metadata = { name = "live" }, data = { other = "1" } })
+      K.post(port, { name = "live", msg = "new" })
+      K.wait_metric(p, "triggered", "up", 1)
+      assert.same({ other = "1", msg = "new" }, assert(srv:get(CM:format("default", "live"))).data)
+    end)
+  end)
+
+  describe("patch", function()
+    it("merge-patches by default, and creates the object when missing", function()
+      local srv, p, port = start_all({ { name = "pt", body = k8s_body{ operation = "patch", object = CONFIGMAP } } })
+      srv:create("/api/v1/namespaces/default/configmaps", { apiVersion = "v1", kind = "ConfigMap",
+        metadata = { name = "target" }, data = { other = "1", msg = "old" } })
+      K.post(port, { name = "target", msg = "patched" })
+      K.wait_metric(p, "triggered", "pt", 1)
+      assert.same({ other = "1", msg = "patched" }, assert(srv:get(CM:format("default", "target"))).data)
+      K.post(port, { name = "absent", msg = "made" })
+      K.wait_metric(p, "triggered", "pt", 2)
+      local cm = assert(srv:get(CM:format("default", "absent")))
+      assert.equal("made", cm.data.msg)
+      assert.equal("pt", cm.metadata.labels["events.argoproj.io/trigger"])
+    end)
+
+    it("strategic-merge and JSON patch strategies", function()
+      local srv, p, port = start_all({
+        { name = "smp", body = k8s_body{ operation = "patch", patchStrategy = "application/strategic-merge-patch+json", object = CONFIGMAP } },
+        { name = "jp", body = k8s_body{ operation = "patch", patchStrategy = "application/json-patch+json", msg = false, object = [[
+              apiVersion: v1
+              kind: ConfigMap
+              metadata:
+                name: placeholder
+              patch:
+                - op: add
+                  path: /data/added
+                  value: by-json-patch
+]] } },
+      })
+      srv:create("/api/v1/namespaces/default/configmaps", { apiVersion = "v1", kind = "ConfigMap",
+        metadata = { name = "target" }, data = { other = "1" } })
+      K.post(port, { name = "target", msg = "smp" })
+      K.wait_metric(p, "triggered", "smp", 1)
+      K.wait_metric(p, "triggered", "jp", 1)
+      local cm = assert(srv:get(CM:format("default", "target")))
+      assert.equal("1", cm.data.other)
+      assert.equal("smp", cm.data.msg)
+      assert.equal("by-json-patch", cm.data.added)
+    end)
+  end)
+
+  describe("delete", function()
+    it("deletes the object; a missing object is not a failure", function()
+      local srv, p, port = start_all({ { name = "rm", body = k8s_body{ operation = "delete", msg = false, object = CONFIGMAP } } })
+      srv:create("/api/v1/namespaces/default/configmaps", { apiVersion = "v1", kind = "ConfigMap", metadata = { name = "doomed" } })
+      K.post(port, { name = "doomed" })
+      K.wait_metric(p, "triggered", "rm", 1)
+      local _, st = srv:get(CM:format("default", "doomed"))
+      assert.equal(404, st)
+      K.post(port, { name = "never-was" })
+      local m = K.wait_metric(p, "triggered", "rm", 2)
+      assert.equal(0, m['argo_events_action_failed_total{sensor_name="s",trigger_name="rm"}'])
+    end)
+  end)
+
+  describe("failures", function()
+    it("409 AlreadyExists, 422 Invalid and 403 Forbidden count as failed, with the server's message", function()
+      local srv, p, port = start_all({
+        { name = "mk", body = k8s_body{ object = CONFIGMAP } },
+        { name = "secret", body = k8s_body{ msg = false, object = [[
+              apiVersion: v1
+              kind: Secret
+              metadata:
+                name: placeholder
+]] } },
+      }, nil, { args = { "--forbid", "create:secrets" } })
+      K.post(port, { name = "dup", msg = "1" })
+      K.wait_metric(p, "triggered", "mk", 1)
+      K.wait_metric(p, "failed", "secret", 1)
+      p:wait_for('secrets is forbidden: User', { timeout = 5 })
+      assert.truthy(p:output("stderr"):find("403", 1, true))
+      K.post(port, { name = "dup", msg = "2" }) -- 409
+      K.wait_metric(p, "failed", "mk", 1)
+      p:wait_for('configmaps \\"dup\\" already exists', { timeout = 5 })
+      K.post(port, { name = "Not_A_Name", msg = "3" }) -- 422
+      local m = K.wait_metric(p, "failed", "mk", 2)
+      p:wait_for("is invalid: metadata.name", { timeout = 5 })
+      assert.equal(1, m['argo_events_action_triggered_total{sensor_name="s",trigger_name="mk"}'])
+      assert.equal("1", assert(srv:get(CM:format("default", "dup"))).data.msg)
+    end)
+
+    it("a kind the server does not serve, and a wrong token, fail", function()
+      local srv = K.start()
+      local kc = srv:kubeconfig{ token = "wrong" }
+      local p, port = K.herald(kc, { { name = "mk", body = k8s_body{ object = CONFIGMAP } } })
+      K.post(port, { name = "x", msg = "y" })
+      K.wait_metric(p, "failed", "mk", 1)
+      p:wait_for("401 Unauthorized")
+      local kc2 = srv:kubeconfig()
+      local p2, port2 = K.herald(kc2, { { name = "odd", body = k8s_body{ msg = false, object = [[
+              apiVersion: example.com/v1
+              kind: Gadget
+              metadata:
+                name: placeholder
+]] } } })
+      K.post(port2, { name = "g" })
+      K.wait_metric(p2, "failed", "odd", 1)
+      p2:wait_for("no API group/version example.com/v1")
+    end)
+
+    it("server down: the action fails (transport error)", function()
+      local srv = K.start()
+      local kc = srv:kubeconfig()
+      srv.proc:kill()
+      local p, port = K.herald(kc, { { name = "mk", body = k8s_body{ object = CONFIGMAP } } })
+      K.post(port, { name = "x", msg = "y" })
+      local m = K.wait_metric(p, "failed", "mk", 1)
+      assert.equal(0, m['argo_events_action_triggered_total{sensor_name="s",trigger_name="mk"}'] or 0)
+      p:wait_for("discovery of v1")
+      -- herald keeps serving
+      K.post(port, { name = "x2", msg = "y" })
+      K.wait_metric(p, "failed", "mk", 2)
+      assert.equal(0, p:stop())
+    end)
+
+    it("refuses to start without a cluster configuration", function()
+      local dir = H.tmpdir()
+      local port = H.free_port()
+      H.write(dir .. "/es.yaml", H.webhook_es{ name = "es", event = "ev", port = port })
+      H.write(dir .. "/sensor.yaml", H.sensor{ name = "s", deps = { { name = "d" } },
+        triggers = { { name = "mk", body = k8s_body{ object = CONFIGMAP } } } })
+      local p = H.start({ "run", dir }, { env = { KUBECONFIG = dir .. "/missing", KUBERNETES_SERVICE_HOST = "" } })
+      p:wait_for("no such file", { allow_exit = true })
+      assert.is_not.equal(0, p:wait_exit(10))
+    end)
+  end)
+end)

@@ -1,0 +1,457 @@
+/*
+ * triggers/k8s/kube.c: the Kubernetes API client under the k8s and argoWorkflow triggers.
+ *
+ *   execute(action) -> Lua coroutine kube.run(ctx) --yield(method, path, body, type)-->
+ *   easy handle -> curl multi (uv_poll per socket + one uv_timer, as triggers/http) -->
+ *   completion -> resume(status, body) -> ... -> the coroutine returns (result, reason)
+ *   -> req->done.
+ *
+ * One curl multi handle for every k8s and argoWorkflow trigger, so the connection to the API
+ * server is kept alive across actions. Lua runs only inside lua_resume (protected): a Lua error
+ * in the flow ends that one action as FAILED and never crosses the libuv callback.
+ */
+#include "kube.h"
+
+#include "common.h"
+#include "engine.h"
+
+#include <lauxlib.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+#define MAX_RESPONSE (64u << 20) /* a listed or fetched object bigger than this is an error */
+#define REQUEST_TIMEOUT_MS 30000L
+
+typedef struct sock_ctx {
+  uv_poll_t poll;
+  curl_socket_t fd;
+} sock_ctx;
+
+static struct {
+  CURLM *multi;
+  uv_loop_t *loop;
+  uv_timer_t timer;
+  int refs;
+  herald_kube_req *inflight;
+  int module_ref; /* kube.lua's module table, in the engine's Lua state */
+} G = {.module_ref = LUA_NOREF};
+
+static void check_done(void);
+
+/* ---- libcurl on the libuv loop (the same shape as triggers/http) ---- */
+
+static void poll_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  sock_ctx *s = p->data;
+  int flags = 0, running;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(G.multi, s->fd, flags, &running);
+  check_done();
+}
+
+static int on_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
+  sock_ctx *s = socketp;
+  if (action == CURL_POLL_REMOVE) {
+    if (s) {
+      uv_poll_stop(&s->poll);
+      curl_multi_assign(G.multi, fd, NULL);
+      uv_close((uv_handle_t *)&s->poll, poll_closed);
+    }
+    return 0;
+  }
+  if (!s) {
+    s = malloc(sizeof *s);
+    if (!s) return -1;
+    s->fd = fd;
+    uv_poll_init_socket(G.loop, &s->poll, fd);
+    s->poll.data = s;
+    curl_multi_assign(G.multi, fd, s);
+  }
+  int ev = 0;
+  if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) ev |= UV_READABLE;
+  if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) ev |= UV_WRITABLE;
+  uv_poll_start(&s->poll, ev, on_poll);
+  return 0;
+}
+
+static void on_timer(uv_timer_t *t) {
+  int running;
+  curl_multi_socket_action(G.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_done();
+}
+
+static int on_timeout_change(CURLM *multi, long timeout_ms, void *userp) {
+  if (timeout_ms < 0) uv_timer_stop(&G.timer);
+  else uv_timer_start(&G.timer, on_timer, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t n, void *userdata) {
+  herald_kube_req *kr = userdata;
+  size_t len = size * n;
+  if (kr->response.len + len > MAX_RESPONSE) return 0; /* aborts: CURLE_WRITE_ERROR */
+  herald_buf_append(&kr->response, ptr, len);
+  return len;
+}
+
+/* Releases the HTTP round trip of kr (not the coroutine). */
+static void http_release(herald_kube_req *kr) {
+  if (!kr->easy) return;
+  curl_multi_remove_handle(G.multi, kr->easy);
+  curl_easy_cleanup(kr->easy);
+  kr->easy = NULL;
+  curl_slist_free_all(kr->headers);
+  kr->headers = NULL;
+  free(kr->body);
+  kr->body = NULL;
+  herald_buf_free(&kr->response);
+}
+
+static void list_remove(herald_kube_req *kr) {
+  if (kr->prev) kr->prev->next = kr->next;
+  else if (G.inflight == kr) G.inflight = kr->next;
+  if (kr->next) kr->next->prev = kr->prev;
+  kr->next = kr->prev = NULL;
+}
+
+/* Releases everything kr holds: the HTTP round trip, the coroutine, the list entry. */
+static void req_release(herald_kube_req *kr) {
+  http_release(kr);
+  list_remove(kr);
+  if (kr->co_ref != LUA_NOREF) {
+    luaL_unref(kr->kc->trigger->engine->L, LUA_REGISTRYINDEX, kr->co_ref);
+    kr->co_ref = LUA_NOREF;
+    kr->co = NULL;
+  }
+}
+
+static void add_header(herald_kube_req *kr, const char *fmt, const char *v) {
+  char *line = herald_xasprintf(fmt, v);
+  kr->headers = curl_slist_append(kr->headers, line);
+  free(line);
+}
+
+static void set_blob(CURL *e, CURLoption opt, herald_buf *b) {
+  struct curl_blob blob = {b->data, b->len, CURL_BLOB_COPY};
+  curl_easy_setopt(e, opt, &blob);
+}
+
+/* Starts the request the coroutine yielded: (method, path, body|nil, content_type|nil) on
+ * kr->co's stack, which is cleared. Returns 0 or a negative error. */
+static int http_start(herald_kube_req *kr) {
+  herald_kube_client *kc = kr->kc;
+  lua_State *co = kr->co;
+  const char *method = lua_tostring(co, 1);
+  const char *path = lua_tostring(co, 2);
+  size_t blen = 0;
+  const char *body = lua_tolstring(co, 3, &blen);
+  const char *ctype = lua_tostring(co, 4);
+  if (!method || !path) {
+    lua_settop(co, 0);
+    return HERALD_EINVAL;
+  }
+  CURL *e = curl_easy_init();
+  if (!e) {
+    lua_settop(co, 0);
+    return HERALD_ENOMEM;
+  }
+  kr->easy = e;
+  kr->errbuf[0] = '\0';
+  char *url = herald_xasprintf("%s%s", kc->server, path);
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  free(url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, kr);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, kr->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, kr);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, REQUEST_TIMEOUT_MS);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "herald");
+  if (strcmp(method, "GET") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  if (body) {
+    kr->body = herald_xstrndup(body, blen);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, kr->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    add_header(kr, "Content-Type: %s", ctype ? ctype : "application/json");
+  }
+  lua_settop(co, 0);
+  add_header(kr, "%s", "Accept: application/json");
+  add_header(kr, "%s", "Expect:");
+  /* Credentials: a bearer token (re-read from its file each time: projected service-account
+   * tokens rotate), or basic auth, and/or a client certificate. */
+  char *token = NULL;
+  if (kc->token_file) token = herald_read_file(kc->token_file, NULL, &(int){0});
+  const char *tok = token ? token : kc->token;
+  if (tok && *tok) {
+    size_t n = strcspn(tok, "\r\n");
+    char *t1 = herald_xstrndup(tok, n);
+    add_header(kr, "Authorization: Bearer %s", t1);
+    free(t1);
+  } else if (kc->username) {
+    curl_easy_setopt(e, CURLOPT_USERNAME, kc->username);
+    curl_easy_setopt(e, CURLOPT_PASSWORD, kc->password ? kc->password : "");
+  }
+  free(token);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, kr->headers);
+  if (kc->insecure) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  } else if (kc->ca_data.len) {
+    set_blob(e, CURLOPT_CAINFO_BLOB, &kc->ca_data);
+  } else if (kc->ca_file) {
+    curl_easy_setopt(e, CURLOPT_CAINFO, kc->ca_file);
+  }
+  if (kc->cert_data.len) set_blob(e, CURLOPT_SSLCERT_BLOB, &kc->cert_data);
+  else if (kc->cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, kc->cert_file);
+  if (kc->key_data.len) set_blob(e, CURLOPT_SSLKEY_BLOB, &kc->key_data);
+  else if (kc->key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, kc->key_file);
+  if (curl_multi_add_handle(G.multi, e) != CURLM_OK) {
+    http_release(kr);
+    return HERALD_EIO;
+  }
+  return 0;
+}
+
+/* Resumes the coroutine with the nargs values on its stack, and starts each request it asks
+ * for. Returns 0 while a request is in flight, 1 once the coroutine finished (kr->res and
+ * kr->reason set). */
+static int step(herald_kube_req *kr, int nargs) {
+  for (;;) {
+    int rc = lua_resume(kr->co, nargs);
+    if (rc == LUA_YIELD) {
+      int err = http_start(kr);
+      if (err == 0) return 0;
+      lua_pushinteger(kr->co, 0);
+      lua_pushfstring(kr->co, "cannot start the request: %s", herald_strerror(err));
+      nargs = 2;
+      continue;
+    }
+    const char *reason;
+    if (rc == 0) {
+      const char *res = lua_tostring(kr->co, 1);
+      reason = lua_tostring(kr->co, 2);
+      kr->res = res && !strcmp(res, "done")    ? HERALD_TRIGGER_DONE
+                : res && !strcmp(res, "retry") ? HERALD_TRIGGER_RETRY
+                                               : HERALD_TRIGGER_FAILED;
+    } else {
+      reason = lua_tostring(kr->co, -1);
+      kr->res = HERALD_TRIGGER_FAILED;
+      if (!reason) reason = "Lua error";
+    }
+    snprintf(kr->reason, sizeof kr->reason, "%s", reason ? reason : "");
+    return 1;
+  }
+}
+
+static void finish(herald_kube_req *kr) {
+  herald_trigger_req *req = kr->req;
+  herald_trigger_result res = kr->res;
+  char reason[sizeof kr->reason];
+  memcpy(reason, kr->reason, sizeof reason);
+  req_release(kr);
+  req->done(req, res, res == HERALD_TRIGGER_DONE ? NULL : reason);
+}
+
+static void check_done(void) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(G.multi, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    herald_kube_req *kr = NULL;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&kr);
+    CURLcode rc = msg->data.result;
+    long status = 0;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+    lua_State *co = kr->co;
+    if (rc != CURLE_OK) {
+      lua_pushinteger(co, 0);
+      lua_pushstring(co, kr->errbuf[0] ? kr->errbuf : curl_easy_strerror(rc));
+    } else {
+      lua_pushinteger(co, status);
+      lua_pushlstring(co, kr->response.data ? kr->response.data : "", kr->response.len);
+    }
+    http_release(kr);
+    if (step(kr, 2)) finish(kr);
+  }
+}
+
+/* ---- configuration ---- */
+
+/* stack: L unchanged. Loads the stdlib module herald.kube (scripts/stdlib/herald/kube.lua, compiled
+ * into the binary) once; returns 0 or HERALD_ELUA with msg set. */
+static int load_module(lua_State *L, const char **msg) {
+  if (G.module_ref != LUA_NOREF) return 0;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "herald.kube");
+  if (lua_pcall(L, 1, 1, 0)) {
+    *msg = lua_tostring(L, -1);
+    lua_pop(L, 1);
+    return HERALD_ELUA;
+  }
+  G.module_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+static char *field_str(lua_State *L, int idx, const char *k) {
+  lua_getfield(L, idx, k);
+  char *v = lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) ? herald_xstrdup(lua_tostring(L, -1)) : NULL;
+  lua_pop(L, 1);
+  return v;
+}
+
+static void field_bytes(lua_State *L, int idx, const char *k, herald_buf *b) {
+  lua_getfield(L, idx, k);
+  size_t n = 0;
+  const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  if (s && n) herald_buf_append(b, s, n);
+  lua_pop(L, 1);
+}
+
+static void client_free(herald_kube_client *kc) {
+  free(kc->op), free(kc->server), free(kc->token), free(kc->token_file);
+  free(kc->username), free(kc->password), free(kc->ca_file), free(kc->cert_file);
+  free(kc->key_file), free(kc->namespace);
+  herald_buf_free(&kc->ca_data), herald_buf_free(&kc->cert_data), herald_buf_free(&kc->key_data);
+}
+
+int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, int idx,
+                      const char *kind, const char *dflt_op) {
+  kc->trigger = t;
+  kc->kind = kind;
+  kc->cache_ref = LUA_NOREF;
+  kc->op = herald_xstrdup(herald_cfg_string(L, idx, "operation", dflt_op));
+  const char *msg = NULL;
+  if (load_module(L, &msg) != 0) {
+    herald_log(&t->log, HLOG_ERROR, "cannot load the Kubernetes client: %s", msg ? msg : "?");
+    client_free(kc);
+    return HERALD_ELUA;
+  }
+  /* stack: -> module, load_config, result, err */
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, G.module_ref);
+  lua_getfield(L, -1, "load_config");
+  if (lua_pcall(L, 0, 2, 0) != 0 || !lua_istable(L, -2)) {
+    herald_log(&t->log, HLOG_ERROR, "%s trigger: %s", kind,
+               lua_tostring(L, -1) ? lua_tostring(L, -1) : "no cluster configuration");
+    lua_settop(L, top);
+    client_free(kc);
+    return HERALD_EINVAL;
+  }
+  int cfg = top + 2;
+  kc->server = field_str(L, cfg, "server");
+  kc->token = field_str(L, cfg, "token");
+  kc->token_file = field_str(L, cfg, "token_file");
+  kc->username = field_str(L, cfg, "username");
+  kc->password = field_str(L, cfg, "password");
+  kc->ca_file = field_str(L, cfg, "ca_file");
+  kc->cert_file = field_str(L, cfg, "cert_file");
+  kc->key_file = field_str(L, cfg, "key_file");
+  kc->namespace = field_str(L, cfg, "namespace");
+  if (!kc->namespace) kc->namespace = herald_xstrdup("default");
+  field_bytes(L, cfg, "ca_data", &kc->ca_data);
+  field_bytes(L, cfg, "cert_data", &kc->cert_data);
+  field_bytes(L, cfg, "key_data", &kc->key_data);
+  lua_getfield(L, cfg, "insecure");
+  kc->insecure = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  char *source = field_str(L, cfg, "source");
+  herald_log(&t->log, HLOG_DEBUG, "%s trigger talks to %s (%s), default namespace %s", kind,
+             kc->server ? kc->server : "?", source ? source : "?", kc->namespace);
+  free(source);
+  lua_settop(L, top);
+  lua_newtable(L);
+  kc->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (G.refs++ == 0) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    G.loop = t->engine->loop;
+    G.multi = curl_multi_init();
+    curl_multi_setopt(G.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(G.multi, CURLMOPT_TIMERFUNCTION, on_timeout_change);
+    uv_timer_init(G.loop, &G.timer);
+  }
+  return 0;
+}
+
+int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_State *L, int idx) {
+  herald_trigger *t = kc->trigger;
+  herald_kube_req *kr = req->priv;
+  memset(kr, 0, sizeof *kr);
+  kr->req = req;
+  kr->kc = kc;
+  kr->co_ref = LUA_NOREF;
+  int top = lua_gettop(L);
+  if (idx < 0) idx = top + idx + 1;
+  /* stack: -> run, ctx; then both move to the new coroutine */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, G.module_ref);
+  lua_getfield(L, -1, "run");
+  lua_remove(L, -2);
+  lua_createtable(L, 0, 10);
+  lua_pushstring(L, kc->kind);
+  lua_setfield(L, -2, "type");
+  lua_getfield(L, idx, "spec");
+  if (lua_istable(L, -1)) lua_getfield(L, -1, "operation");
+  else lua_pushnil(L);
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    lua_pushstring(L, kc->op);
+  }
+  lua_setfield(L, -3, "op");
+  lua_setfield(L, -2, "spec");
+  lua_getfield(L, idx, "object");
+  lua_setfield(L, -2, "object");
+  lua_pushstring(L, kc->namespace);
+  lua_setfield(L, -2, "namespace");
+  lua_pushstring(L, t->sensor_name);
+  lua_setfield(L, -2, "sensor");
+  lua_pushstring(L, t->name);
+  lua_setfield(L, -2, "trigger");
+  lua_pushnumber(L, (lua_Number)(herald_now_ns() / 1000000));
+  lua_setfield(L, -2, "now_ms");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, kc->cache_ref);
+  lua_setfield(L, -2, "cache");
+  kr->co = lua_newthread(L);
+  kr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_xmove(L, kr->co, 2);
+  lua_settop(L, top);
+  kr->next = G.inflight;
+  if (G.inflight) G.inflight->prev = kr;
+  G.inflight = kr;
+  if (!step(kr, 1)) return 0;
+  /* finished without a request: a bad object or operation, decided before any I/O */
+  herald_trigger_result res = kr->res;
+  if (res != HERALD_TRIGGER_DONE) herald_log(&t->log, HLOG_ERROR, "%s", kr->reason);
+  req_release(kr);
+  return res == HERALD_TRIGGER_DONE ? 1 : HERALD_EINVAL;
+}
+
+static void timer_closed(uv_handle_t *h) {
+  curl_multi_cleanup(G.multi);
+  G.multi = NULL;
+}
+
+void herald__kube_close(herald_kube_client *kc) {
+  for (herald_kube_req *kr = G.inflight, *next; kr; kr = next) {
+    next = kr->next;
+    if (kr->kc != kc) continue;
+    kr->res = HERALD_TRIGGER_FAILED;
+    snprintf(kr->reason, sizeof kr->reason, "engine stopped");
+    finish(kr);
+  }
+  lua_State *L = kc->trigger->engine->L;
+  if (kc->cache_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, kc->cache_ref);
+  kc->cache_ref = LUA_NOREF;
+  client_free(kc);
+  if (--G.refs == 0) {
+    uv_timer_stop(&G.timer);
+    uv_close((uv_handle_t *)&G.timer, timer_closed);
+    if (G.module_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, G.module_ref);
+    G.module_ref = LUA_NOREF;
+  }
+}

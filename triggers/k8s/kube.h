@@ -1,0 +1,56 @@
+/*
+ * triggers/k8s/kube.h: a Kubernetes API client shared by the k8s and argoWorkflow triggers.
+ *
+ * The what (discovery, create/update/patch/delete, the Argo Workflows edits) is Lua, in
+ * kube.lua, run as one coroutine per action; the how (HTTP on libcurl's multi interface driven
+ * by the libuv loop, TLS and credentials) is kube.c. See kube.lua for the coroutine protocol.
+ */
+#ifndef HERALD_TRIGGER_KUBE_H
+#define HERALD_TRIGGER_KUBE_H
+
+#include "buf.h"
+#include "plugin.h"
+
+#include <curl/curl.h>
+#include <lua.h>
+
+/* Per trigger instance (lives in t->priv). */
+typedef struct herald_kube_client {
+  herald_trigger *trigger;
+  const char *kind; /* "k8s" or "argoWorkflow": selects the flow in kube.lua */
+  char *op;         /* the spec's operation (default per kind) */
+  char *server;     /* https://host:port, no trailing slash */
+  char *token, *token_file, *username, *password;
+  char *ca_file, *cert_file, *key_file;
+  herald_buf ca_data, cert_data, key_data; /* PEM bytes (kubeconfig *-data), or empty */
+  char *namespace;  /* the default namespace: the context's, else "default" */
+  int insecure;
+  int cache_ref;    /* Lua table "apiVersion/kind" -> {plural, namespaced} (discovery cache) */
+} herald_kube_client;
+
+/* Per action (lives in req->priv): the coroutine and its HTTP round trip in flight. */
+typedef struct herald_kube_req {
+  herald_trigger_req *req;
+  herald_kube_client *kc;
+  lua_State *co;
+  int co_ref;
+  CURL *easy;
+  struct curl_slist *headers;
+  char *body;
+  herald_buf response;
+  char errbuf[CURL_ERROR_SIZE];
+  herald_trigger_result res; /* once the coroutine returned */
+  char reason[512];
+  struct herald_kube_req *next, *prev; /* in the in-flight list */
+} herald_kube_req;
+
+/* Reads the cluster configuration (kubeconfig or in-cluster) and the trigger spec at idx
+ * (`operation`, default dflt_op). Returns 0, or a negative error after logging why. */
+int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, int idx,
+                      const char *kind, const char *dflt_op);
+/* Starts the action at idx ({spec, object, events}); the plugin.h execute contract. */
+int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_State *L, int idx);
+/* Fails this trigger's actions still in flight ("engine stopped"), releases kc. */
+void herald__kube_close(herald_kube_client *kc);
+
+#endif
