@@ -120,9 +120,15 @@ static void list_remove(herald_kube_req *kr) {
   kr->next = kr->prev = NULL;
 }
 
-/* Releases everything kr holds: the HTTP round trip, the coroutine, the list entry. */
+/* Releases everything kr holds: the HTTP round trip, a pending sleep, the coroutine, the list
+ * entry. */
 static void req_release(herald_kube_req *kr) {
   http_release(kr);
+  if (kr->sleep) {
+    uv_timer_stop(kr->sleep);
+    uv_close((uv_handle_t *)kr->sleep, (uv_close_cb)free);
+    kr->sleep = NULL;
+  }
   list_remove(kr);
   if (kr->co_ref != LUA_NOREF) {
     luaL_unref(kr->kc->trigger->engine->L, LUA_REGISTRYINDEX, kr->co_ref);
@@ -222,9 +228,37 @@ static int http_start(herald_kube_req *kr) {
 /* Resumes the coroutine with the nargs values on its stack, and starts each request it asks
  * for. Returns 0 while a request is in flight, 1 once the coroutine finished (kr->res and
  * kr->reason set). */
+static void finish(herald_kube_req *kr);
+static int step(herald_kube_req *kr, int nargs);
+
+static void on_wake(uv_timer_t *t) {
+  herald_kube_req *kr = t->data;
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+  kr->sleep = NULL;
+  if (step(kr, 0)) finish(kr);
+}
+
+/* The coroutine yielded ("SLEEP", ms): resume it from a timer (policy.k8s backoff). */
+static int sleep_start(herald_kube_req *kr) {
+  lua_State *co = kr->co;
+  double ms = lua_tonumber(co, 2);
+  lua_settop(co, 0);
+  kr->sleep = malloc(sizeof *kr->sleep);
+  if (!kr->sleep) return HERALD_ENOMEM;
+  uv_timer_init(kr->kc->trigger->engine->loop, kr->sleep);
+  kr->sleep->data = kr;
+  uv_timer_start(kr->sleep, on_wake, ms > 0 ? (uint64_t)ms : 0, 0);
+  return 0;
+}
+
 static int step(herald_kube_req *kr, int nargs) {
   for (;;) {
     int rc = lua_resume(kr->co, nargs);
+    if (rc == LUA_YIELD && lua_type(kr->co, 1) == LUA_TSTRING && strcmp(lua_tostring(kr->co, 1), "SLEEP") == 0) {
+      if (sleep_start(kr) == 0) return 0;
+      nargs = 0;
+      continue;
+    }
     if (rc == LUA_YIELD) {
       int err = http_start(kr);
       if (err == 0) return 0;
@@ -406,6 +440,8 @@ int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_St
   lua_setfield(L, -2, "spec");
   lua_getfield(L, idx, "object");
   lua_setfield(L, -2, "object");
+  lua_getfield(L, idx, "policy");
+  lua_setfield(L, -2, "policy");
   lua_pushstring(L, kc->namespace);
   lua_setfield(L, -2, "namespace");
   lua_pushstring(L, t->sensor_name);

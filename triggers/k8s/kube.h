@@ -42,6 +42,7 @@ typedef struct herald_kube_req {
   herald_trigger_result res; /* once the coroutine returned */
   char reason[512];
   struct herald_kube_req *next, *prev; /* in the in-flight list */
+  uv_timer_t *sleep;  /* while the coroutine waits (yield "SLEEP", ms); freed by its close */
 } herald_kube_req;
 
 /* Reads the cluster configuration (kubeconfig or in-cluster) and the trigger spec at idx

@@ -406,12 +406,53 @@ local function describe(obj, ns)
   return fmt("%s %s/%s", tostring(obj.kind), ns or "-", tostring(name))
 end
 
+--- policy.k8s: after a create, poll the object with k8s wait.Backoff (default 5 steps of 1 s)
+--- until its labels include policy.labels. On timeout: failed if errorOnBackoffTimeout, else done.
+local function wait_for_labels(ctx, item, what)
+  local pol = ctx.policy
+  if type(pol) ~= "table" or type(pol.labels) ~= "table" or next(pol.labels) == nil then return "done" end
+  local b = type(pol.backoff) == "table" and pol.backoff or {}
+  local steps = tonumber(b.steps) or 5
+  local delay = 1000
+  if type(b.duration) == "number" then delay = b.duration / 1e6
+  elseif type(b.duration) == "string" then
+    local n, unit = b.duration:match("^([%d.]+)(%a+)$")
+    local mul = ({ ms = 1, s = 1000, m = 60000 })[unit or ""]
+    if n and mul then delay = tonumber(n) * mul end
+  end
+  local factor = tonumber(b.factor) or 1
+  for i = 1, steps do
+    local st, body = request("GET", item, nil, nil)
+    if ok(st) then
+      local o = _M.json_decode(body)
+      local labels = type(o) == "table" and type(o.metadata) == "table" and o.metadata.labels or {}
+      local all = true
+      for k, v in pairs(pol.labels) do
+        if labels[k] ~= v then all = false break end
+      end
+      if all then return "done" end
+    end
+    if i < steps then
+      yield("SLEEP", delay)
+      delay = delay * factor
+    end
+  end
+  if pol.errorOnBackoffTimeout then
+    return "failed", what .. ": policy.k8s labels did not appear in time"
+  end
+  return "done"
+end
+
 local function create(ctx, path, obj, ns)
   add_labels(ctx, obj)
   local st, body = request("POST", path, _M.json_encode(obj), "application/json")
   if not ok(st) then return failure("create " .. describe(obj, ns), st, body) end
   local created = _M.json_decode(body)
   local name = type(created) == "table" and type(created.metadata) == "table" and created.metadata.name
+  if name and ctx.policy then
+    local res, why = wait_for_labels(ctx, path .. "/" .. urlenc(name), "create " .. describe(obj, ns))
+    if res ~= "done" then return res, why end
+  end
   return "done", nil, name
 end
 

@@ -813,7 +813,8 @@ local Trigger = object({
   parameters = params { doc = "parameters applied to the whole template" },
   policy = object({
     k8s = object({ labels = strmap { required = true }, backoff = use(Backoff),
-                   errorOnBackoffTimeout = bool() }, { supported = NO, what = "policy.k8s" }),
+                   errorOnBackoffTimeout = bool() },
+                 { doc = "k8s/argoWorkflow: wait until the created object has these labels" }),
     status = object({ allow = array(int(), { required = true }) },
                     { doc = "response statuses that count as success (HTTP, AWS Lambda)" }),
   }, { doc = "what counts as success" }),

@@ -625,7 +625,9 @@ function Compiler:trigger(trig, i, target, tpath)
       self:emit("    -- %s.template.%s.parameters apply to the object", tpath, ttype)
       self:emit("    object = apply_params(object, %s, events)", type_params)
     end
-    self:emit("    return { spec = spec, object = object, events = events }, template")
+    local k8s_policy = trig.policy and trig.policy.k8s
+    self:emit("    return { spec = spec, object = object, events = events, policy = %s }, template",
+      k8s_policy and literal(k8s_policy, "    ") or "nil")
   else
     self:emit("    local body")
     if payload then

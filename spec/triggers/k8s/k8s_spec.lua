@@ -179,6 +179,57 @@ describe("k8s trigger", function()
     end)
   end)
 
+  describe("policy.k8s", function()
+    local LABELED = [[
+              apiVersion: v1
+              kind: ConfigMap
+              metadata:
+                name: placeholder
+                labels: {ready: "yes"}
+              data:
+                msg: none
+]]
+    local function with_policy(obj, on_timeout)
+      return k8s_body{ object = obj } .. ([[
+      policy:
+        k8s:
+          labels: {ready: "yes"}
+          backoff: {steps: 3, duration: 50ms, factor: 2}
+          errorOnBackoffTimeout: %s
+]]):format(on_timeout and "true" or "false")
+    end
+
+    it("succeeds once the created object carries the labels", function()
+      local srv, p, port = start_all({ { name = "mk", body = k8s_body{ object = LABELED },
+        extra = "      policy:\n        k8s:\n          labels: {ready: \"yes\"}\n          backoff: {steps: 3, duration: 50ms}\n" } })
+      K.post(port, { name = "cm-ready", msg = "x" })
+      K.wait_metric(p, "triggered", "mk", 1)
+      assert.equal("yes", assert(srv:get(CM:format("default", "cm-ready"))).metadata.labels.ready)
+    end)
+
+    it("fails after the backoff when the labels never appear and errorOnBackoffTimeout is set", function()
+      local srv, p, port = start_all({
+        { name = "strict", body = with_policy(CONFIGMAP, true):match("^(.-)      policy:"),
+          extra = with_policy(CONFIGMAP, true):match("(      policy:.*)$") },
+      })
+      local t0 = H.now()
+      K.post(port, { name = "cm-never", msg = "x" })
+      K.wait_metric(p, "failed", "strict", 1)
+      assert.is_true(H.now() - t0 >= 0.14, "waited 50 + 100 ms between the three checks")
+      assert.truthy(p:output("stderr"):find("policy.k8s labels did not appear in time", 1, true))
+      assert.truthy(srv:get(CM:format("default", "cm-never")), "the object was still created")
+    end)
+
+    it("counts the action as done when errorOnBackoffTimeout is false", function()
+      local _, p, port = start_all({
+        { name = "lenient", body = with_policy(CONFIGMAP, false):match("^(.-)      policy:"),
+          extra = with_policy(CONFIGMAP, false):match("(      policy:.*)$") },
+      })
+      K.post(port, { name = "cm-late", msg = "x" })
+      K.wait_metric(p, "triggered", "lenient", 1)
+    end)
+  end)
+
   describe("update", function()
     it("merges the object over the live one, and creates it when missing", function()
       local srv, p, port = start_all({ { name = "up", body = k8s_body{ operation = "update", object = [[
