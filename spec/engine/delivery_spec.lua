@@ -88,6 +88,18 @@ describe("delivery", function()
     sink.stop()
   end)
 
+  it("retries when the target refuses connections, then gives up", function()
+    local closed = { port = H.free_port() } -- nothing listens there
+    local p, port = run([[
+      retryStrategy: {steps: 3, duration: 20ms}
+]], closed)
+    assert.equal(200, (H.post_json(port, "/hook", '{}')))
+    H.wait_until(function() return metric(p, "argo_events_action_retries_failed_total") == 1 end, 5, "given up")
+    assert.equal(3, metric(p, "argo_events_action_failed_total"))
+    assert.truthy(p:output("stderr"):find("Connection refused", 1, true) or p:output("stderr"):find("Couldn't connect", 1, true))
+    p:kill()
+  end)
+
   it("spaces actions to rateLimit and holds the rest back", function()
     local sink = sink_client.start{}
     local p, port = run([[
