@@ -570,9 +570,13 @@ function Compiler:trigger(trig, i, target, tpath)
   local payload = PAYLOAD_TYPES[ttype] and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
   local dyn_headers = ttype == "http" and self:params(tmpl.http.dynamicHeaders, tpath .. ".template.http.dynamicHeaders") or nil
   -- the compiled parameter lists, for the REPL's :params (nil when absent)
-  self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
+  if self.explain or tparams or type_params or payload then
+    self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
+  end
   self:emit("  -- builds what the %s executor does with this firing's events", ttype)
-  local tconst = self:const("TEMPLATE", literal(tmpl))
+  -- the template literal is needed by trigger-level parameters and by herald test; the engine
+  -- compiles without it otherwise (less code to generate and load per sensor)
+  local tconst = (tparams or self.explain) and self:const("TEMPLATE", literal(tmpl)) or nil
   self:emit("  -- with_template: also return the template with the parameters applied (herald test)")
   self:emit("  action = function(events, with_template)")
   self:emit("    local template")
@@ -586,10 +590,12 @@ function Compiler:trigger(trig, i, target, tpath)
   if type_params and not RESOURCE_TYPES[ttype] then
     self:emit("    spec = apply_params(spec, %s, events)", type_params)
   end
-  self:emit("    if with_template then")
-  self:emit("      template = template or copy(%s)", tconst)
-  self:emit("      template.%s = spec", ttype)
-  self:emit("    end")
+  if tconst then
+    self:emit("    if with_template then")
+    self:emit("      template = template or copy(%s)", tconst)
+    self:emit("      template.%s = spec", ttype)
+    self:emit("    end")
+  end
   if ttype == "log" then
     self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }, template")
   elseif ttype == "http" then
