@@ -68,7 +68,7 @@ local function build_eventsource(obj, locate)
 end
 
 local function build_sensor(obj)
-  local sensor, err = compiler.load(obj, { locate = locate_with(obj) })
+  local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
   if not sensor then return nil, err end
   local logger = "sensor:" .. sensor.name
   local filtered = {}

@@ -131,6 +131,12 @@ end
 local Compiler = {}
 Compiler.__index = Compiler
 
+--- Emits a comment line only for readers (herald compile, herald test and the REPL): the
+--- engine loads thousands of sensors and skips them (less to generate and to parse).
+function Compiler:comment(line, ...)
+  if self.readable then self:emit(line, ...) end
+end
+
 --- Emits a line only when compiling for explanation (herald test --explain, the REPL): the
 --- engine's code stays free of the bookkeeping.
 function Compiler:emit_trace(line, ...)
@@ -207,7 +213,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   local typ = f.type
   if not DATA_TYPES[typ] then self:fail(path .. ".type", f, "type", "unsupported type " .. tostring(typ)) end
   local cmp = f.comparator or ""
-  self:emit("    -- %s: %s is a %s%s", path, f.path, typ, cmp ~= "" and (" " .. cmp) or "")
+  self:comment("    -- %s: %s is a %s%s", path, f.path, typ, cmp ~= "" and (" " .. cmp) or "")
   self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
   self:emit_get("      ", "event.data", f.path, path .. ".path", f, "path")
@@ -221,7 +227,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   end
   if f.template then
     local tpl = self:template_const(f.template, path .. ".template", f, "template")
-    self:emit("        -- %s.template: Go template with .Input = the value as a string", path)
+    self:comment("        -- %s.template: Go template with .Input = the value as a string", path)
     self:emit("        local out = render(%s, { Input = s })", tpl)
     self:emit("        if out == nil or out == \"\" or out == \"<no value>\" then")
     self:emit("          %s_err = %s", var, literal("template evaluated to empty string or no value: " .. f.template))
@@ -278,7 +284,7 @@ function Compiler:expr_filter(dpath, e, idx, var)
   local fn, err, col = rt.govaluate(e.expr)
   if not fn then self:fail(path .. ".expr", e, "expr", "invalid expression: " .. tostring(err)) end
   local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", literal(e.expr)))
-  self:emit("    -- %s: %s", path, e.expr)
+  self:comment("    -- %s: %s", path, e.expr)
   self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
   self:emit("      local params, missing = {}, nil")
@@ -314,7 +320,7 @@ end
 function Compiler:dependency(dep, i)
   local dpath = fmt("spec.dependencies[%d]", i - 1)
   self:emit("")
-  self:emit("-- %s %q: events from %s/%s", dpath, dep.name, dep.eventSourceName, dep.eventName)
+  self:comment("-- %s %q: events from %s/%s", dpath, dep.name, dep.eventSourceName, dep.eventName)
   self:emit("sensor.dependencies[%d] = {", i)
   self:emit("  name = %q, eventSourceName = %q, eventName = %q,", dep.name, dep.eventSourceName, dep.eventName)
   local tr = dep.transform
@@ -322,14 +328,14 @@ function Compiler:dependency(dep, i)
     local ok, err = rt.jq(tr.jq)
     if not ok then self:fail(dpath .. ".transform.jq", tr, "jq", "invalid jq program: " .. tostring(err)) end
     local jq = self:const("JQ", fmt("assert(rt.jq(%s))", literal(tr.jq)))
-    self:emit("  -- %s.transform.jq: the first output (an object) replaces the event data", dpath)
+    self:comment("  -- %s.transform.jq: the first output (an object) replaces the event data", dpath)
     self:emit("  transform = function(event) return transform_jq(%s, event) end,", jq)
   elseif tr and tr.script then
     local where = dpath .. ".transform.script"
     local id, err = rt.script(self.name, tr.script, "=" .. where)
     if not id then self:fail(where, tr, "script", "script does not compile: " .. tostring(err)) end
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(tr.script), literal("=" .. where)))
-    self:emit("  -- %s: sandboxed Lua; `event` is the data, the returned table replaces it", where)
+    self:comment("  -- %s: sandboxed Lua; `event` is the data, the returned table replaces it", where)
     self:emit("  transform = function(event) return transform_script(%q, %s, event) end,", self.name, sid)
   end
   local filters = dep.filters
@@ -347,15 +353,15 @@ function Compiler:dependency(dep, i)
     return
   end
   local op_all = (dep.filtersLogicalOperator or "and") == "or" and "or" or "and"
-  self:emit("  -- filters in Argo's order (exprs, data, context, time, script), combined with %q", op_all)
-  self:emit("  -- returns pass, reason, is_error")
+  self:comment("  -- filters in Argo's order (exprs, data, context, time, script), combined with %q", op_all)
+  self:comment("  -- returns pass, reason, is_error")
   self:emit_trace("  -- `trace` (herald test --explain) collects one verdict per filter")
   self:emit("  filter = function(event, trace)")
   self:emit("    local err")
   local vars = {}
   if kinds[1] and filters.exprs and #filters.exprs > 0 then
     local eop = (filters.exprLogicalOperator or "and") == "or" and "or" or "and"
-    self:emit("    -- %s.filters.exprs, combined with %q", dpath, eop)
+    self:comment("    -- %s.filters.exprs, combined with %q", dpath, eop)
     self:emit("    err = nil")
     local names = {}
     for j, e in ipairs(filters.exprs) do
@@ -363,7 +369,7 @@ function Compiler:dependency(dep, i)
         names[#names + 1] = "e" .. j
         self:expr_filter(dpath, e, j, names[#names])
       else
-        self:emit("    -- %s.filters.exprs[%d] has no fields: skipped, as in Argo", dpath, j - 1)
+        self:comment("    -- %s.filters.exprs[%d] has no fields: skipped, as in Argo", dpath, j - 1)
       end
     end
     self:emit("    local exprs_ok, exprs_err = %s, err", #names > 0 and concat(names, " " .. eop .. " ") or "true")
@@ -371,7 +377,7 @@ function Compiler:dependency(dep, i)
   end
   if filters.data and #filters.data > 0 then
     local dop = (filters.dataLogicalOperator or "and") == "or" and "or" or "and"
-    self:emit("    -- %s.filters.data, combined with %q", dpath, dop)
+    self:comment("    -- %s.filters.data, combined with %q", dpath, dop)
     self:emit("    err = nil")
     local names = {}
     for j, f in ipairs(filters.data) do
@@ -389,7 +395,7 @@ function Compiler:dependency(dep, i)
       end
     end
     if #tests == 0 then self:fail(dpath .. ".filters.context", filters, "context", "needs at least one of type, subject, source, datacontenttype") end
-    self:emit("    -- %s.filters.context: exact match on the CloudEvent attributes", dpath)
+    self:comment("    -- %s.filters.context: exact match on the CloudEvent attributes", dpath)
     self:emit("    local context_ok, context_err = %s, nil", concat(tests, " and "))
     self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"context\", index = 0, passed = context_ok, reason = context_ok and \"matched\" or %s } end",
       literal("context does not match " .. concat(tests, " and "):gsub("event%.context%.", "")))
@@ -405,7 +411,7 @@ function Compiler:dependency(dep, i)
     if core.tz_open and not tz then self:fail(tpath .. ".timezone", tf, "timezone", tostring(err)) end
     local zone = self:const("ZONE", fmt("assert(core.tz_open(%s))", literal(tf.timezone or "UTC")))
     local test = start <= stop and fmt("sod >= %d and sod < %d", start, stop) or fmt("sod >= %d or sod < %d", start, stop)
-    self:emit("    -- %s: %s to %s in %s%s", tpath, tf.start, tf.stop, tf.timezone or "UTC", start > stop and " (wraps midnight)" or "")
+    self:comment("    -- %s: %s to %s in %s%s", tpath, tf.start, tf.stop, tf.timezone or "UTC", start > stop and " (wraps midnight)" or "")
     self:emit("    local time_ok, time_err")
     self:emit("    do")
     self:emit("      local t = parse_time(event.context.time)")
@@ -426,7 +432,7 @@ function Compiler:dependency(dep, i)
     local id, err = rt.script(self.name, filters.script, "=" .. spath)
     if not id then self:fail(spath, filters, "script", "script does not compile: " .. tostring(err)) end
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(filters.script), literal("=" .. spath)))
-    self:emit("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
+    self:comment("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
     self:emit("    local script_ok, script_err, script_raised = run_script(%q, %s, event)", self.name, sid)
     self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and \"returned true\" or script_err } end")
     self:emit("    if script_raised then return false, script_err, true end")
@@ -539,15 +545,15 @@ function Compiler:trigger(trig, i, target, tpath)
     cond_lua = concat(parts, " and ")
   end
   self:emit("")
-  self:emit("-- %s %q (%s)", tpath, tmpl.name, ttype)
+  self:comment("-- %s %q (%s)", tpath, tmpl.name, ttype)
   self:emit("%s = {", target)
   self:emit("  name = %q, type = %q,", tmpl.name, ttype)
-  self:emit("  -- %s: retryStrategy, rateLimit, atLeastOnce", tpath)
+  self:comment("  -- %s: retryStrategy, rateLimit, atLeastOnce", tpath)
   self:emit("  delivery = %s,", literal(self:delivery(trig, tpath), "  "))
   local allow = trig.policy and trig.policy.status and trig.policy.status.allow
-  if allow then self:emit("  -- %s.policy.status.allow", tpath) end
+  if allow then self:comment("  -- %s.policy.status.allow", tpath) end
   self:emit("  dependencies = %s,", literal(deps))
-  self:emit("  -- %s.template.conditions: %s", tpath, tmpl.conditions or "(all dependencies)")
+  self:comment("  -- %s.template.conditions: %s", tpath, tmpl.conditions or "(all dependencies)")
   self:emit("  condition = function(s) return %s end,", cond_lua)
   if tmpl.conditionsReset and #tmpl.conditionsReset > 0 then
     local resets = {}
@@ -561,7 +567,7 @@ function Compiler:trigger(trig, i, target, tpath)
       end
       resets[#resets + 1] = { cron = bt.cron, timezone = bt.timezone }
     end
-    self:emit("  -- %s.template.conditionsReset: the dependency state is cleared at these times", tpath)
+    self:comment("  -- %s.template.conditionsReset: the dependency state is cleared at these times", tpath)
     self:emit("  conditions_reset = %s,", literal(resets, "  "))
   end
   self:emit("  config = %s,", literal(tmpl[ttype], "  "))
@@ -573,15 +579,15 @@ function Compiler:trigger(trig, i, target, tpath)
   if self.explain or tparams or type_params or payload then
     self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
   end
-  self:emit("  -- builds what the %s executor does with this firing's events", ttype)
+  self:comment("  -- builds what the %s executor does with this firing's events", ttype)
   -- the template literal is needed by trigger-level parameters and by herald test; the engine
   -- compiles without it otherwise (less code to generate and load per sensor)
   local tconst = (tparams or self.explain) and self:const("TEMPLATE", literal(tmpl)) or nil
-  self:emit("  -- with_template: also return the template with the parameters applied (herald test)")
+  self:comment("  -- with_template: also return the template with the parameters applied (herald test)")
   self:emit("  action = function(events, with_template)")
   self:emit("    local template")
   if tparams then
-    self:emit("    -- %s.parameters apply to the whole template", tpath)
+    self:comment("    -- %s.parameters apply to the whole template", tpath)
     self:emit("    template = apply_params(copy(%s), %s, events)", tconst, tparams)
     self:emit("    local spec = template.%s", ttype)
   else
@@ -600,12 +606,12 @@ function Compiler:trigger(trig, i, target, tpath)
     self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }, template")
   elseif ttype == "http" then
     if dyn_headers then
-      self:emit("    -- %s.template.http.dynamicHeaders: header values from the events", tpath)
+      self:comment("    -- %s.template.http.dynamicHeaders: header values from the events", tpath)
       self:emit("    spec.headers = apply_params(spec.headers or {}, %s, events)", dyn_headers)
     end
     self:emit("    local body")
     if payload then
-      self:emit("    -- %s.template.http.payload builds the request body", tpath)
+      self:comment("    -- %s.template.http.payload builds the request body", tpath)
       self:emit("    local err3")
       self:emit("    body, err3 = build_payload(%s, events)", payload)
       self:emit("    if not body then return nil, err3 end")
@@ -619,16 +625,16 @@ function Compiler:trigger(trig, i, target, tpath)
     local id, err = rt.script(self.name, script, "=" .. where)
     if not id then self:fail(where, tmpl.lua, "script", "script does not compile: " .. tostring(err)) end
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(script), literal("=" .. where)))
-    self:emit("    -- %s: sandboxed Lua; `events` holds each dependency's event; it returns the action", where)
+    self:comment("    -- %s: sandboxed Lua; `events` holds each dependency's event; it returns the action", where)
     self:emit("    local dispatch, action = lua_trigger(%q, %s, events)", self.name, sid)
     self:emit("    if not dispatch then return nil, action end")
     self:emit("    return { dispatch = dispatch, action = action, events = events }, template")
   elseif RESOURCE_TYPES[ttype] then
-    self:emit("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
+    self:comment("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
     self:emit("    local object, oerr = load_resource(spec.source)")
     self:emit("    if not object then return nil, oerr end")
     if type_params then
-      self:emit("    -- %s.template.%s.parameters apply to the object", tpath, ttype)
+      self:comment("    -- %s.template.%s.parameters apply to the object", tpath, ttype)
       self:emit("    object = apply_params(object, %s, events)", type_params)
     end
     local k8s_policy = trig.policy and trig.policy.k8s
@@ -637,7 +643,7 @@ function Compiler:trigger(trig, i, target, tpath)
   else
     self:emit("    local body")
     if payload then
-      self:emit("    -- %s.template.%s.payload builds the message", tpath, ttype)
+      self:comment("    -- %s.template.%s.payload builds the message", tpath, ttype)
       self:emit("    local err3")
       self:emit("    body, err3 = build_payload(%s, events)", payload)
       self:emit("    if not body then return nil, err3 end")
@@ -649,7 +655,7 @@ function Compiler:trigger(trig, i, target, tpath)
   self:emit("}")
   if trig.dlqTrigger then
     if target:find("%.dlq$") then self:fail(tpath .. ".dlqTrigger", trig, "dlqTrigger", "a dlqTrigger cannot have its own dlqTrigger") end
-    self:emit("-- %s.dlqTrigger: runs with the same events when the retries are exhausted", tpath)
+    self:comment("-- %s.dlqTrigger: runs with the same events when the retries are exhausted", tpath)
     self:trigger(trig.dlqTrigger, i, target .. ".dlq", tpath .. ".dlqTrigger")
   end
 end
@@ -664,9 +670,7 @@ local to_number, to_bool, render, parse_time = rt.to_number, rt.to_bool, rt.rend
 local apply_params, build_payload, copy = rt.apply_params, rt.build_payload, rt.copy
 local run_script, transform_jq, transform_script = rt.run_script, rt.transform_jq, rt.transform_script
 local load_resource, lua_trigger = rt.load_resource, rt.lua_trigger
-
 ]]
-
 --- Compiles a loaded Sensor object ({name=, file=, doc=, ...}). opts.locate(tbl, key) -> line, col.
 --- Returns {name=, source=} or nil, "file:line:col: path: message".
 function _M.compile(obj, opts)
@@ -677,6 +681,7 @@ function _M.compile(obj, opts)
     file = obj.file or "?", name = obj.name, spec = spec,
     locate = opts.locate or function() return 0, 0 end,
     explain = opts.explain or false,
+    readable = opts.readable ~= false and not opts.engine,
     dep_names = {},
   }, Compiler)
   for _, d in ipairs(spec.dependencies) do c.dep_names[d.name] = true end
