@@ -90,4 +90,10 @@ static inline void herald_bus_nak(herald_bus *bus, herald_bus_delivery *d, uint6
  * yet acknowledged by every subscription). Returns a new bus; release it with its close op. */
 herald_bus *herald_bus_embedded_new(uv_loop_t *loop, uint32_t capacity);
 
+/* JetStream bus (bus_jetstream.c): NATS server at `url` ("nats://host:port"), stream "default"
+ * as Argo's. `window` bounds the publishes waiting for their PubAck (0 = 4096). Connects in the
+ * background (never blocks the loop). Returns a new bus (release it with its close op), or NULL
+ * with *err = HERALD_EINVAL when nats.c rejects the URL. */
+herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const char *url, uint32_t window, int *err);
+
 #endif

@@ -63,7 +63,7 @@ static int l_list_dir(lua_State *L) {
   return 1;
 }
 
-/* core.configure{secrets_dir=, listen_host=, metrics_addr=, bus_capacity=, log_level=,
+/* core.configure{secrets_dir=, listen_host=, metrics_addr=, bus_capacity=, bus=, log_level=,
  *                http_header_timeout=, http_body_timeout=, http_idle_timeout=} */
 static int l_configure(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
@@ -74,6 +74,11 @@ static int l_configure(lua_State *L) {
   if ((s = herald_cfg_string(L, 1, "metrics_addr", NULL))) eng->opts.metrics_addr = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "admin_addr", NULL))) eng->opts.admin_addr = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "admin_token_file", NULL))) eng->opts.admin_token_file = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "bus", NULL)) && strcmp(s, "embedded") != 0) { /* JetStream */
+    if (strncmp(s, "nats://", 7) != 0 || !s[7])
+      return luaL_error(L, "--bus %s: expected nats://HOST:PORT (or \"embedded\")", s);
+    eng->opts.bus_url = herald_xstrdup(s);
+  }
   double n;
   if ((n = herald_cfg_number(L, 1, "bus_capacity", 0)) > 0) eng->opts.bus_capacity = (uint32_t)n;
   if ((n = herald_cfg_number(L, 1, "drain_timeout", 0)) > 0) eng->opts.drain_timeout_ms = (uint64_t)n;

@@ -4,7 +4,8 @@
  *
  *   HTTP server (shared per port) --route: endpoint + method, bearer, maxPayloadSize-->
  *   on_request: data = {"header":{Canonical-Key:[v...]},"body":<body>,"metadata":{...}}
- *     --herald_source_emit--> bus --on_published--> 200 "success" | 500
+ *     --herald_source_emit--> bus --on_published--> 200 "success" | 503 (bus unreachable,
+ *     PubAck timeout) | 500
  *     (bus full at emit time --> 503 + Retry-After: 1)
  *
  * The server checks path, method, auth and sizes before a request reaches us, so the handler
@@ -284,6 +285,13 @@ static void on_published(void *data, int status) {
   webhook *w = req->route_data;
   if (status == 0) {
     herald_http_respond(req, 200, "text/plain; charset=utf-8", NULL, "success", 7);
+  } else if (status == HERALD_EIO || status == HERALD_EBUSFULL || status == HERALD_ECLOSED ||
+             status == HERALD_ETIMEDOUT) { /* the bus is down or busy (JetStream): retry later */
+    herald_log_limited(&w->src->log, HLOG_WARN, "failed to record event: %s",
+                       herald_strerror(status));
+    static const char msg[] = "event bus unavailable, retry later";
+    herald_http_respond(req, 503, "text/plain; charset=utf-8", "Retry-After: 1\r\n", msg,
+                        sizeof msg - 1);
   } else {
     herald_log_limited(&w->src->log, HLOG_WARN, "failed to record event: %s",
                        herald_strerror(status));

@@ -119,12 +119,13 @@ function H.start(args, opts)
     if a == "--admin-token-file" then has_token = true end
   end
   local p = setmetatable({ out_path = dir .. "/stdout", err_path = dir .. "/stderr" }, Proc)
-  if args[1] == "run" and not has_metrics then
+  local engine_cmd = args[1] == "run" or args[1] == "eventsource" or args[1] == "sensor"
+  if engine_cmd and not has_metrics then
     p.metrics_port = H.free_port()
     argv[#argv + 1] = "--metrics-addr"
     argv[#argv + 1] = "127.0.0.1:" .. p.metrics_port
   end
-  if args[1] == "run" then -- each process its own admin endpoint and token (herald emit)
+  if engine_cmd then -- each process its own admin endpoint and token (herald emit)
     if not has_admin then
       p.admin_port = H.free_port()
       argv[#argv + 1] = "--admin-addr"

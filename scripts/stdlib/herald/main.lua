@@ -12,6 +12,10 @@ usage: herald <command> [options] [PATH...]
 commands:
   run PATH...        run every EventSource and Sensor found in PATH (files or folders)
                      on the embedded bus
+  eventsource PATH... --bus nats://HOST:PORT
+                     run only the EventSources found in PATH, publishing to the JetStream bus
+  sensor PATH... --bus nats://HOST:PORT
+                     run only the Sensors found in PATH, consuming from the JetStream bus
   lint PATH...       validate EventSource, Sensor and EventBus files; exit 1 on any error
   compile FILE       print the Lua a Sensor compiles to
   test SENSOR --events EVENTS.jsonl [--explain] [--expect FILE]
@@ -34,6 +38,8 @@ options (run):
   --admin-token-file FILE  its bearer token (default $XDG_STATE_HOME/herald/admin-token,
                            created with a random token when missing)
   --bus-capacity N         events the embedded bus holds at once (default 16384)
+  --bus URL                nats://HOST:PORT: use NATS JetStream (stream "default", as Argo
+                           Events) instead of the embedded bus
   --drain-timeout MS       how long SIGINT/SIGTERM waits for in-flight work (default 10000)
   --http-header-timeout MS, --http-body-timeout MS, --http-idle-timeout MS
                            webhook connection limits (defaults 10000, 10000, 60000)
@@ -43,7 +49,7 @@ options (lint):
 
 local VALUE_FLAGS = {
   ["--log-level"] = "log_level", ["--secrets-dir"] = "secrets_dir", ["--listen-host"] = "listen_host",
-  ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity",
+  ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity", ["--bus"] = "bus",
   ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
   ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
   ["--events"] = "events", ["--expect"] = "expect", ["-e"] = "eval",
@@ -264,9 +270,11 @@ local function cmd_emit(_, opts)
   return 0
 end
 
-local function cmd_run(paths, opts)
+--- kind: nil (run everything), "EventSource" or "Sensor" (component mode, see cmd_component).
+local function cmd_run(paths, opts, kind)
+  local name = kind and (kind == "Sensor" and "sensor" or "eventsource") or "run"
   if #paths == 0 then
-    eprint("herald run: no PATH given (try: herald run examples/quickstart/)")
+    eprint(("herald %s: no PATH given (try: herald %s examples/quickstart/)"):format(name, name))
     return 2
   end
   opts.log_level = opts.log_level or os.getenv("LOG_LEVEL")
@@ -278,8 +286,19 @@ local function cmd_run(paths, opts)
   for _, w in ipairs(result.warnings) do core.log("warn", "herald", w) end
   for _, n in ipairs(result.notes or {}) do core.log("debug", "herald", n) end
   if #result.errors > 0 then
-    eprint(("herald run: %d error(s); nothing started"):format(#result.errors))
+    eprint(("herald %s: %d error(s); nothing started"):format(name, #result.errors))
     return 1
+  end
+  if kind then -- component mode: only the objects of that kind (EventBus objects are ignored too)
+    local kept = {}
+    for _, obj in ipairs(result.objects) do
+      if obj.kind == kind then kept[#kept + 1] = obj end
+    end
+    if #kept == 0 then
+      eprint(("herald %s: no %s found in %s"):format(name, kind, table.concat(paths, " ")))
+      return 1
+    end
+    result.objects = kept
   end
   local engine = require "herald.engine"
   local ok, err = engine.build(result.objects)
@@ -287,7 +306,7 @@ local function cmd_run(paths, opts)
     #result.objects, (t1 - t0) * 1e3, (core.now() - t1) * 1e3))
   if not ok then
     eprint(err)
-    eprint("herald run: nothing started")
+    eprint(("herald %s: nothing started"):format(name))
     return 1
   end
   core.log("debug", "herald", ("Lua heap before collect: %d KB"):format(collectgarbage("count")))
@@ -296,10 +315,22 @@ local function cmd_run(paths, opts)
   core.log("debug", "herald", ("Lua heap after start-up: %d KB"):format(collectgarbage("count")))
   local started, serr = core.start()
   if not started then
-    eprint("herald run: failed to start: ", serr)
+    eprint(("herald %s: failed to start: "):format(name), serr)
     return 1
   end
   return 0, true
+end
+
+--- herald eventsource|sensor PATH... --bus URL: one half of a deployment, the other half in
+--- another process; they meet only on a shared bus.
+local function cmd_component(cmd, paths, opts)
+  if not opts.bus or opts.bus == "embedded" then
+    eprint(("herald %s: --bus nats://HOST:PORT is required: on the embedded (in-process) bus "
+      .. "EventSources and Sensors in different processes never meet (use `herald run` to run "
+      .. "both in one process)"):format(cmd))
+    return 2
+  end
+  return cmd_run(paths, opts, cmd == "sensor" and "Sensor" or "EventSource")
 end
 
 --- Entry point: returns exit_code, run_loop.
@@ -318,6 +349,7 @@ function _M.main(argv)
     return 0
   end
   if cmd == "run" then return cmd_run(paths, opts) end
+  if cmd == "eventsource" or cmd == "sensor" then return cmd_component(cmd, paths, opts) end
   if cmd == "lint" then return cmd_lint(paths, opts) end
   if cmd == "compile" then return cmd_compile(paths) end
   if cmd == "test" then return cmd_test(paths, opts) end
