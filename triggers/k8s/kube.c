@@ -2,12 +2,11 @@
  * triggers/k8s/kube.c: the Kubernetes API client under the k8s and argoWorkflow triggers.
  *
  *   execute(action) -> Lua coroutine kube.run(ctx) --yield(method, path, body, type)-->
- *   easy handle -> curl multi (uv_poll per socket + one uv_timer, as triggers/http) -->
- *   completion -> resume(status, body) -> ... -> the coroutine returns (result, reason)
- *   -> req->done.
+ *   a transfer on engine/curl_loop.h (libcurl multi on the libuv loop, shared with the other
+ *   curl triggers) --> completion -> resume(status, body) -> ... -> the coroutine returns
+ *   (result, reason) -> req->done.
  *
- * One curl multi handle for every k8s and argoWorkflow trigger, so the connection to the API
- * server is kept alive across actions. Lua runs only inside lua_resume (protected): a Lua error
+ * The shared multi handle keeps the connection to the API server alive across actions. Lua runs only inside lua_resume (protected): a Lua error
  * in the flow ends that one action as FAILED and never crosses the libuv callback.
  */
 #include "kube.h"
@@ -23,74 +22,13 @@
 #define MAX_RESPONSE (64u << 20) /* a listed or fetched object bigger than this is an error */
 #define REQUEST_TIMEOUT_MS 30000L
 
-typedef struct sock_ctx {
-  uv_poll_t poll;
-  curl_socket_t fd;
-} sock_ctx;
-
 static struct {
-  CURLM *multi;
-  uv_loop_t *loop;
-  uv_timer_t timer;
   int refs;
   herald_kube_req *inflight;
   int module_ref; /* kube.lua's module table, in the engine's Lua state */
 } G = {.module_ref = LUA_NOREF};
 
-static void check_done(void);
-
-/* ---- libcurl on the libuv loop (the same shape as triggers/http) ---- */
-
-static void poll_closed(uv_handle_t *h) {
-  free(h->data);
-}
-
-static void on_poll(uv_poll_t *p, int status, int events) {
-  sock_ctx *s = p->data;
-  int flags = 0, running;
-  if (status < 0) flags = CURL_CSELECT_ERR;
-  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
-  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
-  curl_multi_socket_action(G.multi, s->fd, flags, &running);
-  check_done();
-}
-
-static int on_socket(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp) {
-  sock_ctx *s = socketp;
-  if (action == CURL_POLL_REMOVE) {
-    if (s) {
-      uv_poll_stop(&s->poll);
-      curl_multi_assign(G.multi, fd, NULL);
-      uv_close((uv_handle_t *)&s->poll, poll_closed);
-    }
-    return 0;
-  }
-  if (!s) {
-    s = malloc(sizeof *s);
-    if (!s) return -1;
-    s->fd = fd;
-    uv_poll_init_socket(G.loop, &s->poll, fd);
-    s->poll.data = s;
-    curl_multi_assign(G.multi, fd, s);
-  }
-  int ev = 0;
-  if (action == CURL_POLL_IN || action == CURL_POLL_INOUT) ev |= UV_READABLE;
-  if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT) ev |= UV_WRITABLE;
-  uv_poll_start(&s->poll, ev, on_poll);
-  return 0;
-}
-
-static void on_timer(uv_timer_t *t) {
-  int running;
-  curl_multi_socket_action(G.multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_done();
-}
-
-static int on_timeout_change(CURLM *multi, long timeout_ms, void *userp) {
-  if (timeout_ms < 0) uv_timer_stop(&G.timer);
-  else uv_timer_start(&G.timer, on_timer, (uint64_t)timeout_ms, 0);
-  return 0;
-}
+static void on_transfer_done(herald_curl_xfer *x, CURLcode rc);
 
 static size_t on_body(char *ptr, size_t size, size_t n, void *userdata) {
   herald_kube_req *kr = userdata;
@@ -102,10 +40,7 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *userdata) {
 
 /* Releases the HTTP round trip of kr (not the coroutine). */
 static void http_release(herald_kube_req *kr) {
-  if (!kr->easy) return;
-  curl_multi_remove_handle(G.multi, kr->easy);
-  curl_easy_cleanup(kr->easy);
-  kr->easy = NULL;
+  herald_curl_xfer_release(&kr->x);
   curl_slist_free_all(kr->headers);
   kr->headers = NULL;
   free(kr->body);
@@ -162,21 +97,17 @@ static int http_start(herald_kube_req *kr) {
     lua_settop(co, 0);
     return HERALD_EINVAL;
   }
-  CURL *e = curl_easy_init();
-  if (!e) {
+  if (herald_curl_xfer_init(&kr->x) != 0) {
     lua_settop(co, 0);
     return HERALD_ENOMEM;
   }
-  kr->easy = e;
-  kr->errbuf[0] = '\0';
+  kr->x.data = kr;
+  CURL *e = kr->x.easy;
   char *url = herald_xasprintf("%s%s", kc->server, path);
   curl_easy_setopt(e, CURLOPT_URL, url);
   free(url);
-  curl_easy_setopt(e, CURLOPT_PRIVATE, kr);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, kr->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, kr);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, REQUEST_TIMEOUT_MS);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_USERAGENT, "herald");
@@ -218,7 +149,7 @@ static int http_start(herald_kube_req *kr) {
   else if (kc->cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, kc->cert_file);
   if (kc->key_data.len) set_blob(e, CURLOPT_SSLKEY_BLOB, &kc->key_data);
   else if (kc->key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, kc->key_file);
-  if (curl_multi_add_handle(G.multi, e) != CURLM_OK) {
+  if (herald_curl_xfer_start(&kr->x, on_transfer_done) != 0) {
     http_release(kr);
     return HERALD_EIO;
   }
@@ -230,6 +161,7 @@ static int http_start(herald_kube_req *kr) {
  * kr->reason set). */
 static void finish(herald_kube_req *kr);
 static int step(herald_kube_req *kr, int nargs);
+static void on_transfer_done(herald_curl_xfer *x, CURLcode rc);
 
 static void on_wake(uv_timer_t *t) {
   herald_kube_req *kr = t->data;
@@ -293,27 +225,20 @@ static void finish(herald_kube_req *kr) {
   req->done(req, res, res == HERALD_TRIGGER_DONE ? NULL : reason);
 }
 
-static void check_done(void) {
-  CURLMsg *msg;
-  int left;
-  while ((msg = curl_multi_info_read(G.multi, &left))) {
-    if (msg->msg != CURLMSG_DONE) continue;
-    herald_kube_req *kr = NULL;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&kr);
-    CURLcode rc = msg->data.result;
-    long status = 0;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-    lua_State *co = kr->co;
-    if (rc != CURLE_OK) {
-      lua_pushinteger(co, 0);
-      lua_pushstring(co, kr->errbuf[0] ? kr->errbuf : curl_easy_strerror(rc));
-    } else {
-      lua_pushinteger(co, status);
-      lua_pushlstring(co, kr->response.data ? kr->response.data : "", kr->response.len);
-    }
-    http_release(kr);
-    if (step(kr, 2)) finish(kr);
+static void on_transfer_done(herald_curl_xfer *x, CURLcode rc) {
+  herald_kube_req *kr = x->data;
+  long status = 0;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+  lua_State *co = kr->co;
+  if (rc != CURLE_OK) {
+    lua_pushinteger(co, 0);
+    lua_pushstring(co, x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+  } else {
+    lua_pushinteger(co, status);
+    lua_pushlstring(co, kr->response.data ? kr->response.data : "", kr->response.len);
   }
+  http_release(kr);
+  if (step(kr, 2)) finish(kr);
 }
 
 /* ---- configuration ---- */
@@ -402,15 +327,8 @@ int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, i
   lua_settop(L, top);
   lua_newtable(L);
   kc->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (G.refs++ == 0) {
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    G.loop = t->engine->loop;
-    G.multi = curl_multi_init();
-    curl_multi_setopt(G.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(G.multi, CURLMOPT_TIMERFUNCTION, on_timeout_change);
-    uv_timer_init(G.loop, &G.timer);
-  }
-  return 0;
+  G.refs++;
+  return herald_curl_loop_ref(t->engine->loop);
 }
 
 int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_State *L, int idx) {
@@ -467,11 +385,6 @@ int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_St
   return res == HERALD_TRIGGER_DONE ? 1 : HERALD_EINVAL;
 }
 
-static void timer_closed(uv_handle_t *h) {
-  curl_multi_cleanup(G.multi);
-  G.multi = NULL;
-}
-
 void herald__kube_close(herald_kube_client *kc) {
   for (herald_kube_req *kr = G.inflight, *next; kr; kr = next) {
     next = kr->next;
@@ -484,9 +397,8 @@ void herald__kube_close(herald_kube_client *kc) {
   if (kc->cache_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, kc->cache_ref);
   kc->cache_ref = LUA_NOREF;
   client_free(kc);
+  herald_curl_loop_unref();
   if (--G.refs == 0) {
-    uv_timer_stop(&G.timer);
-    uv_close((uv_handle_t *)&G.timer, timer_closed);
     if (G.module_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, G.module_ref);
     G.module_ref = LUA_NOREF;
   }

@@ -11,6 +11,8 @@
 #include "buf.h"
 #include "plugin.h"
 
+#include "curl_loop.h"
+
 #include <curl/curl.h>
 #include <lua.h>
 
@@ -34,11 +36,10 @@ typedef struct herald_kube_req {
   herald_kube_client *kc;
   lua_State *co;
   int co_ref;
-  CURL *easy;
+  herald_curl_xfer x;      /* the current request (engine/curl_loop.h); x.data = this */
   struct curl_slist *headers;
   char *body;
   herald_buf response;
-  char errbuf[CURL_ERROR_SIZE];
   herald_trigger_result res; /* once the coroutine returned */
   char reason[512];
   struct herald_kube_req *next, *prev; /* in the in-flight list */
