@@ -7,6 +7,7 @@
  *   curl_multi_info_read and handed to their done callback.
  */
 #include "curl_loop.h"
+#include "buf.h"
 
 #include "common.h"
 
@@ -160,4 +161,14 @@ void herald_curl_xfer_release(herald_curl_xfer *x) {
     curl_easy_cleanup(x->easy);
   }
   x->easy = NULL;
+}
+
+size_t herald_curl_keep_head(char *ptr, size_t size, size_t n, void *buf) {
+  herald_buf *b = buf;
+  size_t len = size * n;
+  if (b->len < HERALD_CURL_KEEP) {
+    size_t keep = HERALD_CURL_KEEP - b->len;
+    herald_buf_append(b, ptr, len < keep ? len : keep);
+  }
+  return len;
 }

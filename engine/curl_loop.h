@@ -49,4 +49,10 @@ int herald_curl_xfer_start(herald_curl_xfer *x, herald_curl_done_cb done);
  * pool. Safe to call from done and on an x that was never initialised (easy NULL). */
 void herald_curl_xfer_release(herald_curl_xfer *x);
 
+/* A CURLOPT_WRITEFUNCTION keeping the first HERALD_CURL_KEEP bytes of a response in the
+ * herald_buf given as CURLOPT_WRITEDATA (enough for a status message or a small JSON answer)
+ * and dropping the rest. */
+#define HERALD_CURL_KEEP 8192
+size_t herald_curl_keep_head(char *ptr, size_t size, size_t n, void *buf);
+
 #endif

@@ -30,7 +30,6 @@
 #include <strings.h>
 #include <time.h>
 
-#define MAX_RESPONSE_KEEP 4096
 #define STS_REFRESH_NS (60ULL * 1000000000ULL) /* renew assumed credentials this early */
 #define TIMEOUT_MS 60000L
 
@@ -187,16 +186,6 @@ static void req_finish(lambda_req *r, herald_trigger_result res, const char *rea
   herald_trigger_req *req = r->req;
   req_release(r);
   req->done(req, res, res == HERALD_TRIGGER_DONE ? NULL : reason);
-}
-
-static size_t on_body(char *ptr, size_t size, size_t n, void *userdata) {
-  herald_buf *b = userdata;
-  size_t len = size * n;
-  if (b->len < MAX_RESPONSE_KEEP) {
-    size_t keep = MAX_RESPONSE_KEEP - b->len;
-    herald_buf_append(b, ptr, len < keep ? len : keep);
-  }
-  return len;
 }
 
 /* Copies the value of header `name` from the raw header line into out when it matches. */
@@ -374,7 +363,7 @@ static int invoke(lambda_req *r) {
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->payload);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->payload_len);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, herald_curl_keep_head);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->response);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
@@ -522,7 +511,7 @@ static int sts_start(lambda_trigger *lt) {
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, lt->sts_headers);
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, lt->sts_body);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, herald_curl_keep_head);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &lt->sts_response);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, TIMEOUT_MS);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

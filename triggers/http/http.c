@@ -22,7 +22,6 @@
 #include <lauxlib.h>
 #include <string.h>
 
-#define MAX_RESPONSE_KEEP 4096 /* bytes of a failed response kept for the log */
 
 /* Per-trigger settings read once at init: TLS material, basic auth and secure headers come
  * from secrets (files), the virtual host from the spec. */
@@ -51,16 +50,6 @@ typedef struct http_req {
 } http_req;
 
 static http_req *inflight;
-
-static size_t on_body(char *ptr, size_t size, size_t n, void *userdata) {
-  http_req *hr = userdata;
-  size_t len = size * n;
-  if (hr->response.len < MAX_RESPONSE_KEEP) {
-    size_t keep = MAX_RESPONSE_KEEP - hr->response.len;
-    herald_buf_append(&hr->response, ptr, len < keep ? len : keep);
-  }
-  return len;
-}
 
 static void req_release(http_req *hr) {
   if (hr->prev) hr->prev->next = hr->next;
@@ -207,8 +196,8 @@ static int http_execute(herald_trigger *t, herald_trigger_req *req, lua_State *L
   hr->x.data = hr;
   CURL *e = hr->x.easy;
   curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, hr);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, herald_curl_keep_head);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &hr->response);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout > 0 ? timeout * 1000 : 60000));
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);

@@ -29,7 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_RESPONSE_KEEP 8192
 #define TIMEOUT_MS 30000L
 
 typedef struct slack_req slack_req;
@@ -105,16 +104,6 @@ static void req_finish(slack_req *r, herald_trigger_result res, const char *reas
   herald_trigger_req *req = r->req;
   req_release(r);
   req->done(req, res, res == HERALD_TRIGGER_DONE ? NULL : reason);
-}
-
-static size_t on_body(char *ptr, size_t size, size_t n, void *userdata) {
-  herald_buf *b = userdata;
-  size_t len = size * n;
-  if (b->len < MAX_RESPONSE_KEEP) {
-    size_t keep = MAX_RESPONSE_KEEP - b->len;
-    herald_buf_append(b, ptr, len < keep ? len : keep);
-  }
-  return len;
 }
 
 /* Finds the first member `key` of the JSON text and returns a pointer to its value (after the
@@ -315,7 +304,7 @@ static int slack_execute(herald_trigger *t, herald_trigger_req *req, lua_State *
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, herald_curl_keep_head);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &r->response);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, TIMEOUT_MS);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
