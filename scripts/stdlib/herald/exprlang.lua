@@ -1082,17 +1082,8 @@ end
 -- Code generation
 ---------------------------------------------------------------------------------------------
 
-local function lua_string(s) return (fmt("%q", s):gsub("\\\n", "\\n")) end
-local function lua_literal(v)
-  if v == nil then return "nil" end
-  if type(v) == "string" then return lua_string(v) end
-  if type(v) == "boolean" then return tostring(v) end
-  if v ~= v then return "(0/0)" end
-  if v == huge then return "math.huge" end
-  if v == -huge then return "(-math.huge)" end
-  if v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return fmt("%d", v) end
-  return fmt("%.17g", v)
-end
+local luagen = require "herald.luagen"
+local lua_string, lua_literal = luagen.string, luagen.scalar
 
 local BIN_HELPER = { ["<"] = "L.lt", ["<="] = "L.le", [">"] = "L.gt", [">="] = "L.ge", ["+"] = "L.add",
   ["-"] = "L.sub", ["*"] = "L.mul", ["/"] = "L.div", ["%"] = "L.mod", ["**"] = "L.pow", ["^"] = "L.pow",

@@ -18,32 +18,7 @@ local fmt, concat, sort = string.format, table.concat, table.sort
 
 local _M = {}
 
---- A Lua literal for a plain value (sorted keys, so output is deterministic).
-local function literal(v, indent)
-  indent = indent or ""
-  local t = type(v)
-  if t == "string" then return (fmt("%q", v):gsub("\\\n", "\\n")) end
-  if t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then return "0/0" end
-    return rt.number_string(v)
-  end
-  if t == "boolean" or t == "nil" then return tostring(v) end
-  if t ~= "table" then error("cannot write a literal of type " .. t) end
-  if next(v) == nil then return "{}" end
-  local parts = {}
-  if #v > 0 then
-    for _, x in ipairs(v) do parts[#parts + 1] = literal(x, indent .. "  ") end
-    return "{ " .. concat(parts, ", ") .. " }"
-  end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-  for _, k in ipairs(keys) do
-    local key = (type(k) == "string" and k:match("^[%a_][%w_]*$")) and k or ("[" .. literal(k) .. "]")
-    parts[#parts + 1] = indent .. "  " .. key .. " = " .. literal(v[k], indent .. "  ")
-  end
-  return "{\n" .. concat(parts, ",\n") .. ",\n" .. indent .. "}"
-end
+local literal = require("herald.luagen").value
 _M.literal = literal
 
 -- Conditions ---------------------------------------------------------------------------------
