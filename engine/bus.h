@@ -52,6 +52,31 @@ typedef struct herald_bus_stats {
   uint64_t capacity;
 } herald_bus_stats;
 
+/* ---- optional dependency state (JetStream: a key-value bucket per sensor) ----
+ * Keys are (sensor, trigger, dependency); a value is the event as its CloudEvent JSON. Every
+ * op is asynchronous and completes on the loop; ops of one bus run in call order. */
+typedef struct herald_bus_state_dep {
+  const char *name, *source, *subject; /* a dependency of the sensor; not owned */
+} herald_bus_state_dep;
+typedef struct herald_bus_state_key {
+  const char *trigger, *dep; /* a (trigger, dependency) pair of the spec; not owned */
+} herald_bus_state_key;
+typedef struct herald_bus_state_spec {
+  const herald_bus_state_dep *deps;
+  size_t ndeps;
+  const herald_bus_state_key *keys;
+  size_t nkeys;
+} herald_bus_state_spec;
+/* One stored (trigger, dependency) event; the list and its events belong to the bus and are
+ * released after the callback returns (take a reference to keep an event). */
+typedef struct herald_bus_state_entry {
+  const char *trigger, *dep;
+  herald_event *ev;
+  struct herald_bus_state_entry *next;
+} herald_bus_state_entry;
+typedef void (*herald_bus_state_load_cb)(void *data, int status, const herald_bus_state_entry *entries);
+typedef void (*herald_bus_state_cb)(void *data, int status);
+
 typedef struct herald_bus_ops {
   const char *name;
   int (*publish)(herald_bus *bus, herald_event *ev, herald_bus_publish_cb cb, void *data);
@@ -61,6 +86,21 @@ typedef struct herald_bus_ops {
   void (*nak)(herald_bus *bus, herald_bus_delivery *d, uint64_t delay_ms);
   void (*stats)(herald_bus *bus, herald_bus_stats *out);
   void (*close)(herald_bus *bus, herald_bus_close_cb cb);
+  /* Optional (NULL: state stays in the sensor's memory, as on the embedded bus). */
+  /* Opens the sensor's state: removes the keys of (trigger, dependency) pairs and the
+   * consumers of dependencies that are no longer in `spec` (or whose source/subject changed),
+   * then calls cb with what is stored. No subscription of this bus delivers anything until cb
+   * has returned. spec is copied. */
+  int (*state_open)(herald_bus *bus, const char *sensor, const herald_bus_state_spec *spec,
+                    herald_bus_state_load_cb cb, void *data);
+  /* Stores ev (a reference is taken) under (sensor, trigger, dep), or deletes the key when ev
+   * is NULL; cb(data, status) runs once the server has it. The sensor must be open. */
+  int (*state_set)(herald_bus *bus, const char *sensor, const char *trigger, const char *dep,
+                   herald_event *ev, herald_bus_state_cb cb, void *data);
+  /* Deletes the sensor's state bucket and the consumers of `deps` (and of the dependencies
+   * the bucket remembers). */
+  int (*cleanup)(herald_bus *bus, const char *sensor, const char *const *deps, size_t ndeps,
+                 herald_bus_state_cb cb, void *data);
 } herald_bus_ops;
 
 struct herald_bus {

@@ -35,6 +35,7 @@
 #include <nats/nats.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define STREAM_NAME "default"
@@ -55,6 +56,11 @@ enum { EV_CONNECTED = 1, EV_DISCONNECTED = 2, EV_RECONNECTED = 4 };
 
 typedef struct jbus jbus;
 typedef struct jsub jsub;
+typedef struct jkv_op jkv_op;         /* dependency state (the KV section below) */
+typedef struct jkv_bucket jkv_bucket;
+static void kv_worker_run(jbus *b);
+static void kv_worker_close(jbus *b);
+static void kv_loop_drain(jbus *b);
 
 /* One publish: built on the loop, published by the conn worker, completed on the loop. */
 typedef struct jpub {
@@ -136,6 +142,10 @@ struct jbus {
   uint64_t duplicates;
   int closing;
   herald_bus_close_cb close_cb;
+  /* dependency state: ops queue and done list under mu; buckets are the conn worker's */
+  jkv_op *kv_head, *kv_tail, *kv_done_head, *kv_done_tail;
+  int kv_gate; /* state loads not yet handed to the loop: fetch workers wait (under mu) */
+  jkv_bucket *kv_buckets;
 };
 
 /* ---- helpers usable from any thread ---- */
@@ -269,7 +279,9 @@ static int ensure_stream(jbus *b) {
   sc.MaxBytes = 1024LL * 1024 * 1024;
   sc.MaxAge = 72LL * 3600 * 1000000000LL;
   sc.Duplicates = 300LL * 1000000000LL;
-  sc.Replicas = 1;
+  /* HERALD_JS_REPLICAS (1-5, default 1): replicas of a stream we create, e.g. 3 on a cluster. */
+  const char *rep = getenv("HERALD_JS_REPLICAS");
+  sc.Replicas = rep && atoi(rep) >= 1 && atoi(rep) <= 5 ? atoi(rep) : 1;
   s = js_AddStream(&si, b->js, &sc, NULL, &jerr);
   if (s != NATS_OK && jerr != JSStreamNameExistErr) {
     note(b, HLOG_WARN, "cannot create stream %s: %s", STREAM_NAME, status_text(s));
@@ -374,7 +386,8 @@ static void worker_main(void *arg) {
   }
   for (;;) {
     uv_mutex_lock(&b->mu);
-    while (!b->pub_head && !b->ack_head && !b->stop && !(b->js && b->connected && !b->stream_ready))
+    while (!b->pub_head && !b->ack_head && !b->stop && !(b->js && b->connected && !b->stream_ready) &&
+           !(b->kv_head && b->js && b->connected))
       uv_cond_wait(&b->cond, &b->mu);
     jpub *pubs = b->pub_head;
     herald_bus_delivery *acks = b->ack_head;
@@ -395,6 +408,7 @@ static void worker_main(void *arg) {
       worker_publish(b, pubs, stop);
       uv_async_send(&b->async);
     }
+    if (!stop) kv_worker_run(b);
     if (stop) break;
   }
   /* Closing: wake and join the fetch workers, send the last acks, wait (bounded) for the
@@ -433,6 +447,7 @@ static void worker_main(void *arg) {
     natsSubscription_Destroy(s2->ns); /* destroy only: the durable consumer stays on the server */
     s2->ns = NULL;
   }
+  kv_worker_close(b);
   if (b->js) jsCtx_Destroy(b->js);
   b->js = NULL;
   /* PubAcks that never came: nats.c calls no handler after the close. */
@@ -623,7 +638,10 @@ static int sub_subscribe(jsub *s) {
   so.Config.AckPolicy = js_AckExplicit;
   so.Config.DeliverPolicy = js_DeliverNew; /* as Argo: events before the consumer are not seen */
   so.Config.MaxAckPending = (int64_t)s->max_inflight;
-  so.Config.AckWait = ACK_WAIT_NS;
+  /* HERALD_JS_ACK_WAIT_MS: how long a message fetched by a process that died stays unacked
+   * before the server redelivers it (default 60 s; the fault specs shorten it). */
+  const char *aw = getenv("HERALD_JS_ACK_WAIT_MS");
+  so.Config.AckWait = aw && atoll(aw) > 0 ? atoll(aw) * 1000000LL : ACK_WAIT_NS;
   jsErrCode jerr = 0;
   natsStatus st = js_PullSubscribe(&s->ns, b->js, s->filter, s->consumer, NULL, &so, &jerr);
   if (st != NATS_OK) {
@@ -642,7 +660,8 @@ static void fetch_main(void *arg) {
   for (;;) {
     uv_mutex_lock(&b->mu);
     while (!b->stop && !s->closed &&
-           (!b->connected || !b->stream_ready || !b->js || s->outstanding >= s->max_inflight))
+           (!b->connected || !b->stream_ready || !b->js || s->outstanding >= s->max_inflight ||
+            b->kv_gate > 0))
       uv_cond_timedwait(&s->cond, &b->mu, RETRY_WAIT_NS); /* connection changes are polled */
     int done = b->stop || s->closed;
     uint32_t room = s->max_inflight - s->outstanding;
@@ -788,6 +807,7 @@ static void bus_freed(uv_handle_t *h) {
 
 static void on_async(uv_async_t *a) {
   jbus *b = a->data;
+  kv_loop_drain(b); /* before any delivery: loaded state comes first */
   uv_mutex_lock(&b->mu);
   jpub *done = b->done_head;
   b->done_head = b->done_tail = NULL;
@@ -999,6 +1019,455 @@ static void jb_close(herald_bus *bus, herald_bus_close_cb cb) {
   uv_mutex_unlock(&b->mu);
 }
 
+/* ---- dependency state: a key-value bucket per sensor ----
+ *
+ *   loop: state_open / state_set / cleanup --op queue (call order)--> conn worker:
+ *   kvStore_* (synchronous, on the worker only) --done list--> loop: callbacks
+ *
+ * Bucket: the sensor name made safe (as consumer names). Keys: "Deps" (one line per dependency,
+ * "name\tsource\tsubject", to find removed or changed dependencies on the next start) and
+ * "<trigger>/<dependency>" (each name with bytes outside [A-Za-z0-9_-] written "=XX"), whose
+ * value is the event's CloudEvent JSON, decoded on load as a fetched message is. Until a load
+ * has reached the loop, kv_gate keeps every fetch worker from fetching, so a restored half-met
+ * condition is in place before the first event. An op that fails while connected is retried
+ * KV_TRIES times, then completes with HERALD_EIO; while disconnected it waits at the head of
+ * the queue (so the ops on one key keep their order). */
+
+#define KV_TRIES 8
+#define KV_DEPS_KEY "Deps"
+
+enum { KV_OPEN, KV_SET, KV_CLEANUP };
+
+struct jkv_op {
+  int kind;
+  char *sensor;
+  char *key;   /* KV_SET */
+  char *value; /* KV_SET: CloudEvent JSON, NULL = delete */
+  size_t len;
+  char *deps_text;                /* KV_OPEN: the new "Deps" value; KV_CLEANUP: names, '\n' ended */
+  char **keys, **key_trig, **key_dep; /* KV_OPEN: the spec's pairs, encoded and as given */
+  size_t nkeys;
+  int tries, status;
+  herald_bus_state_entry *entries; /* KV_OPEN result */
+  herald_bus_state_load_cb load_cb;
+  herald_bus_state_cb cb;
+  void *data;
+  jkv_op *next;
+};
+
+struct jkv_bucket {
+  char *sensor;
+  kvStore *kv;
+  jkv_bucket *next;
+};
+
+static void kv_encode(herald_buf *out, const char *name) {
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+    int ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+             *p == '_' || *p == '-';
+    if (ok) herald_buf_putc(out, (char)*p);
+    else herald_buf_printf(out, "=%02X", *p);
+  }
+}
+
+/* Returns a new "<trigger>/<dep>" key; the caller frees it. */
+static char *kv_key(const char *trigger, const char *dep) {
+  herald_buf k = HERALD_BUF_INIT;
+  kv_encode(&k, trigger);
+  herald_buf_putc(&k, '/');
+  kv_encode(&k, dep);
+  herald_buf_putc(&k, '\0');
+  return k.data;
+}
+
+static char *consumer_name(const char *durable);
+
+static void kv_free_entries(herald_bus_state_entry *e) {
+  while (e) {
+    herald_bus_state_entry *n = e->next;
+    if (e->ev) herald_event_unref(e->ev); /* on the loop (release hook) or never seen by Lua */
+    free(e);
+    e = n;
+  }
+}
+
+static void kv_op_free(jkv_op *op) {
+  for (size_t i = 0; i < op->nkeys; i++) free(op->keys[i]), free(op->key_trig[i]), free(op->key_dep[i]);
+  free(op->keys), free(op->key_trig), free(op->key_dep);
+  free(op->sensor), free(op->key), free(op->value), free(op->deps_text);
+  kv_free_entries(op->entries);
+  free(op);
+}
+
+/* (worker) The sensor's bucket, opened (or created when `create`) once and kept. */
+static kvStore *kv_bucket(jbus *b, const char *sensor, int create, natsStatus *st) {
+  for (jkv_bucket *k = b->kv_buckets; k; k = k->next)
+    if (strcmp(k->sensor, sensor) == 0) return k->kv;
+  char *name = consumer_name(sensor);
+  kvStore *kv = NULL;
+  *st = js_KeyValue(&kv, b->js, name);
+  if (*st == NATS_NOT_FOUND && create) {
+    kvConfig kc;
+    kvConfig_Init(&kc);
+    kc.Bucket = name;
+    kc.History = 1;
+    kc.StorageType = js_FileStorage;
+    kc.Replicas = 1;
+    *st = js_CreateKeyValue(&kv, b->js, &kc);
+    if (*st == NATS_OK) note(b, HLOG_INFO, "sensor %s: created state bucket %s", sensor, name);
+  }
+  free(name);
+  if (*st != NATS_OK) return NULL;
+  jkv_bucket *k = herald_xcalloc(1, sizeof *k);
+  k->sensor = herald_xstrdup(sensor);
+  k->kv = kv;
+  k->next = b->kv_buckets;
+  b->kv_buckets = k;
+  return kv;
+}
+
+static void kv_forget_bucket(jbus *b, const char *sensor) {
+  for (jkv_bucket **pp = &b->kv_buckets; *pp; pp = &(*pp)->next) {
+    if (strcmp((*pp)->sensor, sensor) == 0) {
+      jkv_bucket *k = *pp;
+      *pp = k->next;
+      kvStore_Destroy(k->kv);
+      free(k->sensor), free(k);
+      return;
+    }
+  }
+}
+
+/* (worker) Deletes the durable consumer of sensor/dep; a missing one is fine. */
+static natsStatus kv_delete_consumer(jbus *b, const char *sensor, const char *dep, const char *why) {
+  char *durable = herald_xasprintf("%s/%s", sensor, dep);
+  char *name = consumer_name(durable);
+  jsErrCode jerr = 0;
+  natsStatus st = js_DeleteConsumer(b->js, STREAM_NAME, name, NULL, &jerr);
+  if (st == NATS_OK) note(b, HLOG_INFO, "%s: consumer %s deleted (%s)", durable, name, why);
+  if (st == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) st = NATS_OK;
+  free(durable), free(name);
+  return st;
+}
+
+/* Finds the line "name\t..." in a "Deps" text; returns its start or NULL. */
+static const char *deps_find(const char *text, const char *name, size_t nlen) {
+  for (const char *p = text; p && *p;) {
+    const char *eol = strchr(p, '\n');
+    if (strncmp(p, name, nlen) == 0 && p[nlen] == '\t') return p;
+    p = eol ? eol + 1 : NULL;
+  }
+  return NULL;
+}
+
+static size_t line_len(const char *p) {
+  const char *eol = strchr(p, '\n');
+  return eol ? (size_t)(eol - p) : strlen(p);
+}
+
+/* (worker) Deletes the consumers named in an old "Deps" text that `keep` (a new one, or NULL)
+ * does not have with the same source and subject; returns the changed/removed names, one
+ * per line (caller frees), or NULL on a server error. */
+static char *kv_prune_deps(jbus *b, const char *sensor, const char *old, const char *keep, natsStatus *st) {
+  herald_buf gone = HERALD_BUF_INIT;
+  herald_buf_putc(&gone, '\n');
+  *st = NATS_OK;
+  for (const char *p = old; p && *p;) {
+    size_t len = line_len(p);
+    const char *tab = memchr(p, '\t', len);
+    if (tab) {
+      size_t nlen = (size_t)(tab - p);
+      const char *now = keep ? deps_find(keep, p, nlen) : NULL;
+      if (!now || line_len(now) != len || memcmp(now, p, len) != 0) {
+        char *dep = herald_xasprintf("%.*s", (int)nlen, p);
+        *st = kv_delete_consumer(b, sensor, dep, !keep ? "cleanup" : now ? "dependency changed" : "dependency removed");
+        if (now) herald_buf_printf(&gone, "%s\n", dep);
+        free(dep);
+        if (*st != NATS_OK) break;
+      }
+    }
+    p = p[len] ? p + len + 1 : NULL;
+  }
+  herald_buf_putc(&gone, '\0');
+  if (*st != NATS_OK) {
+    herald_buf_free(&gone);
+    return NULL;
+  }
+  return gone.data;
+}
+
+/* (worker) Reads a key's value as a new NUL-terminated string; NULL when missing. */
+static char *kv_get_text(kvStore *kv, const char *key, natsStatus *st) {
+  kvEntry *e = NULL;
+  *st = kvStore_Get(&e, kv, key);
+  if (*st == NATS_NOT_FOUND) {
+    *st = NATS_OK;
+    return NULL;
+  }
+  if (*st != NATS_OK) return NULL;
+  char *t = herald_xasprintf("%.*s", kvEntry_ValueLen(e), (const char *)kvEntry_Value(e));
+  kvEntry_Destroy(e);
+  return t;
+}
+
+static natsStatus kv_do_open(jbus *b, jkv_op *op) {
+  natsStatus st;
+  kvStore *kv = kv_bucket(b, op->sensor, 1, &st);
+  if (!kv) return st;
+  char *old = kv_get_text(kv, KV_DEPS_KEY, &st);
+  if (st != NATS_OK) return st;
+  char *changed = kv_prune_deps(b, op->sensor, old ? old : "", op->deps_text, &st);
+  free(old);
+  if (!changed) return st;
+  uint64_t rev;
+  st = kvStore_Put(&rev, kv, KV_DEPS_KEY, op->deps_text, (int)strlen(op->deps_text));
+  kvKeysList keys = {0};
+  if (st == NATS_OK) {
+    st = kvStore_Keys(&keys, kv, NULL);
+    if (st == NATS_NOT_FOUND) st = NATS_OK;
+  }
+  for (int i = 0; st == NATS_OK && i < keys.Count; i++) {
+    const char *k = keys.Keys[i];
+    if (strcmp(k, KV_DEPS_KEY) == 0) continue;
+    size_t j = 0;
+    while (j < op->nkeys && strcmp(op->keys[j], k) != 0) j++;
+    herald_event *ev = NULL;
+    const char *why = "no longer in the spec";
+    if (j < op->nkeys) {
+      char *needle = herald_xasprintf("\n%s\n", op->key_dep[j]);
+      if (strstr(changed, needle)) why = "dependency changed";
+      free(needle);
+    }
+    if (j < op->nkeys && strcmp(why, "dependency changed") != 0) {
+      kvEntry *e = NULL;
+      st = kvStore_Get(&e, kv, k);
+      if (st == NATS_NOT_FOUND) { /* deleted meanwhile */
+        st = NATS_OK;
+        continue;
+      }
+      if (st != NATS_OK) break;
+      why = NULL;
+      ev = decode_event(kvEntry_Value(e), (size_t)kvEntry_ValueLen(e), &why);
+      kvEntry_Destroy(e);
+      if (ev) {
+        herald_bus_state_entry *en = herald_xcalloc(1, sizeof *en);
+        en->trigger = op->key_trig[j];
+        en->dep = op->key_dep[j];
+        en->ev = ev;
+        en->next = op->entries;
+        op->entries = en;
+        continue;
+      }
+    }
+    st = kvStore_Purge(kv, k, NULL);
+    if (st == NATS_OK) note(b, HLOG_INFO, "sensor %s: state %s removed (%s)", op->sensor, k, why);
+  }
+  kvKeysList_Destroy(&keys);
+  free(changed);
+  if (st != NATS_OK) {
+    kv_free_entries(op->entries); /* retried from scratch */
+    op->entries = NULL;
+  }
+  return st;
+}
+
+static natsStatus kv_do_cleanup(jbus *b, jkv_op *op) {
+  natsStatus st;
+  kv_forget_bucket(b, op->sensor);
+  kvStore *kv = NULL;
+  char *bucket = consumer_name(op->sensor);
+  st = js_KeyValue(&kv, b->js, bucket);
+  char *old = NULL;
+  if (st == NATS_OK) {
+    old = kv_get_text(kv, KV_DEPS_KEY, &st);
+    kvStore_Destroy(kv);
+  } else if (st == NATS_NOT_FOUND) {
+    st = NATS_OK;
+  }
+  herald_buf all = HERALD_BUF_INIT; /* remembered deps + the given ones, as "name\t" lines */
+  if (old) herald_buf_printf(&all, "%s\n", old);
+  for (const char *p = op->deps_text; p && *p; p += line_len(p) + 1)
+    herald_buf_printf(&all, "%.*s\t\n", (int)line_len(p), p);
+  herald_buf_putc(&all, '\0');
+  char *gone = st == NATS_OK ? kv_prune_deps(b, op->sensor, all.data, NULL, &st) : NULL;
+  free(gone), free(old);
+  herald_buf_free(&all);
+  if (st == NATS_OK) {
+    st = js_DeleteKeyValue(b->js, bucket);
+    if (st == NATS_OK) note(b, HLOG_INFO, "sensor %s: state bucket %s deleted", op->sensor, bucket);
+    if (st == NATS_NOT_FOUND) st = NATS_OK;
+  }
+  free(bucket);
+  return st;
+}
+
+static natsStatus kv_do(jbus *b, jkv_op *op) {
+  if (op->kind == KV_OPEN) return kv_do_open(b, op);
+  if (op->kind == KV_CLEANUP) return kv_do_cleanup(b, op);
+  natsStatus st;
+  kvStore *kv = kv_bucket(b, op->sensor, 1, &st);
+  if (!kv) return st;
+  if (op->value) {
+    uint64_t rev;
+    st = kvStore_Put(&rev, kv, op->key, op->value, (int)op->len);
+  } else {
+    st = kvStore_Delete(kv, op->key);
+  }
+  if (st == NATS_OK)
+    note(b, HLOG_DEBUG, "sensor %s: state %s %s", op->sensor, op->key, op->value ? "stored" : "deleted");
+  return st;
+}
+
+static void kv_finish(jbus *b, jkv_op *op, int status) {
+  op->status = status;
+  op->next = NULL;
+  if (b->kv_done_tail) b->kv_done_tail->next = op;
+  else b->kv_done_head = op;
+  b->kv_done_tail = op;
+}
+
+/* (worker) Runs the queued ops in order while connected. */
+static void kv_worker_run(jbus *b) {
+  for (;;) {
+    uv_mutex_lock(&b->mu);
+    jkv_op *op = b->kv_head;
+    int go = op && b->js && b->connected && !b->stop;
+    uv_mutex_unlock(&b->mu);
+    if (!go) return;
+    natsStatus st = kv_do(b, op);
+    uv_mutex_lock(&b->mu);
+    if (st != NATS_OK && !b->connected) { /* stays at the head until the connection is back */
+      uv_mutex_unlock(&b->mu);
+      return;
+    }
+    if (st != NATS_OK && ++op->tries < KV_TRIES) {
+      uv_mutex_unlock(&b->mu);
+      if (op->tries == 1) note(b, HLOG_WARN, "sensor %s: state: %s: retrying", op->sensor, status_text(st));
+      uv_mutex_lock(&b->mu);
+      if (!b->stop) uv_cond_timedwait(&b->cond, &b->mu, RETRY_WAIT_NS);
+      uv_mutex_unlock(&b->mu);
+      continue;
+    }
+    b->kv_head = op->next;
+    if (!b->kv_head) b->kv_tail = NULL;
+    kv_finish(b, op, st == NATS_OK ? 0 : HERALD_EIO);
+    uv_mutex_unlock(&b->mu);
+    if (st != NATS_OK) note(b, HLOG_ERROR, "sensor %s: state: %s: giving up", op->sensor, status_text(st));
+    uv_async_send(&b->async);
+  }
+}
+
+/* (worker, closing) Completes what is left with HERALD_ECLOSED and drops the buckets. */
+static void kv_worker_close(jbus *b) {
+  uv_mutex_lock(&b->mu);
+  while (b->kv_head) {
+    jkv_op *op = b->kv_head;
+    b->kv_head = op->next;
+    kv_finish(b, op, HERALD_ECLOSED);
+  }
+  b->kv_tail = NULL;
+  uv_mutex_unlock(&b->mu);
+  while (b->kv_buckets) kv_forget_bucket(b, b->kv_buckets->sensor);
+}
+
+/* (loop) Runs the callbacks of finished ops, in order. */
+static void kv_loop_drain(jbus *b) {
+  uv_mutex_lock(&b->mu);
+  jkv_op *op = b->kv_done_head;
+  b->kv_done_head = b->kv_done_tail = NULL;
+  uv_mutex_unlock(&b->mu);
+  while (op) {
+    jkv_op *next = op->next;
+    if (op->kind == KV_OPEN) {
+      if (op->status < 0)
+        herald_log(&b->log, HLOG_ERROR, "sensor %s: cannot load the dependency state: %s", op->sensor,
+                   herald_strerror(op->status));
+      op->load_cb(op->data, op->status, op->entries);
+      uv_mutex_lock(&b->mu);
+      b->kv_gate--;
+      for (jsub *s = b->subs; s; s = s->next) uv_cond_signal(&s->cond);
+      uv_mutex_unlock(&b->mu);
+    } else if (op->cb) {
+      op->cb(op->data, op->status);
+    }
+    kv_op_free(op);
+    op = next;
+  }
+}
+
+static int kv_queue(jbus *b, jkv_op *op) {
+  uv_mutex_lock(&b->mu);
+  if (op->kind == KV_OPEN) b->kv_gate++;
+  if (b->kv_tail) b->kv_tail->next = op;
+  else b->kv_head = op;
+  b->kv_tail = op;
+  uv_cond_signal(&b->cond);
+  uv_mutex_unlock(&b->mu);
+  return 0;
+}
+
+static int jb_state_open(herald_bus *bus, const char *sensor, const herald_bus_state_spec *spec,
+                         herald_bus_state_load_cb cb, void *data) {
+  jbus *b = (jbus *)bus;
+  if (b->closing) return HERALD_ECLOSED;
+  jkv_op *op = herald_xcalloc(1, sizeof *op);
+  op->kind = KV_OPEN;
+  op->sensor = herald_xstrdup(sensor);
+  herald_buf deps = HERALD_BUF_INIT;
+  for (size_t i = 0; i < spec->ndeps; i++)
+    herald_buf_printf(&deps, "%s\t%s\t%s\n", spec->deps[i].name, spec->deps[i].source, spec->deps[i].subject);
+  herald_buf_putc(&deps, '\0');
+  op->deps_text = deps.data;
+  op->nkeys = spec->nkeys;
+  op->keys = herald_xcalloc(spec->nkeys + 1, sizeof *op->keys);
+  op->key_trig = herald_xcalloc(spec->nkeys + 1, sizeof *op->key_trig);
+  op->key_dep = herald_xcalloc(spec->nkeys + 1, sizeof *op->key_dep);
+  for (size_t i = 0; i < spec->nkeys; i++) {
+    op->keys[i] = kv_key(spec->keys[i].trigger, spec->keys[i].dep);
+    op->key_trig[i] = herald_xstrdup(spec->keys[i].trigger);
+    op->key_dep[i] = herald_xstrdup(spec->keys[i].dep);
+  }
+  op->load_cb = cb;
+  op->data = data;
+  return kv_queue(b, op);
+}
+
+static int jb_state_set(herald_bus *bus, const char *sensor, const char *trigger, const char *dep,
+                        herald_event *ev, herald_bus_state_cb cb, void *data) {
+  jbus *b = (jbus *)bus;
+  if (b->closing) return HERALD_ECLOSED;
+  jkv_op *op = herald_xcalloc(1, sizeof *op);
+  op->kind = KV_SET;
+  op->sensor = herald_xstrdup(sensor);
+  op->key = kv_key(trigger, dep);
+  if (ev) {
+    herald_buf v = HERALD_BUF_INIT;
+    herald_event_to_json(ev, &v);
+    op->len = v.len;
+    herald_buf_putc(&v, '\0');
+    op->value = v.data;
+  }
+  op->cb = cb;
+  op->data = data;
+  return kv_queue(b, op);
+}
+
+static int jb_cleanup(herald_bus *bus, const char *sensor, const char *const *deps, size_t ndeps,
+                      herald_bus_state_cb cb, void *data) {
+  jbus *b = (jbus *)bus;
+  if (b->closing) return HERALD_ECLOSED;
+  jkv_op *op = herald_xcalloc(1, sizeof *op);
+  op->kind = KV_CLEANUP;
+  op->sensor = herald_xstrdup(sensor);
+  herald_buf names = HERALD_BUF_INIT;
+  for (size_t i = 0; i < ndeps; i++) herald_buf_printf(&names, "%s\n", deps[i]);
+  herald_buf_putc(&names, '\0');
+  op->deps_text = names.data;
+  op->cb = cb;
+  op->data = data;
+  return kv_queue(b, op);
+}
+
 static const herald_bus_ops jetstream_ops = {
     .name = "jetstream",
     .publish = jb_publish,
@@ -1008,6 +1477,9 @@ static const herald_bus_ops jetstream_ops = {
     .nak = jb_nak,
     .stats = jb_stats,
     .close = jb_close,
+    .state_open = jb_state_open,
+    .state_set = jb_state_set,
+    .cleanup = jb_cleanup,
 };
 
 herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const char *url, uint32_t window, int *err) {
@@ -1021,6 +1493,8 @@ herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const char *url, uint32_t 
   natsStatus s = natsOptions_Create(&o);
   if (s == NATS_OK) s = natsOptions_SetURL(o, url);
   if (s == NATS_OK) s = natsOptions_SetName(o, "herald");
+  /* Not natsOptions_SetSendAsap: measured (bench/RESULTS.md, JetStream section) it cost 25% of
+   * the throughput and raised p99 on 2 vCPUs; nats.c's buffering adds ~1 ms to p50 instead. */
   if (s == NATS_OK) s = natsOptions_SetTimeout(o, 2000);
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, -1);
   if (s == NATS_OK) s = natsOptions_SetCustomReconnectDelay(o, reconnect_delay, b);

@@ -10,6 +10,7 @@
 #include "lua_host.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "bus.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -273,6 +274,199 @@ static int l_tz_check(lua_State *L) {
   return 1;
 }
 
+/* ---- dependency state on the bus (JetStream); absent on the embedded bus ---- */
+
+typedef struct state_cb_ctx {
+  lua_State *L;
+  int ref; /* the Lua callback */
+  struct herald_delivery_ctx *hold; /* the delivery acked only once the state is stored */
+  herald_logger log;
+  char *name;
+} state_cb_ctx;
+
+static state_cb_ctx *state_ctx(lua_State *L, const char *sensor, int fn_idx) {
+  state_cb_ctx *c = herald_xcalloc(1, sizeof *c);
+  c->L = L;
+  c->ref = LUA_NOREF;
+  if (fn_idx) {
+    lua_pushvalue(L, fn_idx);
+    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  c->name = herald_xasprintf("sensor:%s", sensor);
+  c->log.name = c->name;
+  return c;
+}
+
+static void state_ctx_free(state_cb_ctx *c) {
+  if (c->ref != LUA_NOREF) luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref);
+  free(c->name);
+  free(c);
+}
+
+static herald_bus *state_bus(lua_State *L) {
+  herald_bus *bus = herald__engine_bus(herald_engine_from_lua(L));
+  return bus->ops->state_open ? bus : NULL;
+}
+
+/* stack: -> (cb pushed, called with {trigger = {dep = event}}, err) -> */
+static void state_loaded(void *data, int status, const herald_bus_state_entry *entries) {
+  state_cb_ctx *c = data;
+  lua_State *L = c->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  lua_newtable(L);
+  for (const herald_bus_state_entry *e = entries; e; e = e->next) {
+    lua_getfield(L, -1, e->trigger);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, -3, e->trigger);
+    }
+    herald_runtime_push_event(L, e->ev); /* decoded as a delivered event */
+    lua_setfield(L, -2, e->dep);
+    lua_pop(L, 1);
+  }
+  if (status < 0) lua_pushstring(L, herald_strerror(status));
+  else lua_pushnil(L);
+  herald_lua_pcall(L, 2, 0, &c->log, "state load");
+  state_ctx_free(c);
+}
+
+/* core.state_open(sensor, {deps = {{name=, source=, subject=}...}, keys = {{trigger, dep}...}}, cb)
+ * -> true | nil, err ("unsupported" on the embedded bus). cb(state, err) runs on the loop before
+ * any event of the bus is delivered; state = {trigger = {dep = event}}. */
+static int l_state_open(lua_State *L) {
+  const char *sensor = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  herald_bus *bus = state_bus(L);
+  if (!bus) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "unsupported");
+    return 2;
+  }
+  lua_getfield(L, 2, "deps");
+  lua_getfield(L, 2, "keys");
+  size_t nd = lua_objlen(L, -2), nk = lua_objlen(L, -1);
+  herald_bus_state_dep *deps = herald_xcalloc(nd + 1, sizeof *deps);
+  herald_bus_state_key *keys = herald_xcalloc(nk + 1, sizeof *keys);
+  for (size_t i = 0; i < nd; i++) { /* strings stay referenced by the spec table on the stack */
+    lua_rawgeti(L, -2, (int)i + 1);
+    deps[i].name = herald_cfg_string(L, lua_gettop(L), "name", "");
+    deps[i].source = herald_cfg_string(L, lua_gettop(L), "source", "");
+    deps[i].subject = herald_cfg_string(L, lua_gettop(L), "subject", "");
+    lua_pop(L, 1);
+  }
+  for (size_t i = 0; i < nk; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    keys[i].trigger = luaL_checkstring(L, -2);
+    keys[i].dep = luaL_checkstring(L, -1);
+    lua_pop(L, 3);
+  }
+  herald_bus_state_spec spec = {deps, nd, keys, nk};
+  state_cb_ctx *c = state_ctx(L, sensor, 3);
+  int r = bus->ops->state_open(bus, sensor, &spec, state_loaded, c);
+  free(deps), free(keys);
+  lua_pop(L, 2);
+  if (r < 0) state_ctx_free(c);
+  return push_result(L, r);
+}
+
+static void state_set_done(void *data, int status) {
+  state_cb_ctx *c = data;
+  if (status < 0)
+    herald_log(&c->log, HLOG_ERROR, "dependency state not stored: %s", herald_strerror(status));
+  herald__delivery_release(c->hold); /* now the delivery may be acked */
+  state_ctx_free(c);
+}
+
+/* core.state_put(sensor, trigger, dep, event) / core.state_put(sensor, trigger, dep, nil) (delete)
+ * -> true | nil, err. The current delivery is acked only after the server has the change. */
+static int l_state_put(lua_State *L) {
+  const char *sensor = luaL_checkstring(L, 1), *trigger = luaL_checkstring(L, 2);
+  const char *dep = luaL_checkstring(L, 3);
+  herald_bus *bus = state_bus(L);
+  if (!bus) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "unsupported");
+    return 2;
+  }
+  herald_event *ev = NULL;
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    lua_getfield(L, 4, "context");
+    luaL_argcheck(L, lua_istable(L, -1), 4, "event.context expected");
+    int ctx = lua_gettop(L);
+    lua_getfield(L, 4, "raw");
+    size_t len = 0;
+    const char *raw = lua_tolstring(L, -1, &len);
+    if (!raw) raw = "null", len = 4;
+    ev = herald_event_new_full(herald_cfg_string(L, ctx, "id", NULL), herald_cfg_string(L, ctx, "time", NULL),
+                               herald_cfg_string(L, ctx, "source", ""), herald_cfg_string(L, ctx, "subject", ""),
+                               herald_cfg_string(L, ctx, "type", ""),
+                               herald_cfg_string(L, ctx, "datacontenttype", "application/json"), raw, len);
+    lua_pop(L, 2);
+    if (!ev) return push_result(L, HERALD_ENOMEM);
+  }
+  state_cb_ctx *c = state_ctx(L, sensor, 0);
+  c->hold = herald__delivery_hold(herald_engine_from_lua(L));
+  int r = bus->ops->state_set(bus, sensor, trigger, dep, ev, state_set_done, c);
+  if (ev) herald_event_unref(ev); /* serialised by state_set; never seen by Lua */
+  if (r < 0) {
+    herald__delivery_release(c->hold);
+    state_ctx_free(c);
+  }
+  return push_result(L, r);
+}
+
+/* stack: -> (cb pushed, called with ok, err) -> */
+static void cleanup_done(void *data, int status) {
+  state_cb_ctx *c = data;
+  lua_State *L = c->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  lua_pushboolean(L, status == 0);
+  if (status < 0) lua_pushstring(L, herald_strerror(status));
+  else lua_pushnil(L);
+  herald_lua_pcall(L, 2, 0, &c->log, "bus cleanup");
+  state_ctx_free(c);
+}
+
+/* core.bus_cleanup(sensor, {dep names}, cb) -> true | nil, err: deletes the sensor's state
+ * bucket and consumers; cb(ok, err) on the loop. */
+static int l_bus_cleanup(lua_State *L) {
+  const char *sensor = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  herald_bus *bus = state_bus(L);
+  if (!bus) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "unsupported");
+    return 2;
+  }
+  size_t n = lua_objlen(L, 2);
+  const char **deps = herald_xcalloc(n + 1, sizeof *deps);
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, 2, (int)i + 1);
+    deps[i] = luaL_checkstring(L, -1); /* referenced by the table */
+    lua_pop(L, 1);
+  }
+  state_cb_ctx *c = state_ctx(L, sensor, 3);
+  int r = bus->ops->cleanup(bus, sensor, deps, n, cleanup_done, c);
+  free(deps);
+  if (r < 0) state_ctx_free(c);
+  return push_result(L, r);
+}
+
+/* core.shutdown(code): stops the engine (drain, close) and exits with code. */
+static int l_shutdown(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  eng->exit_code = (int)luaL_optinteger(L, 1, 0);
+  herald_engine_shutdown(eng);
+  return 0;
+}
+
 int herald_lua_open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"read_file", l_read_file},   {"stat", l_stat},
@@ -285,6 +479,8 @@ int herald_lua_open_core(lua_State *L) {
       {"metric_add", l_metric_add}, {"now", l_now},
       {"cron_check", l_cron_check}, {"duration_check", l_duration_check},
       {"tz_check", l_tz_check},
+      {"state_open", l_state_open}, {"state_put", l_state_put},
+      {"bus_cleanup", l_bus_cleanup}, {"shutdown", l_shutdown},
       {NULL, NULL},
   };
   lua_newtable(L);

@@ -77,7 +77,30 @@ local function build_sensor(obj)
       "Events a dependency's filters discarded (or that failed filter evaluation).",
       "counter", "sensor_name", sensor.name, "dependency_name", dep.name)
   end
+  -- On a bus with a state store (JetStream) the events a half-met condition holds survive a
+  -- restart: stored when held, deleted when the trigger fires or its conditions reset. Both
+  -- calls hold the current delivery, so it is acked only once the store has the change.
+  local persist = false
+  local stored = {} -- trigger name -> {dep name = true}: keys written and not yet deleted
+  local function store(trig, dep_name, event)
+    if not persist then return end
+    local ok, perr = core.state_put(sensor.name, trig.name, dep_name, event)
+    if not ok then core.log("error", logger .. "/trigger:" .. trig.name, "cannot store the dependency state: " .. tostring(perr)) end
+    stored[trig.name] = stored[trig.name] or {}
+    stored[trig.name][dep_name] = true
+  end
+  local function clear(trig)
+    local keys = stored[trig.name]
+    if not persist or not keys then return end
+    stored[trig.name] = nil
+    for dep_name in pairs(keys) do
+      local ok, perr = core.state_put(sensor.name, trig.name, dep_name, nil)
+      if not ok then core.log("error", logger .. "/trigger:" .. trig.name, "cannot clear the dependency state: " .. tostring(perr)) end
+    end
+  end
   local rt = runtime.new(sensor, {
+    store = store,
+    clear = clear,
     fire = function(trig, action)
       local handle = trig.handle
       if trig.type == "lua" then -- Herald's Lua trigger: its script chose what to do
@@ -131,6 +154,26 @@ local function build_sensor(obj)
       if not ok then return nil, ("%s: sensor %s: conditionsReset: %s"):format(obj.file, sensor.name, cerr) end
     end
   end
+  local spec = { deps = {}, keys = {} }
+  for _, dep in ipairs(sensor.dependencies) do
+    spec.deps[#spec.deps + 1] = { name = dep.name, source = dep.eventSourceName, subject = dep.eventName }
+  end
+  for _, trig in ipairs(sensor.triggers) do
+    for _, d in ipairs(trig.dependencies) do spec.keys[#spec.keys + 1] = { trig.name, d } end
+  end
+  persist = core.state_open(sensor.name, spec, function(state, lerr)
+    if lerr then return end -- logged by the bus; start with an empty state
+    local n = 0
+    for tname, deps in pairs(state) do
+      for dname in pairs(deps) do
+        stored[tname] = stored[tname] or {}
+        stored[tname][dname] = true
+        n = n + 1
+      end
+    end
+    rt.restore(state)
+    if n > 0 then core.log("info", logger, ("restored %d held event(s) of the dependency state"):format(n)) end
+  end) == true
   local on_event = rt.on_event
   for _, dep in ipairs(sensor.dependencies) do
     local ok, serr = core.subscribe(sensor.name, dep.name, dep.eventSourceName, dep.eventName,

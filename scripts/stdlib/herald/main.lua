@@ -40,6 +40,8 @@ options (run):
   --bus-capacity N         events the embedded bus holds at once (default 16384)
   --bus URL                nats://HOST:PORT: use NATS JetStream (stream "default", as Argo
                            Events) instead of the embedded bus
+  --cleanup                (sensor) delete the sensors' dependency state bucket and bus
+                           consumers instead of running them, then exit
   --drain-timeout MS       how long SIGINT/SIGTERM waits for in-flight work (default 10000)
   --http-header-timeout MS, --http-body-timeout MS, --http-idle-timeout MS
                            webhook connection limits (defaults 10000, 10000, 60000)
@@ -58,7 +60,8 @@ local VALUE_FLAGS = {
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true }
-local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain" }
+local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain",
+  ["--cleanup"] = "cleanup" }
 
 local function eprint(...)
   io.stderr:write(table.concat({ ... }, ""), "\n")
@@ -321,6 +324,44 @@ local function cmd_run(paths, opts, kind)
   return 0, true
 end
 
+--- herald sensor PATH... --bus URL --cleanup: deletes each Sensor's state bucket and its durable
+--- consumers on the bus (what a deleted Sensor leaves behind), then exits.
+local function cmd_cleanup(paths, opts)
+  opts.log_level = opts.log_level or os.getenv("LOG_LEVEL")
+  core.configure(opts)
+  local result = load(paths)
+  for _, e in ipairs(result.errors) do eprint(e) end
+  if #result.errors > 0 then return 1 end
+  local sensors = {}
+  for _, obj in ipairs(result.objects) do
+    if obj.kind == "Sensor" then sensors[#sensors + 1] = obj end
+  end
+  if #sensors == 0 then
+    eprint(("herald sensor: no Sensor found in %s"):format(table.concat(paths, " ")))
+    return 1
+  end
+  local left, code = #sensors, 0
+  for _, obj in ipairs(sensors) do
+    local deps = {}
+    for _, d in ipairs((obj.doc.spec or {}).dependencies or {}) do deps[#deps + 1] = d.name end
+    local ok, err = core.bus_cleanup(obj.name, deps, function(done, cerr)
+      if done then
+        core.log("info", "herald", ("sensor %s: state and consumers deleted"):format(obj.name))
+      else
+        eprint(("herald sensor --cleanup: sensor %s: %s"):format(obj.name, tostring(cerr)))
+        code = 1
+      end
+      left = left - 1
+      if left == 0 then core.shutdown(code) end
+    end)
+    if not ok then
+      eprint(("herald sensor --cleanup: %s"):format(tostring(err)))
+      return 1
+    end
+  end
+  return 0, true
+end
+
 --- herald eventsource|sensor PATH... --bus URL: one half of a deployment, the other half in
 --- another process; they meet only on a shared bus.
 local function cmd_component(cmd, paths, opts)
@@ -330,6 +371,7 @@ local function cmd_component(cmd, paths, opts)
       .. "both in one process)"):format(cmd))
     return 2
   end
+  if opts.cleanup and cmd == "sensor" then return cmd_cleanup(paths, opts) end
   return cmd_run(paths, opts, cmd == "sensor" and "Sensor" or "EventSource")
 end
 

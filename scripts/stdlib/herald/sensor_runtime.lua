@@ -14,6 +14,8 @@ local pcall, tostring = pcall, tostring
 ---@field fire fun(trig: table, action: table, events: table)        an action to execute
 ---@field discard fun(dep: table, event: table, why: string, is_error: boolean)  filtered or failed
 ---@field action_error fun(trig: table, err: string, events: table)  the action could not be built
+---@field store? fun(trig: table, dep_name: string, event: table)  optional: persist a held event
+---@field clear? fun(trig: table, state: table)                  optional: forget the held events
 
 --- Prepares a compiled sensor (herald/sensor.lua) for events: per-trigger state and, per
 --- dependency, the triggers listening to it. Returns the runtime.
@@ -57,19 +59,31 @@ function _M.new(sensor, hooks)
       state[dep.name] = event
       if trig.condition(state) then
         trig.state = {}
+        if hooks.clear then hooks.clear(trig, state) end
         local ok, action, err = pcall(trig.action, state)
         if not ok or not action then
           hooks.action_error(trig, tostring(ok and err or action), state)
         else
           hooks.fire(trig, action, state)
         end
+      elseif hooks.store then
+        hooks.store(trig, dep.name, event)
       end
     end
   end
 
   --- Clears a trigger's dependency state (conditionsReset).
   function rt.reset(trig)
+    local state = trig.state
     trig.state = {}
+    if hooks.clear then hooks.clear(trig, state) end
+  end
+
+  --- Puts back events held before a restart: stored = {trigger_name = {dep_name = event}}.
+  function rt.restore(stored)
+    for _, trig in ipairs(sensor.triggers) do
+      for dep_name, event in pairs(stored[trig.name] or {}) do trig.state[dep_name] = event end
+    end
   end
 
   return rt
