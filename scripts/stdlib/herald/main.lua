@@ -274,6 +274,24 @@ local function cmd_emit(_, opts)
 end
 
 --- kind: nil (run everything), "EventSource" or "Sensor" (component mode, see cmd_component).
+--- The URL of the JetStream EventBus the loaded EventSources and Sensors name (their
+--- eventBusName, default "default"), when that EventBus is among the specs; and its name.
+local function bus_from_specs(objects)
+  local wanted = {}
+  for _, obj in ipairs(objects) do
+    if obj.kind ~= "EventBus" then
+      local spec = type(obj.doc.spec) == "table" and obj.doc.spec or {}
+      wanted[spec.eventBusName or "default"] = true
+    end
+  end
+  for _, obj in ipairs(objects) do
+    if obj.kind == "EventBus" and wanted[obj.name] then
+      local js = obj.doc.spec.jetstreamExotic
+      if js and js.url then return js.url, obj.name end
+    end
+  end
+end
+
 local function cmd_run(paths, opts, kind)
   local name = kind and (kind == "Sensor" and "sensor" or "eventsource") or "run"
   if #paths == 0 then
@@ -291,6 +309,20 @@ local function cmd_run(paths, opts, kind)
   if #result.errors > 0 then
     eprint(("herald %s: %d error(s); nothing started"):format(name, #result.errors))
     return 1
+  end
+  if not opts.bus then -- an EventBus among the specs (jetstreamExotic) selects the bus
+    local url, bus_name = bus_from_specs(result.objects)
+    if url then
+      opts.bus = url
+      core.configure{ bus = url }
+      core.log("info", "herald", ("EventBus %s: JetStream at %s"):format(bus_name, url))
+    end
+  end
+  if kind and (not opts.bus or opts.bus == "embedded") then
+    eprint(("herald %s: --bus nats://HOST:PORT (or an EventBus with jetstreamExotic.url among the "
+      .. "specs) is required: on the embedded (in-process) bus EventSources and Sensors in "
+      .. "different processes never meet (use `herald run` to run both in one process)"):format(name))
+    return 2
   end
   if kind then -- component mode: only the objects of that kind (EventBus objects are ignored too)
     local kept = {}
@@ -365,10 +397,8 @@ end
 --- herald eventsource|sensor PATH... --bus URL: one half of a deployment, the other half in
 --- another process; they meet only on a shared bus.
 local function cmd_component(cmd, paths, opts)
-  if not opts.bus or opts.bus == "embedded" then
-    eprint(("herald %s: --bus nats://HOST:PORT is required: on the embedded (in-process) bus "
-      .. "EventSources and Sensors in different processes never meet (use `herald run` to run "
-      .. "both in one process)"):format(cmd))
+  if opts.cleanup and (not opts.bus or opts.bus == "embedded") then
+    eprint("herald sensor --cleanup: --bus nats://HOST:PORT is required")
     return 2
   end
   if opts.cleanup and cmd == "sensor" then return cmd_cleanup(paths, opts) end

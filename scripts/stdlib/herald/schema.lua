@@ -871,8 +871,11 @@ local JetStreamBus = object({
 })
 
 local JetStreamConfig = object({
-  url = str(), accessSecret = secret(), streamConfig = str(), tls = use(TLSConfig),
-  auth = str { enum = AUTH_STRATEGIES },
+  url = str { required = true, doc = "nats://HOST:PORT of the JetStream server" },
+  accessSecret = secret { supported = NO, what = "JetStream authentication" },
+  streamConfig = str { supported = NO, what = "JetStream streamConfig (the stream uses Argo's defaults)" },
+  tls = use(TLSConfig, { supported = NO, what = "JetStream TLS" }),
+  auth = str { enum = AUTH_STRATEGIES, supported = NO, what = "JetStream authentication" },
 })
 
 local KafkaBus = object({
@@ -887,7 +890,7 @@ _M.event_bus_spec = object({
                 { supported = NO, what = "NATS Streaming EventBus" }),
   jetstream = use(JetStreamBus, { supported = NO, what = "managed JetStream EventBus" }),
   kafka = use(KafkaBus, { supported = NO, what = "Kafka EventBus" }),
-  jetstreamExotic = use(JetStreamConfig, { supported = NO, what = "external JetStream EventBus" }),
+  jetstreamExotic = use(JetStreamConfig, { doc = "an existing JetStream server: selects the bus for the EventSources and Sensors that name this EventBus" }),
 }, { doc = "EventBus spec", exactly_one_of = { "nats", "jetstream", "kafka", "jetstreamExotic" } })
 
 ---------------------------------------------------------------------------------------------
