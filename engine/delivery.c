@@ -303,6 +303,9 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
   trigger_rt *rt = t->data;
   job *j = req->data;
   herald_metric_observe(t->m_duration, (double)(herald_mono_ns() - req->start_ns) / 1e6);
+  /* reason may point into the executor's request memory: keep a copy before freeing it */
+  char why[512];
+  snprintf(why, sizeof why, "%s", reason ? reason : "unknown");
   free(req);
   rt->executing--;
   t->inflight--;
@@ -317,7 +320,7 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
     if (again) {
       uint64_t wait = backoff_ms(&rt->pol, j->attempt);
       herald_log_limited(&t->log, HLOG_WARN, "attempt %u of %u failed (%s); retrying in %llu ms",
-                         j->attempt, rt->pol.steps, reason ? reason : "unknown",
+                         j->attempt, rt->pol.steps, why,
                          (unsigned long long)wait);
       j->retry_timer = malloc(sizeof *j->retry_timer);
       if (j->retry_timer) {
@@ -330,8 +333,7 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
     } else {
       herald_metric_inc(t->m_retries_failed);
       herald_log_limited(&t->log, HLOG_ERROR, "action failed%s after %u attempt(s): %s",
-                         res == HERALD_TRIGGER_FAILED ? " for good" : "", j->attempt,
-                         reason ? reason : "unknown");
+                         res == HERALD_TRIGGER_FAILED ? " for good" : "", j->attempt, why);
       if (rt->dlq && !rt->closing) dead_letter(t, j);
       job_free(j);
     }
