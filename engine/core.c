@@ -201,6 +201,14 @@ static int l_log(lua_State *L) {
   return 0;
 }
 
+/* core.log_enabled(level) -> boolean: whether a message at level would be written */
+static int l_log_enabled(lua_State *L) {
+  herald_log_level lvl;
+  if (herald_log_parse_level(luaL_checkstring(L, 1), &lvl) != 0) lvl = HLOG_INFO;
+  lua_pushboolean(L, herald_log_enabled(lvl));
+  return 1;
+}
+
 /* core.metric(name, help, kind, k1, v1, ...) -> metric (lightuserdata); up to 3 labels. */
 static int l_metric(lua_State *L) {
   const char *name = luaL_checkstring(L, 1), *help = luaL_checkstring(L, 2);
@@ -475,7 +483,8 @@ int herald_lua_open_core(lua_State *L) {
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
       {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},
       {"fire", l_fire},             {"start", l_start},
-      {"log", l_log},               {"metric", l_metric},
+      {"log", l_log},               {"log_enabled", l_log_enabled},
+      {"metric", l_metric},
       {"metric_add", l_metric_add}, {"now", l_now},
       {"cron_check", l_cron_check}, {"duration_check", l_duration_check},
       {"tz_check", l_tz_check},

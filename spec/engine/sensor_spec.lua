@@ -96,6 +96,25 @@ describe("sensor filters", function()
     end
     settle(p, 3)
     assert.same({ 1, 2 }, fired_cases(p, "d"))
+    -- at debug level each discard is logged with its reason
+    assert.truthy(p:output("stderr"):find("dependency d: event [%w-]+ discarded: filters did not match"))
+    p:kill()
+  end)
+
+  it("discards are counted but not logged below debug level", function()
+    local p, port = run({ "ev" }, H.sensor{ deps = { { name = "d", filters = [[
+      filters:
+        data:
+          - {path: body.n, type: number, comparator: ">", value: ["5"]}
+]] } } }, { "--log-level", "info" })
+    assert.equal(200, (post(port, "/ev", '{"n":1,"case":1}')))
+    assert.equal(200, (post(port, "/ev", '{"n":9,"case":2}')))
+    local m = settle(p, 2)
+    assert.same({ 2 }, fired_cases(p, "d"))
+    local filtered = 0
+    for k, v in pairs(m) do if k:find("^herald_events_filtered_total") then filtered = filtered + v end end
+    assert.equal(1, filtered)
+    assert.falsy(p:output("stderr"):find("discarded", 1, true))
     p:kill()
   end)
 

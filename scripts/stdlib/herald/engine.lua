@@ -71,6 +71,7 @@ local function build_sensor(obj)
   local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
   if not sensor then return nil, err end
   local logger = "sensor:" .. sensor.name
+  local debug_on = core.log_enabled("debug") -- the level is set before sensors are built
   local filtered = {}
   for _, dep in ipairs(sensor.dependencies) do
     filtered[dep.name] = core.metric("herald_events_filtered_total",
@@ -111,8 +112,11 @@ local function build_sensor(obj)
       if not fired then core.log("error", logger .. "/trigger:" .. trig.name, "cannot execute: " .. tostring(ferr)) end
     end,
     discard = function(dep, event, why, is_error)
-      core.log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
-        dep.name, event.context.id, why))
+      -- a discard is the common case with many sensors: format the debug line only if written
+      if is_error or debug_on then
+        core.log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
+          dep.name, event.context.id, why))
+      end
       core.metric_add(filtered[dep.name])
     end,
     action_error = function(trig, aerr)
