@@ -196,3 +196,13 @@ _Noreturn void herald__assert_fail(const char *expr, const char *file, int line)
 void herald__soft_fail(const char *expr, const char *file, int line) {
   herald_log(NULL, HLOG_ERROR, "internal check failed: %s (%s:%d)", expr, file, line);
 }
+
+int herald_digits(const char *s, int n, int *out) {
+  int v = 0;
+  for (int i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return 0;
+    v = v * 10 + (s[i] - '0');
+  }
+  *out = v;
+  return 1;
+}

@@ -53,6 +53,10 @@ void herald_random_hex(char *out, size_t nbytes);
  * *err set (HERALD_ENOTFOUND, HERALD_EIO). */
 char *herald_read_file(const char *path, size_t *len, int *err);
 
+/* Parses exactly n decimal digits at s into *out (fixed-width date and time fields).
+ * Returns 1, or 0 when one of them is not a digit. */
+int herald_digits(const char *s, int n, int *out);
+
 /* Invariants: always fatal. HERALD_FAILS(cond) logs and returns true so the caller can drop
  * the one thing that went wrong and keep serving (Knot's kr_fails_assert). */
 #define HERALD_ASSERT(cond)                                                                   \

@@ -312,6 +312,17 @@ static void on_timer(uv_timer_t *t) {
 
 /* ---- connection lifetime ---- */
 
+/* Frees a connection and its buffers (conn_free pools them instead while it can). */
+static void conn_destroy(conn *c) {
+  herald_buf_free(&c->hb);
+  herald_buf_free(&c->out);
+  free(c->offs);
+  free(c->hdrs);
+  free(c->body);
+  free(c->in);
+  free(c);
+}
+
 static void conn_free(conn *c) {
   herald_http_server *srv = c->srv;
   if (c->prev) c->prev->next = c->next;
@@ -324,13 +335,7 @@ static void conn_free(conn *c) {
     srv->pool = c;
     srv->npool++;
   } else {
-    herald_buf_free(&c->hb);
-    herald_buf_free(&c->out);
-    free(c->offs);
-    free(c->hdrs);
-    free(c->body);
-    free(c->in);
-    free(c);
+    conn_destroy(c);
   }
   server_maybe_closed(srv);
 }
@@ -1015,13 +1020,7 @@ static void server_maybe_closed(herald_http_server *srv) {
   while (srv->pool) {
     conn *c = srv->pool;
     srv->pool = c->next;
-    herald_buf_free(&c->hb);
-    herald_buf_free(&c->out);
-    free(c->offs);
-    free(c->hdrs);
-    free(c->body);
-    free(c->in);
-    free(c);
+    conn_destroy(c);
   }
   for (size_t i = 0; i < srv->nbuckets; i++) {
     route *r = srv->buckets[i];

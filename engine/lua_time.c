@@ -58,25 +58,16 @@ static int l_tz_gc(lua_State *L) {
   return 0;
 }
 
-static int digits(const char *s, int n, int *out) {
-  int v = 0;
-  for (int i = 0; i < n; i++) {
-    if (s[i] < '0' || s[i] > '9') return 0;
-    v = v * 10 + (s[i] - '0');
-  }
-  *out = v;
-  return 1;
-}
-
 /* RFC 3339: 2006-01-02T15:04:05[.fraction](Z|±hh:mm) */
 static int l_parse_time(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   int y, mo, d, h, mi, se;
-  if (n < 20 || !digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
-      !digits(s + 8, 2, &d) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-      !digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) || s[16] != ':' ||
-      !digits(s + 17, 2, &se))
+  if (n < 20 || !herald_digits(s, 4, &y) || s[4] != '-' || !herald_digits(s + 5, 2, &mo) ||
+      s[7] != '-' || !herald_digits(s + 8, 2, &d) ||
+      (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !herald_digits(s + 11, 2, &h) ||
+      s[13] != ':' || !herald_digits(s + 14, 2, &mi) || s[16] != ':' ||
+      !herald_digits(s + 17, 2, &se))
     return 0;
   size_t i = 19;
   double frac = 0, scale = 0.1;
@@ -88,7 +79,7 @@ static int l_parse_time(lua_State *L) {
     i++;
   } else if (i + 6 <= n && (s[i] == '+' || s[i] == '-') && s[i + 3] == ':') {
     int oh, om;
-    if (!digits(s + i + 1, 2, &oh) || !digits(s + i + 4, 2, &om)) return 0;
+    if (!herald_digits(s + i + 1, 2, &oh) || !herald_digits(s + i + 4, 2, &om)) return 0;
     offset = (oh * 3600 + om * 60) * (s[i] == '-' ? -1 : 1);
     i += 6;
   } else {

@@ -79,6 +79,12 @@ int herald_source_emit(herald_source *src, const char *json, size_t len,
  * one trailing newline removed, or NULL with *err set. */
 char *herald_secret_read(herald_engine *eng, const char *name, const char *key, int *err);
 
+/* Reads the SecretKeySelector in field `field` of the table at idx (stack unchanged). Returns a
+ * new string; NULL when the field is absent (*err = 0) or the secret cannot be read (*err < 0,
+ * logged to lg as "<what>: cannot read secret <name>/<key>: <reason>"). */
+char *herald_secret_field(herald_engine *eng, const herald_logger *lg, lua_State *L, int idx,
+                          const char *field, const char *what, int *err);
+
 /* ---- triggers ---- */
 
 typedef enum {

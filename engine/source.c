@@ -185,6 +185,24 @@ int herald_source_emit(herald_source *src, const char *json, size_t len, herald_
   return r;
 }
 
+char *herald_secret_field(herald_engine *eng, const herald_logger *lg, lua_State *L, int idx,
+                          const char *field, const char *what, int *err) {
+  *err = 0;
+  lua_getfield(L, idx, field);
+  char *v = NULL;
+  if (lua_istable(L, -1)) {
+    int sel = lua_gettop(L);
+    const char *name = herald_cfg_string(L, sel, "name", NULL);
+    const char *key = herald_cfg_string(L, sel, "key", NULL);
+    v = herald_secret_read(eng, name, key, err);
+    if (!v)
+      herald_log(lg, HLOG_ERROR, "%s: cannot read secret %s/%s: %s", what, name ? name : "?",
+                 key ? key : "?", herald_strerror(*err));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 char *herald_secret_read(herald_engine *eng, const char *name, const char *key, int *err) {
   if (!name || !key || !*name || !*key || strchr(name, '/') || strchr(key, '/') ||
       strcmp(name, "..") == 0 || strcmp(key, "..") == 0) {

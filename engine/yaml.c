@@ -345,6 +345,19 @@ static int merge_from(ctx *c, int t_idx, int keys_idx, int order_idx, int merged
   return 0;
 }
 
+/* Pushes a new node table and its position table {line, col} with room for nrec fields;
+ * returns the position table's index. stack: -> tbl pos */
+static int push_node(lua_State *L, yaml_mark_t start, int nrec) {
+  lua_newtable(L);
+  lua_createtable(L, 0, nrec);
+  int p_idx = lua_gettop(L);
+  lua_pushinteger(L, (lua_Integer)start.line + 1);
+  lua_setfield(L, p_idx, "line");
+  lua_pushinteger(L, (lua_Integer)start.column + 1);
+  lua_setfield(L, p_idx, "col");
+  return p_idx;
+}
+
 /* The current event is MAPPING_START. stack: -> tbl nil */
 static int parse_mapping(ctx *c, long *nodes) {
   lua_State *L = c->L;
@@ -352,14 +365,8 @@ static int parse_mapping(ctx *c, long *nodes) {
   yaml_mark_t start = ev->start_mark;
   push_anchor(L, ev->data.mapping_start.anchor);
   int anchor_idx = lua_gettop(L);
-  lua_newtable(L);
-  int t_idx = lua_gettop(L);
-  lua_createtable(L, 0, 5);
-  int p_idx = lua_gettop(L);
-  lua_pushinteger(L, (lua_Integer)start.line + 1);
-  lua_setfield(L, p_idx, "line");
-  lua_pushinteger(L, (lua_Integer)start.column + 1);
-  lua_setfield(L, p_idx, "col");
+  int p_idx = push_node(L, start, 5);
+  int t_idx = p_idx - 1;
   lua_newtable(L);
   int keys_idx = lua_gettop(L);
   lua_pushvalue(L, keys_idx);
@@ -494,14 +501,8 @@ static int parse_sequence(ctx *c, long *nodes) {
   yaml_mark_t start = ev->start_mark;
   push_anchor(L, ev->data.sequence_start.anchor);
   int anchor_idx = lua_gettop(L);
-  lua_newtable(L);
-  int t_idx = lua_gettop(L);
-  lua_createtable(L, 0, 4);
-  int p_idx = lua_gettop(L);
-  lua_pushinteger(L, (lua_Integer)start.line + 1);
-  lua_setfield(L, p_idx, "line");
-  lua_pushinteger(L, (lua_Integer)start.column + 1);
-  lua_setfield(L, p_idx, "col");
+  int p_idx = push_node(L, start, 4);
+  int t_idx = p_idx - 1;
   lua_newtable(L);
   int items_idx = lua_gettop(L);
   lua_pushvalue(L, items_idx);

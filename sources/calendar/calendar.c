@@ -112,22 +112,12 @@ static int read_metadata(calendar *c, lua_State *L, int idx) {
   return 0;
 }
 
-static int digits(const char *s, int n, int *out) {
-  int v = 0;
-  for (int i = 0; i < n; i++) {
-    if (s[i] < '0' || s[i] > '9') return 0;
-    v = v * 10 + (s[i] - '0');
-  }
-  *out = v;
-  return 1;
-}
-
 /* "20060102T150405Z" (Go time.Parse with that layout: fixed digits, ranges checked). */
 static int parse_exdate(const char *s, size_t n, int32_t *ymd) {
   int y, mo, d, h, mi, sec;
   if (n != 16 || s[8] != 'T' || s[15] != 'Z') return 0;
-  if (!digits(s, 4, &y) || !digits(s + 4, 2, &mo) || !digits(s + 6, 2, &d) ||
-      !digits(s + 9, 2, &h) || !digits(s + 11, 2, &mi) || !digits(s + 13, 2, &sec))
+  if (!herald_digits(s, 4, &y) || !herald_digits(s + 4, 2, &mo) || !herald_digits(s + 6, 2, &d) ||
+      !herald_digits(s + 9, 2, &h) || !herald_digits(s + 11, 2, &mi) || !herald_digits(s + 13, 2, &sec))
     return 0;
   static const int dm[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   if (mo < 1 || mo > 12 || d < 1 || d > dm[mo - 1] || h > 23 || mi > 59 || sec > 59) return 0;

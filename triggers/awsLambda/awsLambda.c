@@ -82,24 +82,6 @@ static char *strip_slash(char *s) {
   return s;
 }
 
-/* Reads the SecretKeySelector at field of the table at idx. Returns a new string, NULL when the
- * field is absent (*err = 0) or cannot be read (*err < 0, logged). */
-static char *read_secret(herald_trigger *t, lua_State *L, int idx, const char *field, int *err) {
-  *err = 0;
-  lua_getfield(L, idx, field);
-  char *v = NULL;
-  if (lua_istable(L, -1)) {
-    const char *name = herald_cfg_string(L, lua_gettop(L), "name", NULL);
-    const char *key = herald_cfg_string(L, lua_gettop(L), "key", NULL);
-    v = herald_secret_read(t->engine, name, key, err);
-    if (!v)
-      herald_log(&t->log, HLOG_ERROR, "awsLambda.%s: cannot read secret %s/%s: %s", field,
-                 name ? name : "?", key ? key : "?", herald_strerror(*err));
-  }
-  lua_pop(L, 1);
-  return v;
-}
-
 static void creds_free(lambda_trigger *lt) {
   free(lt->a_access_key), free(lt->a_secret_key), free(lt->a_session_token);
   lt->a_access_key = lt->a_secret_key = lt->a_session_token = NULL;
@@ -121,9 +103,11 @@ static int lambda_init(herald_trigger *t, lua_State *L, int idx) {
   }
   lt->region = herald_xstrdup(region);
   int err;
-  lt->access_key = read_secret(t, L, idx, "accessKey", &err);
+  lt->access_key = herald_secret_field(t->engine, &t->log, L, idx, "accessKey",
+                                       "awsLambda.accessKey", &err);
   if (err) goto fail;
-  lt->secret_key = read_secret(t, L, idx, "secretKey", &err);
+  lt->secret_key = herald_secret_field(t->engine, &t->log, L, idx, "secretKey",
+                                       "awsLambda.secretKey", &err);
   if (err) goto fail;
   if (!lt->access_key != !lt->secret_key) {
     herald_log(&t->log, HLOG_ERROR, "awsLambda: accessKey and secretKey go together");

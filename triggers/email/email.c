@@ -65,20 +65,10 @@ static int email_init(herald_trigger *t, lua_State *L, int idx) {
     herald_log(&t->log, HLOG_ERROR, "email.host is required");
     return HERALD_EINVAL;
   }
-  lua_getfield(L, idx, "smtpPassword");
-  if (lua_istable(L, -1)) {
-    const char *name = herald_cfg_string(L, lua_gettop(L), "name", NULL);
-    const char *key = herald_cfg_string(L, lua_gettop(L), "key", NULL);
-    int err = 0;
-    et->password = herald_secret_read(t->engine, name, key, &err);
-    if (!et->password) {
-      herald_log(&t->log, HLOG_ERROR, "email.smtpPassword: cannot read secret %s/%s: %s",
-                 name ? name : "?", key ? key : "?", herald_strerror(err));
-      lua_pop(L, 1);
-      return HERALD_EINVAL;
-    }
-  }
-  lua_pop(L, 1);
+  int err;
+  et->password =
+      herald_secret_field(t->engine, &t->log, L, idx, "smtpPassword", "email.smtpPassword", &err);
+  if (err) return HERALD_EINVAL;
   if (herald_curl_loop_ref(t->engine->loop) != 0) {
     free(et->password);
     return HERALD_ENOMEM;

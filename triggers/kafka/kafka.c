@@ -139,23 +139,10 @@ static int conf_set(herald_trigger *t, rd_kafka_conf_t *conf, const char *k, con
   return HERALD_EINVAL;
 }
 
-/* The secret {name,key} in field `field` of the table at idx: a new string; NULL when the
- * field is absent (*err = 0) or unreadable (*err < 0, logged). stack: unchanged */
+/* The secret in field `field` of the table at idx (see herald_secret_field). */
 static char *secret_value(herald_trigger *t, lua_State *L, int idx, const char *field, const char *what,
                           int *err) {
-  *err = 0;
-  lua_getfield(L, idx, field);
-  char *v = NULL;
-  if (lua_istable(L, -1)) {
-    const char *name = herald_cfg_string(L, -1, "name", NULL);
-    const char *key = herald_cfg_string(L, -1, "key", NULL);
-    v = herald_secret_read(t->engine, name, key, err);
-    if (!v)
-      herald_log(&t->log, HLOG_ERROR, "%s: cannot read secret %s/%s: %s", what, name ? name : "?",
-                 key ? key : "?", herald_strerror(*err));
-  }
-  lua_pop(L, 1);
-  return v;
+  return herald_secret_field(t->engine, &t->log, L, idx, field, what, err);
 }
 
 /* tls{} at idx -> ssl.* (PEM in memory). stack: unchanged */

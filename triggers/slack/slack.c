@@ -60,19 +60,12 @@ struct slack_req {
 
 static int slack_init(herald_trigger *t, lua_State *L, int idx) {
   slack_trigger *st = t->priv;
-  lua_getfield(L, idx, "slackToken");
-  const char *name = NULL, *key = NULL;
-  if (lua_istable(L, -1)) {
-    name = herald_cfg_string(L, lua_gettop(L), "name", NULL);
-    key = herald_cfg_string(L, lua_gettop(L), "key", NULL);
-  }
-  int err = 0;
-  st->token = name && key ? herald_secret_read(t->engine, name, key, &err) : NULL;
-  lua_pop(L, 1);
+  int err;
+  st->token = herald_secret_field(t->engine, &t->log, L, idx, "slackToken", "slack.slackToken", &err);
   if (!st->token || !*st->token) {
-    herald_log(&t->log, HLOG_ERROR, "slack.slackToken: cannot read secret %s/%s: %s",
-               name ? name : "?", key ? key : "?",
-               st->token ? "empty" : herald_strerror(err ? err : HERALD_EINVAL));
+    if (!err) /* otherwise logged */
+      herald_log(&t->log, HLOG_ERROR, "slack.slackToken: %s",
+                 st->token ? "the secret is empty" : "is required");
     free(st->token);
     return HERALD_EINVAL;
   }

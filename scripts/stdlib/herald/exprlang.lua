@@ -1413,23 +1413,11 @@ function _M.compile(expr)
     if type(header) == "table" and header.msg then return nil, header.msg end
     error(header, 0)
   end
-  local src = {
-    "-- expr: " .. expr:gsub("[\r\n]", " "),
+  local source, raw = luagen.evaluator("exprlang", expr, {
     "local L = require(\"herald.exprlang\").runtime",
     "local B, BI, NULL = L.B, L.builtins, L.NULL",
-  }
-  for _, h in ipairs(header) do src[#src + 1] = h end
-  src[#src + 1] = "return function(e)"
-  for _, l in ipairs(body) do src[#src + 1] = l end
-  src[#src + 1] = "end"
-  local source = concat(src, "\n") .. "\n"
-  local chunk, lerr = load(source, "=exprlang", "t")
-  if not chunk then
-    if tostring(lerr):find("too many") then return nil, "expression too complex" end
-    return nil, "internal error: " .. tostring(lerr)
-  end
-  local lok, raw = pcall(chunk)
-  if not lok then return nil, tostring(raw) end
+  }, header, "e", body)
+  if not source then return nil, raw end
   local function fn(env)
     local rok, v = pcall(raw, env or {})
     if rok then

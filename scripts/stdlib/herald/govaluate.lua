@@ -928,23 +928,11 @@ function _M.compile(expr)
   ast, err = parse(toks, expr)
   if not ast then return nil, err end
   local header, body, params = generate(ast)
-  local src = {
-    "-- govaluate: " .. expr:gsub("[\r\n]", " "),
+  local source, fn = luagen.evaluator("govaluate", expr, {
     "local R = require(\"herald.govaluate\").runtime",
     "local type, tostring, fmod = type, tostring, math.fmod",
-  }
-  for _, h in ipairs(header) do src[#src + 1] = h end
-  src[#src + 1] = "return function(p)"
-  for _, l in ipairs(body) do src[#src + 1] = l end
-  src[#src + 1] = "end"
-  local source = concat(src, "\n") .. "\n"
-  local chunk, lerr = load(source, "=govaluate", "t")
-  if not chunk then
-    if tostring(lerr):find("too many") then return nil, "expression too complex" end
-    return nil, "internal error: " .. tostring(lerr)
-  end
-  local ok, fn = pcall(chunk)
-  if not ok then return nil, tostring(fn) end
+  }, header, "p", body)
+  if not source then return nil, fn end
   return { expr = expr, source = source, params = params, fn = fn }
 end
 

@@ -46,4 +46,26 @@ function _M.value(v, indent)
   return "{\n" .. concat(parts, ",\n") .. ",\n" .. indent .. "}"
 end
 
+--- Assembles and loads a generated evaluator: the prelude lines, the generator's header lines,
+--- then `return function(<arg>) <body> end`. Returns the source and what the chunk returns, or
+--- nil, err ("expression too complex" when Lua's limits are hit).
+---@param name string chunk name, and the first line's comment tag
+function _M.evaluator(name, expr, prelude, header, arg, body)
+  local src = { "-- " .. name .. ": " .. expr:gsub("[\r\n]", " ") }
+  for _, l in ipairs(prelude) do src[#src + 1] = l end
+  for _, h in ipairs(header) do src[#src + 1] = h end
+  src[#src + 1] = "return function(" .. arg .. ")"
+  for _, l in ipairs(body) do src[#src + 1] = l end
+  src[#src + 1] = "end"
+  local source = concat(src, "\n") .. "\n"
+  local chunk, lerr = load(source, "=" .. name, "t")
+  if not chunk then
+    if tostring(lerr):find("too many") then return nil, "expression too complex" end
+    return nil, "internal error: " .. tostring(lerr)
+  end
+  local ok, fn = pcall(chunk)
+  if not ok then return nil, tostring(fn) end
+  return source, fn
+end
+
 return _M
