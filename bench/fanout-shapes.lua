@@ -1,8 +1,10 @@
 -- Experiment behind the fan-out plan in RESULTS.md: engine-like dispatch (the caller is not
 -- JIT-compiled, as when C calls each handler) of one event over 1,000 sensors whose filter is
---   gen:    the generated code, one function prototype per sensor (what the engine runs today)
+--   gen:    the generated code loaded per sensor, one function prototype each (the engine
+--           before it shared shapes)
+--   engine: the generated code as the engine loads it now, one chunk per shape
 --   shared: one closure prototype over per-sensor data (same logic, hand-written)
---   usage: build/herald lua bench/fanout-shapes.lua gen|shared
+--   usage: build/herald lua bench/fanout-shapes.lua gen|engine|shared
 local compiler = require "herald.sensor"
 local srt = require "herald.sensor_runtime"
 local cjson = require "cjson"
@@ -32,7 +34,7 @@ local n_disc = 0
 local hooks = { fire = function() end, discard = function() n_disc = n_disc + 1 end, action_error = function(t, e) error(e) end }
 local handlers = {}
 for i = 1, 1000 do
-  local s = assert(compiler.load(sensor(i), { engine = true }))
+  local s = assert(compiler.load(sensor(i), mode == "gen" and { readable = false } or { engine = true }))
   if mode == "shared" then s.dependencies[1].filter = shared(i + 200) end
   local rt = srt.new(s, hooks)
   local dep = s.dependencies[1]

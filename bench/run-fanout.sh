@@ -6,6 +6,7 @@
 # stops moving) and divides the engine's CPU seconds by the events it accepted. The result is
 # the per-core capacity: events/s that one core can run through all N sensors' filters.
 #   usage: bench/run-fanout.sh [N=1000] [PASS=0] [duration_s=5] [connections=4]
+#   PERF="perf record -o FILE --" runs the engine under a profiler (the CPU figures then read 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
