@@ -178,6 +178,13 @@ static int l_subscribe(lua_State *L) {
   return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5));
 }
 
+/* core.bus_kind() -> "embedded" | "jetstream": the bus this engine runs on (created now if
+ * it is not yet). */
+static int l_bus_kind(lua_State *L) {
+  lua_pushstring(L, herald__engine_bus(herald_engine_from_lua(L))->ops->name);
+  return 1;
+}
+
 /* core.fire(trigger, action) -> true | nil, err */
 static int l_fire(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
@@ -481,6 +488,7 @@ int herald_lua_open_core(lua_State *L) {
       {"list_dir", l_list_dir},     {"yaml_load", herald__lua_yaml_load},
       {"configure", l_configure},   {"source_new", l_source_new},
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
+      {"bus_kind", l_bus_kind},
       {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"log_enabled", l_log_enabled},

@@ -13,7 +13,7 @@
 typedef enum { HERALD_COUNTER, HERALD_GAUGE, HERALD_SUMMARY } herald_metric_kind;
 
 typedef struct herald_metric {
-  double value; /* counter/gauge value; summary sum */
+  double value; /* counter/gauge value; summary sum. First: herald/engine.lua adds to it via FFI */
   double count; /* summary count */
   struct herald_metric *next;
   const struct herald_metric_family *family;

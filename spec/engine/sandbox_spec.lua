@@ -84,3 +84,33 @@ describe("sandboxed script filters", function()
     assert.matches("script does not compile: bytecode is not accepted", err)
   end)
 end)
+
+-- On the embedded bus every dependency on one event shares a delivery (engine.lua's
+-- subscriber): a hostile sensor among them must still fail alone.
+describe("sensors sharing one event", function()
+  it("a hostile one fails alone; the sensors before and after it fire for every event", function()
+    local dir, port = H.tmpdir(), H.free_port()
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = port, endpoint = "/shared" })
+    local docs = {}
+    for _, s in ipairs{ { "a", "return true" }, { "b", "while true do end" }, { "c", "return event.body.n > 0" } } do
+      docs[#docs + 1] = H.sensor{ name = s[1], deps = { { name = "d", filters = "      filters:\n        script: " .. yaml_block(s[2]) .. "\n" } },
+        triggers = { { name = "t-" .. s[1] } } }
+    end
+    H.write(dir .. "/s.yaml", table.concat(docs, "---\n"))
+    local p = H.start{ "run", dir }
+    p:wait_for("herald started")
+    for n = 1, 3 do assert.equal(200, (post(port, "/shared", ('{"n":%d}'):format(n)))) end
+    local f = H.wait_firings(p, 6, 20)
+    local seen = {}
+    for _, x in ipairs(f) do
+      seen[x.triggerName] = (seen[x.triggerName] or 0) + 1
+    end
+    assert.same({ ["t-a"] = 3, ["t-c"] = 3 }, seen)
+    H.wait_until(function() return p:count("script exceeded its CPU budget", "stderr") >= 3 end, 10, "three budget errors")
+    local m = H.metrics(p)
+    assert.equal(3, m['herald_events_filtered_total{sensor_name="b",dependency_name="d"}'])
+    assert.equal(0, m['herald_events_filtered_total{sensor_name="a",dependency_name="d"}'])
+    assert.equal(0, m['herald_events_filtered_total{sensor_name="c",dependency_name="d"}'])
+    p:kill()
+  end)
+end)

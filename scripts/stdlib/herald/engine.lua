@@ -2,12 +2,13 @@
 --
 --   EventSource -> one source instance per (type, event name): core.source_new
 --   Sensor      -> compiled (herald/sensor.lua); one trigger instance per trigger
---                  (core.trigger_new); one bus subscription per dependency (core.subscribe)
+--                  (core.trigger_new); bus subscriptions (core.subscribe, see `subscriber`)
 --                  handing events to herald/sensor_runtime.lua, whose actions go to the
 --                  trigger executors (core.fire).
 local core = require "herald.core"
 local compiler = require "herald.sensor"
 local runtime = require "herald.sensor_runtime"
+local ffi = require "ffi"
 
 local _M = {}
 
@@ -67,16 +68,89 @@ local function build_eventsource(obj, locate)
   return true
 end
 
-local function build_sensor(obj)
+local double_ptr = ffi.typeof("double *")
+
+--- A counter metric (core.metric) as a function the JIT compiles inline: a C call per
+--- discarded event would break the trace that runs 1,000 sensors' filters. metrics.h keeps
+--- the value as the struct's first field for this.
+local function counter(metric)
+  local p = ffi.cast(double_ptr, metric)
+  return function() p[0] = p[0] + 1 end
+end
+
+--- How dependencies meet the bus. On JetStream each (sensor, dependency) is its own durable
+--- consumer, as in Argo (the server fans out, and each consumer keeps its own position). On the
+--- embedded bus all dependencies on one (eventSource, event name) share one subscription whose
+--- handler runs them in turn, in the order the sensors were built: with 1,000 sensors on one
+--- event a delivery, a C-to-Lua call and an ack per dependency cost more than the filters.
+--- The shared delivery is acknowledged once every firing it caused has finished.
+local function subscriber()
+  if core.bus_kind() ~= "embedded" then
+    return {
+      add = function(sensor_name, dep, on_event)
+        return core.subscribe(sensor_name, dep.name, dep.eventSourceName, dep.eventName,
+          function(event) on_event(dep, event) end)
+      end,
+      finish = function() return true end,
+    }
+  end
+  local groups, order = {}, {}
+  local function dispatcher(g)
+    local fns, deps, names = g.fns, g.deps, g.names
+    local at = 0
+    local function run(event, from)
+      for i = from, #fns do
+        at = i
+        fns[i](deps[i], event)
+      end
+    end
+    -- one pcall per event: a failure in one dependency's handling (a bug: user code is already
+    -- isolated inside on_event) is logged and the others still get the event
+    return function(event)
+      local from = 1
+      while true do
+        local ok, err = pcall(run, event, from)
+        if ok then return end
+        core.log("error", "sensor:" .. names[at], ("dependency %s: cannot handle event %s: %s"):format(
+          deps[at].name, tostring(event.context.id), tostring(err)))
+        from = at + 1
+      end
+    end
+  end
+  return {
+    add = function(sensor_name, dep, on_event)
+      local key = dep.eventSourceName .. "\0" .. dep.eventName
+      local g = groups[key]
+      if not g then
+        g = { source = dep.eventSourceName, subject = dep.eventName, fns = {}, deps = {}, names = {} }
+        groups[key] = g
+        order[#order + 1] = g
+      end
+      local n = #g.fns + 1
+      g.fns[n], g.deps[n], g.names[n] = on_event, dep, sensor_name
+      return true
+    end,
+    finish = function()
+      for _, g in ipairs(order) do
+        local ok, err = core.subscribe("herald", ("%s/%s"):format(g.source, g.subject), g.source,
+          g.subject, dispatcher(g))
+        if not ok then return nil, ("cannot subscribe to %s/%s: %s"):format(g.source, g.subject, err) end
+      end
+      return true
+    end,
+  }
+end
+
+local function build_sensor(obj, subs)
   local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
   if not sensor then return nil, err end
   local logger = "sensor:" .. sensor.name
   local debug_on = core.log_enabled("debug") -- the level is set before sensors are built
   local filtered = {}
   for _, dep in ipairs(sensor.dependencies) do
-    filtered[dep.name] = core.metric("herald_events_filtered_total",
+    filtered[dep.name] = counter(core.metric("herald_events_filtered_total",
       "Events a dependency's filters discarded (or that failed filter evaluation).",
-      "counter", "sensor_name", sensor.name, "dependency_name", dep.name)
+      "counter", "sensor_name", sensor.name, "dependency_name", dep.name))
   end
   -- On a bus with a state store (JetStream) the events a half-met condition holds survive a
   -- restart: stored when held, deleted when the trigger fires or its conditions reset. Both
@@ -117,7 +191,7 @@ local function build_sensor(obj)
         core.log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
           dep.name, event.context.id, why))
       end
-      core.metric_add(filtered[dep.name])
+      filtered[dep.name]()
     end,
     action_error = function(trig, aerr)
       core.log("error", logger .. "/trigger:" .. trig.name, "cannot build the action: " .. aerr)
@@ -180,8 +254,7 @@ local function build_sensor(obj)
   end) == true
   local on_event = rt.on_event
   for _, dep in ipairs(sensor.dependencies) do
-    local ok, serr = core.subscribe(sensor.name, dep.name, dep.eventSourceName, dep.eventName,
-      function(event) on_event(dep, event) end)
+    local ok, serr = subs.add(sensor.name, dep, on_event)
     if not ok then return nil, ("%s: sensor %s: %s"):format(obj.file, sensor.name, serr) end
   end
   return true
@@ -189,16 +262,17 @@ end
 
 --- Builds every object; returns true or nil, err (nothing is started yet either way).
 function _M.build(objects)
+  local subs = subscriber()
   for _, obj in ipairs(objects) do
     local ok, err = true, nil
     if obj.kind == "EventSource" then
       ok, err = build_eventsource(obj, locate_with(obj))
     elseif obj.kind == "Sensor" then
-      ok, err = build_sensor(obj)
+      ok, err = build_sensor(obj, subs)
     end
     if not ok then return nil, err end
   end
-  return true
+  return subs.finish()
 end
 
 return _M
