@@ -43,6 +43,23 @@ describe("sensor shapes", function()
     assert.equal("path body.n does not exist", why)
   end)
 
+  it("keeps every name and value of the sensor out of the engine's code", function()
+    local spec = sensor("zz-name", { { path = "body.qq", type = "string", value = { "yy-value" } } },
+      { name = "tt-trig", conditions = "d", http = { url = "http://xx-host/" } })
+    spec.doc.spec.dependencies[1].filters.context = { type = "ww-type" }
+    local compiled = assert(compiler.compile(spec, { engine = true }))
+    for _, lit in ipairs{ "zz%-name", "yy%-value", "tt%-trig", "xx%-host", "ww%-type", '"d"', '"es"', '"ev"' } do
+      assert.is_nil(compiled.source:find(lit), lit)
+    end
+    assert.is_nil(compiled.source:find("%-%-%s")) -- and no comments
+    -- so another sensor with other names, values and dependency names has the same code
+    local other = sensor("other", { { path = "body.qq", type = "string", value = { "other" } } },
+      { name = "t2", conditions = "e", http = { url = "http://other/" } })
+    other.doc.spec.dependencies[1].name = "e"
+    other.doc.spec.dependencies[1].filters.context = { type = "t" }
+    assert.equal(compiled.source, assert(compiler.compile(other, { engine = true })).source)
+  end)
+
   it("compiles the same result without sharing (herald test, the REPL)", function()
     local s = assert(compiler.load(sensor("plain", { { path = "body.n", type = "number", comparator = "<", value = { "3" } } })))
     assert.is_true(s.dependencies[1].filter(event({ n = 2 })))

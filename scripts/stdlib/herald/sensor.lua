@@ -18,14 +18,16 @@ local fmt, concat, sort = string.format, table.concat, table.sort
 
 local _M = {}
 
-local literal = require("herald.luagen").value
+local luagen = require "herald.luagen"
+local literal = luagen.value
 _M.literal = literal
 
 -- Conditions ---------------------------------------------------------------------------------
 
 --- Parses a trigger condition ("(a || b) && c-1") into Lua over the state table `s`.
 --- Returns lua_expr, names_used | nil, err (with the 1-based column in the expression).
-function _M.compile_condition(expr, known)
+function _M.compile_condition(expr, known, quote)
+  quote = quote or luagen.string
   local pos, n = 1, #expr
   local used, seen = {}, {}
   local tok, tokval, tokpos
@@ -67,7 +69,7 @@ function _M.compile_condition(expr, known)
         used[#used + 1] = name
       end
       next_token()
-      return fmt("s[%q] ~= nil", name)
+      return fmt("s[%s] ~= nil", quote(name))
     end
     fail(tok == "eof" and "unexpected end of expression" or "unexpected character")
   end
@@ -118,6 +120,26 @@ function Compiler:emit_trace(line, ...)
   if self.explain then self:emit(line, ...) end
 end
 
+--- Deep copy of a plain value (what its literal would build).
+local function plain_copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = plain_copy(x) end
+  return t
+end
+
+--- A literal in the generated code: its Lua text, or, compiling for the engine, a slot of the
+--- sensor's constant table K (strings, numbers and tables; booleans and nil stay inline). Then
+--- sensors that differ only in their literals generate the same code, loaded once (see _M.load).
+function Compiler:lit(v, indent)
+  local K = self.K
+  local t = type(v)
+  if not K or t == "boolean" or t == "nil" then return literal(v, indent) end
+  local n = #K + 1
+  K[n] = plain_copy(v)
+  return "K[" .. n .. "]"
+end
+
 function Compiler:emit(line, ...)
   self.out[#self.out + 1] = select("#", ...) > 0 and fmt(line, ...) or line
 end
@@ -143,14 +165,14 @@ local NUMBER_COMPARATORS = { [">="] = ">=", [">"] = ">", ["="] = "==", [""] = "=
 function Compiler:path_const(path, where, tbl, key)
   local get, err = rt.path(path)
   if not get then self:fail(where, tbl, key, "invalid path: " .. tostring(err)) end
-  return self:const("PATH", fmt("assert(rt.path(%s))", literal(path)))
+  return self:const("PATH", fmt("assert(rt.path(%s))", self:lit(path)))
 end
 
 --- A constant holding a compiled Go template.
 function Compiler:template_const(text, where, tbl, key)
   local t, err = rt.template(text)
   if not t then self:fail(where, tbl, key, "invalid template: " .. tostring(err)) end
-  return self:const("TEMPLATE", fmt("assert(rt.template(%s))", literal(text)))
+  return self:const("TEMPLATE", fmt("assert(rt.template(%s))", self:lit(text)))
 end
 
 --- For a plain dotted path (keys only: no digits-only segment, wildcard, query, modifier or
@@ -178,7 +200,7 @@ function Compiler:emit_get(indent, root, path, where, tbl, key)
   end
   self:emit("%slocal r = %s", indent, root)
   for _, k in ipairs(keys) do
-    local idx = k:match("^[%a_][%w_]*$") and ("." .. k) or ("[" .. literal(k) .. "]")
+    local idx = k:match("^[%a_][%w_]*$") and ("." .. k) or ("[" .. self:lit(k) .. "]")
     self:emit("%sif type(r) == \"table\" then r = r%s else r = nil end", indent, idx)
   end
 end
@@ -193,7 +215,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   self:emit("    do")
   self:emit_get("      ", "event.data", f.path, path .. ".path", f, "path")
   self:emit("      if r == nil then")
-  self:emit("        %s_err = %s", var, literal("path " .. f.path .. " does not exist"))
+  self:emit("        %s_err = %s", var, self:lit("path " .. f.path .. " does not exist"))
   self:emit("      else")
   if typ == "number" and not f.template then
     self:emit("        local s = type(r) == \"number\" and r or res_string(r) -- ParseFloat(String()) without the round trip")
@@ -205,7 +227,7 @@ function Compiler:data_filter(dpath, f, idx, var)
     self:comment("        -- %s.template: Go template with .Input = the value as a string", path)
     self:emit("        local out = render(%s, { Input = s })", tpl)
     self:emit("        if out == nil or out == \"\" or out == \"<no value>\" then")
-    self:emit("          %s_err = %s", var, literal("template evaluated to empty string or no value: " .. f.template))
+    self:emit("          %s_err = %s", var, self:lit("template evaluated to empty string or no value: " .. f.template))
     self:emit("          s = nil")
     self:emit("        else")
     self:emit("          s = out")
@@ -219,14 +241,14 @@ function Compiler:data_filter(dpath, f, idx, var)
     if typ == "string" then
       local m, err = rt.regex(val)
       if not m then self:fail(vpath, f.value, i, "invalid regular expression: " .. err) end
-      local re = self:const("RE", fmt("assert(rt.regex(%s))", literal(val)))
+      local re = self:const("RE", fmt("assert(rt.regex(%s))", self:lit(val)))
       tests[#tests + 1] = cmp == "!=" and fmt("not %s:find(s)", re) or fmt("%s:find(s)", re)
     elseif typ == "number" then
       local num = rt.to_number(val)
       if not num then self:fail(vpath, f.value, i, "not a number: " .. val) end
       local op = NUMBER_COMPARATORS[cmp]
       if not op then self:fail(path .. ".comparator", f, "comparator", "unknown comparator " .. cmp) end
-      tests[#tests + 1] = fmt("n %s %s", op, literal(num))
+      tests[#tests + 1] = fmt("n %s %s", op, self:lit(num))
     else
       local b = rt.parse_bool(val)
       if b == nil then self:fail(vpath, f.value, i, "not a boolean: " .. val) end
@@ -238,7 +260,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   elseif typ == "number" then
     self:emit("          local n = to_number(s)")
     self:emit("          if n == nil then")
-    self:emit("            %s_err = %s", var, literal("value at " .. f.path .. " is not a number"))
+    self:emit("            %s_err = %s", var, self:lit("value at " .. f.path .. " is not a number"))
     self:emit("          else")
     self:emit("            %s = %s", var, concat(tests, " or "))
     self:emit("          end")
@@ -251,14 +273,14 @@ function Compiler:data_filter(dpath, f, idx, var)
   self:emit("    end")
   self:emit("    err = err or %s_err", var)
   self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or %s) } end",
-    idx - 1, var, var, var, literal(f.path .. ": value did not match"))
+    idx - 1, var, var, var, self:lit(f.path .. ": value did not match"))
 end
 
 function Compiler:expr_filter(dpath, e, idx, var)
   local path = fmt("%s.filters.exprs[%d]", dpath, idx - 1)
   local fn, err, col = rt.govaluate(e.expr)
   if not fn then self:fail(path .. ".expr", e, "expr", "invalid expression: " .. tostring(err)) end
-  local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", literal(e.expr)))
+  local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", self:lit(e.expr)))
   self:comment("    -- %s: %s", path, e.expr)
   self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
@@ -266,20 +288,20 @@ function Compiler:expr_filter(dpath, e, idx, var)
   for j, field in ipairs(e.fields or {}) do
     self:emit("      do")
     self:emit_get("        ", "event.data", field.path, fmt("%s.fields[%d].path", path, j - 1), field, "path")
-    self:emit("        if r == nil then missing = %s else params[%s] = r end -- JSON null stays cjson.null", literal(field.path), literal(field.name))
+    self:emit("        if r == nil then missing = %s else params[%s] = r end -- JSON null stays cjson.null", self:lit(field.path), self:lit(field.name))
     self:emit("      end")
   end
   self:emit("      if missing then")
   self:emit("        %s_err = \"path \" .. missing .. \" does not exist\"", var)
   self:emit("      else")
   self:emit("        local v, e = %s(params)", efn)
-  self:emit("        if e then %s_err = %s .. e end", var, literal(path .. ": "))
+  self:emit("        if e then %s_err = %s .. e end", var, self:lit(path .. ": "))
   self:emit("        %s = v == true", var)
   self:emit("      end")
   self:emit("    end")
   self:emit("    err = err or %s_err", var)
   self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or %s) } end",
-    idx - 1, var, var, var, literal("expression is not true: " .. e.expr))
+    idx - 1, var, var, var, self:lit("expression is not true: " .. e.expr))
 end
 
 local CONTEXT_FIELDS = { "type", "subject", "source", "datacontenttype" }
@@ -297,21 +319,22 @@ function Compiler:dependency(dep, i)
   self:emit("")
   self:comment("-- %s %q: events from %s/%s", dpath, dep.name, dep.eventSourceName, dep.eventName)
   self:emit("sensor.dependencies[%d] = {", i)
-  self:emit("  name = %q, eventSourceName = %q, eventName = %q,", dep.name, dep.eventSourceName, dep.eventName)
+  self:emit("  name = %s, eventSourceName = %s, eventName = %s,", self:lit(dep.name), self:lit(dep.eventSourceName),
+    self:lit(dep.eventName))
   local tr = dep.transform
   if tr and tr.jq then
     local ok, err = rt.jq(tr.jq)
     if not ok then self:fail(dpath .. ".transform.jq", tr, "jq", "invalid jq program: " .. tostring(err)) end
-    local jq = self:const("JQ", fmt("assert(rt.jq(%s))", literal(tr.jq)))
+    local jq = self:const("JQ", fmt("assert(rt.jq(%s))", self:lit(tr.jq)))
     self:comment("  -- %s.transform.jq: the first output (an object) replaces the event data", dpath)
     self:emit("  transform = function(event) return transform_jq(%s, event) end,", jq)
   elseif tr and tr.script then
     local where = dpath .. ".transform.script"
     local id, err = rt.script(self.name, tr.script, "=" .. where)
     if not id then self:fail(where, tr, "script", "script does not compile: " .. tostring(err)) end
-    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(tr.script), literal("=" .. where)))
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(tr.script), self:lit("=" .. where)))
     self:comment("  -- %s: sandboxed Lua; `event` is the data, the returned table replaces it", where)
-    self:emit("  transform = function(event) return transform_script(%q, %s, event) end,", self.name, sid)
+    self:emit("  transform = function(event) return transform_script(%s, %s, event) end,", self:lit(self.name), sid)
   end
   local filters = dep.filters
   local kinds = {}
@@ -363,17 +386,18 @@ function Compiler:dependency(dep, i)
     vars[#vars + 1] = "data"
   end
   if filters.context then
-    local tests = {}
+    local tests, said = {}, {}
     for _, k in ipairs(CONTEXT_FIELDS) do
       if filters.context[k] ~= nil then
-        tests[#tests + 1] = fmt("event.context.%s == %s", k, literal(filters.context[k]))
+        tests[#tests + 1] = fmt("event.context.%s == %s", k, self:lit(filters.context[k]))
+        said[#said + 1] = fmt("%s == %s", k, luagen.string(tostring(filters.context[k])))
       end
     end
     if #tests == 0 then self:fail(dpath .. ".filters.context", filters, "context", "needs at least one of type, subject, source, datacontenttype") end
     self:comment("    -- %s.filters.context: exact match on the CloudEvent attributes", dpath)
     self:emit("    local context_ok, context_err = %s, nil", concat(tests, " and "))
     self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"context\", index = 0, passed = context_ok, reason = context_ok and \"matched\" or %s } end",
-      literal("context does not match " .. concat(tests, " and "):gsub("event%.context%.", "")))
+      self:lit("context does not match " .. concat(said, " and ")))
     vars[#vars + 1] = "context"
   end
   if filters.time then
@@ -384,7 +408,7 @@ function Compiler:dependency(dep, i)
     if not stop then self:fail(tpath .. ".stop", tf, "stop", "expected HH:MM:SS, got " .. tostring(tf.stop)) end
     local tz, err = core.tz_open and core.tz_open(tf.timezone or "UTC")
     if core.tz_open and not tz then self:fail(tpath .. ".timezone", tf, "timezone", tostring(err)) end
-    local zone = self:const("ZONE", fmt("assert(core.tz_open(%s))", literal(tf.timezone or "UTC")))
+    local zone = self:const("ZONE", fmt("assert(core.tz_open(%s))", self:lit(tf.timezone or "UTC")))
     local test = start <= stop and fmt("sod >= %d and sod < %d", start, stop) or fmt("sod >= %d or sod < %d", start, stop)
     self:comment("    -- %s: %s to %s in %s%s", tpath, tf.start, tf.stop, tf.timezone or "UTC", start > stop and " (wraps midnight)" or "")
     self:emit("    local time_ok, time_err")
@@ -399,16 +423,16 @@ function Compiler:dependency(dep, i)
     self:emit("      end")
     self:emit("    end")
     self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"time\", index = 0, passed = time_ok, reason = time_ok and \"in the window\" or (time_err or %s) } end",
-      literal(("event time is outside %s-%s %s"):format(tf.start, tf.stop, tf.timezone or "UTC")))
+      self:lit(("event time is outside %s-%s %s"):format(tf.start, tf.stop, tf.timezone or "UTC")))
     vars[#vars + 1] = "time"
   end
   if filters.script then
     local spath = dpath .. ".filters.script"
     local id, err = rt.script(self.name, filters.script, "=" .. spath)
     if not id then self:fail(spath, filters, "script", "script does not compile: " .. tostring(err)) end
-    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(filters.script), literal("=" .. spath)))
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(filters.script), self:lit("=" .. spath)))
     self:comment("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
-    self:emit("    local script_ok, script_err, script_raised = run_script(%q, %s, event)", self.name, sid)
+    self:emit("    local script_ok, script_err, script_raised = run_script(%s, %s, event)", self:lit(self.name), sid)
     self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and \"returned true\" or script_err } end")
     self:emit("    if script_raised then return false, script_err, true end")
     vars[#vars + 1] = "script"
@@ -421,7 +445,7 @@ function Compiler:dependency(dep, i)
   self:emit("    local pass = %s", concat(oks, " " .. op_all .. " "))
   self:emit("    if pass then return true end")
   self:emit("    err = %s", concat(errs, " or "))
-  self:emit("    return false, err or %s, err ~= nil", literal("filters did not match"))
+  self:emit("    return false, err or %s, err ~= nil", self:lit("filters did not match"))
   self:emit("  end,")
   self:emit("}")
 end
@@ -437,20 +461,20 @@ function Compiler:params(list, path)
     if not self.dep_names[src.dependencyName] then
       self:fail(where .. ".src.dependencyName", src, "dependencyName", "unknown dependency " .. tostring(src.dependencyName))
     end
-    local fields = { fmt("where = %s", literal(where)), fmt("dep = %s", literal(src.dependencyName)) }
+    local fields = { fmt("where = %s", self:lit(where)), fmt("dep = %s", self:lit(src.dependencyName)) }
     if src.dataKey then fields[#fields + 1] = "data_get = " .. self:path_const(src.dataKey, where .. ".src.dataKey", src, "dataKey") end
     if src.contextKey then fields[#fields + 1] = "context_get = " .. self:path_const(src.contextKey, where .. ".src.contextKey", src, "contextKey") end
     if src.dataTemplate then fields[#fields + 1] = "data_tpl = " .. self:template_const(src.dataTemplate, where .. ".src.dataTemplate", src, "dataTemplate") end
     if src.contextTemplate then fields[#fields + 1] = "context_tpl = " .. self:template_const(src.contextTemplate, where .. ".src.contextTemplate", src, "contextTemplate") end
-    if src.value ~= nil then fields[#fields + 1] = "value = " .. literal(src.value) end
+    if src.value ~= nil then fields[#fields + 1] = "value = " .. self:lit(src.value) end
     if src.useRawData then fields[#fields + 1] = "raw = true" end
     local dest = p.dest or ""
     if dest ~= "" then
       local set, err = rt.setter(dest)
       if not set then self:fail(where .. ".dest", p, "dest", "invalid path: " .. tostring(err)) end
-      fields[#fields + 1] = "dest = " .. self:const("DEST", fmt("assert(rt.setter(%s))", literal(dest)))
+      fields[#fields + 1] = "dest = " .. self:const("DEST", fmt("assert(rt.setter(%s))", self:lit(dest)))
     end
-    fields[#fields + 1] = "operation = " .. literal(p.operation or "overwrite")
+    fields[#fields + 1] = "operation = " .. self:lit(p.operation or "overwrite")
     parts[#parts + 1] = "  { " .. concat(fields, ", ") .. " }"
   end
   return self:const("PARAMS", "{\n" .. concat(parts, ",\n") .. ",\n}")
@@ -507,7 +531,7 @@ function Compiler:trigger(trig, i, target, tpath)
   local deps
   local cond_lua
   if tmpl.conditions and tmpl.conditions:match("%S") then
-    local expr, used = _M.compile_condition(tmpl.conditions, self.dep_names)
+    local expr, used = _M.compile_condition(tmpl.conditions, self.dep_names, function(n) return self:lit(n) end)
     if not expr then self:fail(tpath .. ".template.conditions", tmpl, "conditions", used) end
     cond_lua, deps = expr, used
   else
@@ -515,19 +539,19 @@ function Compiler:trigger(trig, i, target, tpath)
     local parts = {}
     for _, d in ipairs(self.spec.dependencies) do
       deps[#deps + 1] = d.name
-      parts[#parts + 1] = fmt("s[%q] ~= nil", d.name)
+      parts[#parts + 1] = fmt("s[%s] ~= nil", self:lit(d.name))
     end
     cond_lua = concat(parts, " and ")
   end
   self:emit("")
   self:comment("-- %s %q (%s)", tpath, tmpl.name, ttype)
   self:emit("%s = {", target)
-  self:emit("  name = %q, type = %q,", tmpl.name, ttype)
+  self:emit("  name = %s, type = %s,", self:lit(tmpl.name), self:lit(ttype))
   self:comment("  -- %s: retryStrategy, rateLimit, atLeastOnce", tpath)
-  self:emit("  delivery = %s,", literal(self:delivery(trig, tpath), "  "))
+  self:emit("  delivery = %s,", self:lit(self:delivery(trig, tpath), "  "))
   local allow = trig.policy and trig.policy.status and trig.policy.status.allow
   if allow then self:comment("  -- %s.policy.status.allow", tpath) end
-  self:emit("  dependencies = %s,", literal(deps))
+  self:emit("  dependencies = %s,", self:lit(deps))
   self:comment("  -- %s.template.conditions: %s", tpath, tmpl.conditions or "(all dependencies)")
   self:emit("  condition = function(s) return %s end,", cond_lua)
   if tmpl.conditionsReset and #tmpl.conditionsReset > 0 then
@@ -543,9 +567,9 @@ function Compiler:trigger(trig, i, target, tpath)
       resets[#resets + 1] = { cron = bt.cron, timezone = bt.timezone }
     end
     self:comment("  -- %s.template.conditionsReset: the dependency state is cleared at these times", tpath)
-    self:emit("  conditions_reset = %s,", literal(resets, "  "))
+    self:emit("  conditions_reset = %s,", self:lit(resets, "  "))
   end
-  self:emit("  config = %s,", literal(tmpl[ttype], "  "))
+  self:emit("  config = %s,", self:lit(tmpl[ttype], "  "))
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
   local payload = PAYLOAD_TYPES[ttype] and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
@@ -557,7 +581,7 @@ function Compiler:trigger(trig, i, target, tpath)
   self:comment("  -- builds what the %s executor does with this firing's events", ttype)
   -- the template literal is needed by trigger-level parameters and by herald test; the engine
   -- compiles without it otherwise (less code to generate and load per sensor)
-  local tconst = (tparams or self.explain) and self:const("TEMPLATE", literal(tmpl)) or nil
+  local tconst = (tparams or self.explain) and self:const("TEMPLATE", self:lit(tmpl)) or nil
   self:comment("  -- with_template: also return the template with the parameters applied (herald test)")
   self:emit("  action = function(events, with_template)")
   self:emit("    local template")
@@ -593,15 +617,15 @@ function Compiler:trigger(trig, i, target, tpath)
     end
     self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
     self:emit("             body = body, timeout = spec.timeout, spec = spec, events = events,")
-    self:emit("             allow = %s }, template", allow and literal(allow) or "nil")
+    self:emit("             allow = %s }, template", allow and self:lit(allow) or "nil")
   elseif ttype == "lua" then
     local where = tpath .. ".template.lua.script"
     local script = tmpl.lua.script
     local id, err = rt.script(self.name, script, "=" .. where)
     if not id then self:fail(where, tmpl.lua, "script", "script does not compile: " .. tostring(err)) end
-    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", literal(self.name), literal(script), literal("=" .. where)))
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(script), self:lit("=" .. where)))
     self:comment("    -- %s: sandboxed Lua; `events` holds each dependency's event; it returns the action", where)
-    self:emit("    local dispatch, action = lua_trigger(%q, %s, events)", self.name, sid)
+    self:emit("    local dispatch, action = lua_trigger(%s, %s, events)", self:lit(self.name), sid)
     self:emit("    if not dispatch then return nil, action end")
     self:emit("    return { dispatch = dispatch, action = action, events = events }, template")
   elseif RESOURCE_TYPES[ttype] then
@@ -614,7 +638,7 @@ function Compiler:trigger(trig, i, target, tpath)
     end
     local k8s_policy = trig.policy and trig.policy.k8s
     self:emit("    return { spec = spec, object = object, events = events, policy = %s }, template",
-      k8s_policy and literal(k8s_policy, "    ") or "nil")
+      k8s_policy and self:lit(k8s_policy, "    ") or "nil")
   else
     self:emit("    local body")
     if payload then
@@ -624,7 +648,7 @@ function Compiler:trigger(trig, i, target, tpath)
       self:emit("    if not body then return nil, err3 end")
     end
     self:emit("    return { spec = spec, body = body, events = events, allow = %s }, template",
-      allow and literal(allow) or "nil")
+      allow and self:lit(allow) or "nil")
   end
   self:emit("  end,")
   self:emit("}")
@@ -635,10 +659,7 @@ function Compiler:trigger(trig, i, target, tpath)
   end
 end
 
-local HEADER = [[
--- Sensor %q, compiled by Herald from %s.
--- Generated code: edit the Sensor spec, not this.
-local rt = ...
+local PRELUDE = [[
 local core = require "herald.core"
 local res_string, res_bool, res_value = rt.res_string, rt.res_bool, rt.res_value
 local to_number, to_bool, render, parse_time = rt.to_number, rt.to_bool, rt.render, core.parse_time
@@ -646,13 +667,18 @@ local apply_params, build_payload, copy = rt.apply_params, rt.build_payload, rt.
 local run_script, transform_jq, transform_script = rt.run_script, rt.transform_jq, rt.transform_script
 local load_resource, lua_trigger = rt.load_resource, rt.lua_trigger
 ]]
+local HEADER = [[
+-- Sensor %q, compiled by Herald from %s.
+-- Generated code: edit the Sensor spec, not this.
+local rt = ...
+]]
 --- Compiles a loaded Sensor object ({name=, file=, doc=, ...}). opts.locate(tbl, key) -> line, col.
 --- Returns {name=, source=} or nil, "file:line:col: path: message".
 function _M.compile(obj, opts)
   opts = opts or {}
   local spec = obj.doc.spec
   local c = setmetatable({
-    out = {}, consts = {}, nconst = 0,
+    out = {}, consts = {}, nconst = 0, K = opts.engine and {} or nil,
     file = obj.file or "?", name = obj.name, spec = spec,
     locate = opts.locate or function() return 0, 0 end,
     explain = opts.explain or false,
@@ -661,7 +687,7 @@ function _M.compile(obj, opts)
   }, Compiler)
   for _, d in ipairs(spec.dependencies) do c.dep_names[d.name] = true end
   local ok, err = pcall(function()
-    c:emit("local sensor = { name = %q, dependencies = {}, triggers = {} }", obj.name)
+    c:emit("local sensor = { name = %s, dependencies = {}, triggers = {} }", c:lit(obj.name))
     for i, dep in ipairs(spec.dependencies) do c:dependency(dep, i) end
     for i, trig in ipairs(spec.triggers) do c:trigger(trig, i) end
     c:emit("")
@@ -671,79 +697,20 @@ function _M.compile(obj, opts)
     if type(err) == "table" and err.herald_compile_error then return nil, err.herald_compile_error end
     error(err, 0)
   end
-  local source = fmt(HEADER, obj.name, obj.file or "?")
+  -- for the engine the code names nothing of this sensor: its literals are in K
+  local source = (c.K and "local rt, K = ...\n" or fmt(HEADER, obj.name, obj.file or "?")) .. PRELUDE
   if #c.consts > 0 then source = source .. "\n" .. concat(c.consts, "\n") .. "\n" end
   source = source .. "\n" .. concat(c.out, "\n") .. "\n"
-  return { name = obj.name, source = source }
+  return { name = obj.name, source = source, K = c.K }
 end
 
--- Sharing one set of function prototypes between sensors of the same shape. Sensors that
--- differ only in their literals (paths, values, names) compile to the same code once the
--- literals are lifted into a per-sensor table K, so the code is loaded once per shape and each
--- sensor gets closures over its own K. This matters with many sensors: LuaJIT traces follow
--- prototypes, and 1,000 distinct filter prototypes behind one handler thrash the trace
--- compiler (bench/fanout-shapes.lua: 6x), and loading each shape once is faster too.
-local find, sub, byte, match = string.find, string.sub, string.byte, string.match
-local KEEP = { table = true, string = true, number = true, boolean = true, ["nil"] = true,
-  ["function"] = true, userdata = true, ["#"] = true }
-local shapes, nshapes = {}, 0 -- lifted source -> chunk (one per distinct shape)
-
---- Lifts the string and number literals of generated code into K; drops line comments (keeping
---- the line count). Returns the lifted source and K, or nil for code it does not handle.
-local function lift(src)
-  local out, K, slow = {}, {}, nil
-  local pos = 1
-  local function const(v, text)
-    K[#K + 1] = v
-    if text then slow = slow or {}; slow[#K] = text end
-    out[#out + 1] = "(K[" .. #K .. "])"
-  end
-  if find(src, "%[=*%[") then return nil end -- long strings and comments: not handled
-  local nq, nd = 0, 0 -- next quote or minus; next digit that starts a word
-  while true do
-    if nq and nq < pos then nq = find(src, "[\"'%-]", pos) end
-    if nd and nd < pos then nd = find(src, "%f[%w_]%d", pos) end
-    local s = nq and nd and (nq < nd and nq or nd) or nq or nd
-    if not s then out[#out + 1] = sub(src, pos); break end
-    local c = byte(src, s)
-    out[#out + 1] = sub(src, pos, s - 1)
-    if c == 45 then -- '-': a comment to the end of the line, or minus
-      if byte(src, s + 1) == 45 then
-        pos = find(src, "\n", s, true) or #src + 1
-      else
-        out[#out + 1] = "-"; pos = s + 1
-      end
-    elseif c == 34 or c == 39 then
-      local e, escaped = s + 1, false
-      while true do
-        local q = find(src, c == 34 and '[\\"]' or "[\\']", e)
-        if not q then return nil end
-        if byte(src, q) == 92 then e, escaped = q + 2, true else e = q; break end
-      end
-      local text = sub(src, s, e)
-      local v = sub(src, s + 1, e - 1)
-      if escaped then const(false, text)
-      elseif KEEP[v] then out[#out + 1] = text
-      else const(v) end
-      pos = e + 1
-    else -- a digit starting a word: a number
-      local tok = match(src, "^0[xX]%x+", s) or match(src, "^%d+%.?%d*[eE][%+%-]?%d+", s)
-        or match(src, "^%d+%.?%d*", s)
-      local after = s + #tok
-      if match(src, "^[%w_%.]", after) or sub(src, s - 1, s - 1) == "." then return nil end
-      const(tonumber(tok))
-      pos = after
-    end
-  end
-  if slow then -- literals with escapes: Lua reads them, in one go
-    local idx, texts = {}, {}
-    for i, t in pairs(slow) do idx[#idx + 1] = i; texts[#texts + 1] = t end
-    local vals = assert(loadstring("return " .. concat(texts, ", ")))
-    local got = { vals() }
-    for j, i in ipairs(idx) do K[i] = got[j] end
-  end
-  return "local K = select(2, ...); " .. concat(out), K
-end
+-- Sharing one set of function prototypes between sensors of the same shape. Compiled for the
+-- engine, a sensor's literals (paths, values, names) are in its table K, so sensors that differ
+-- only in literals have the same code: it is loaded once per shape and each sensor gets closures
+-- over its own K. This matters with many sensors: LuaJIT traces follow prototypes, and 1,000
+-- distinct filter prototypes behind one handler thrash the trace compiler
+-- (bench/fanout-shapes.lua: 6x); loading each shape once is faster too.
+local shapes, nshapes = {}, 0 -- source -> chunk (one per distinct shape)
 
 --- How many distinct sensor shapes have been loaded (with opts.engine).
 function _M.shape_count() return nshapes end
@@ -753,17 +720,15 @@ function _M.shape_count() return nshapes end
 function _M.load(obj, opts)
   local compiled, err = _M.compile(obj, opts)
   if not compiled then return nil, err end
-  local lifted, K
-  if opts and opts.engine then lifted, K = lift(compiled.source) end
-  if lifted then
-    local fn = shapes[lifted]
+  if compiled.K then
+    local fn = shapes[compiled.source]
     if not fn then
       local lerr
-      fn, lerr = loadstring(lifted, "=sensor")
+      fn, lerr = loadstring(compiled.source, "=sensor")
       if not fn then return nil, "internal error compiling sensor " .. obj.name .. ": " .. lerr end
-      shapes[lifted], nshapes = fn, nshapes + 1
+      shapes[compiled.source], nshapes = fn, nshapes + 1
     end
-    return fn(rt, K), nil, compiled
+    return fn(rt, compiled.K), nil, compiled
   end
   local fn, lerr = loadstring(compiled.source, "=sensor:" .. obj.name)
   if not fn then return nil, "internal error compiling sensor " .. obj.name .. ": " .. lerr end
