@@ -6,7 +6,9 @@
  * - publish takes a reference to the event; cb(data, 0) runs once the bus holds the event
  *   (for JetStream: after the PubAck). A full bus refuses synchronously with HERALD_EBUSFULL,
  *   and then the callback is never called: the producer answers "try later" (503).
- * - A subscription is (durable name, source, subject): one per (sensor, dependency). Each
+ * - A subscription is (durable name, source, subject): on JetStream one per (sensor,
+ *   dependency), as Argo's consumers; on the embedded bus the engine shares one per (source,
+ *   subject) among the dependencies that want it (herald/engine.lua's subscriber). Each
  *   subscription sees every matching event, in publish order, at most `max_inflight`
  *   unacknowledged at a time; that bound is the backpressure from consumers to producers.
  * - The consumer calls herald_bus_ack() exactly once per delivery when it is done with it,
