@@ -1,14 +1,15 @@
 -- spec/helpers/sink.lua: a standalone HTTP sink for specs (the far end of HTTP triggers).
 --
 --   luajit spec/helpers/sink.lua --port N --out FILE [--status 200] [--delay-ms 0]
---                                [--fail-first K --fail-status 500]
+--                                [--fail-first K --fail-status 500] [--body-file FILE]
 --
 -- Serves many keep-alive connections at once from one non-blocking socket.select loop.
 -- Each complete request is appended to FILE as one JSON line
 --   {"method":..., "path":..., "headers":{lowercase name: value}, "body":..., "t": arrival time}
 -- (flushed per line, written when the request has been read), and answered with the
 -- configured status after --delay-ms; a delayed answer holds only its own connection. The
--- first K requests (--fail-first) get --fail-status instead. Prints "listening <port>" on
+-- first K requests (--fail-first) get --fail-status instead; the answer's body is "ok", or the
+-- contents of --body-file (a manifest behind a trigger's source.url). Prints "listening <port>" on
 -- stdout once it accepts connections.
 local socket = require "socket"
 local cjson = require "cjson"
@@ -24,6 +25,10 @@ do
     elseif k == "--delay-ms" then opts.delay_ms = tonumber(v)
     elseif k == "--fail-first" then opts.fail_first = tonumber(v)
     elseif k == "--fail-status" then opts.fail_status = tonumber(v)
+    elseif k == "--body-file" then
+      local f = assert(io.open(v, "rb"))
+      opts.body = f:read("*a")
+      f:close()
     else
       io.stderr:write("sink: unknown option " .. tostring(k) .. "\n")
       os.exit(2)
@@ -105,7 +110,7 @@ local function on_request(st, req)
   out:write(cjson.encode(req), "\n")
   out:flush()
   local status = nrequests <= opts.fail_first and opts.fail_status or opts.status
-  local body = "ok"
+  local body = opts.body or "ok"
   local close = (req.headers["connection"] or ""):lower() == "close"
   local resp = ("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s")
     :format(status, REASONS[status] or "Status", #body, close and "close" or "keep-alive", body)

@@ -1,6 +1,6 @@
 -- spec/helpers/sink_client.lua: runs spec/helpers/sink.lua as a peer process for specs.
 --
---   local sink = require("helpers.sink_client").start{status = 200, delay_ms = 0}
+--   local sink = require("helpers.sink_client").start{status = 200, delay_ms = 0, body = "ok"}
 --   ... point an HTTP trigger at "http://127.0.0.1:" .. sink.port .. "/path" ...
 --   local reqs = sink.wait_requests(3, 5)  -- {{method=, path=, headers=, body=}, ...}
 --   sink.stop()
@@ -24,6 +24,10 @@ function _M.start(opts)
                         tostring(opts.fail_status or 500) } do
       args[#args + 1] = a
     end
+  end
+  if opts.body then
+    H.write(dir .. "/body", opts.body)
+    args[#args + 1], args[#args + 2] = "--body-file", dir .. "/body"
   end
   local proc = H.spawn("luajit", args)
   proc:wait_for("listening", { stream = "stdout" })

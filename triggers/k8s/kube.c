@@ -5,6 +5,8 @@
  *   a transfer on engine/curl_loop.h (libcurl multi on the libuv loop, shared with the other
  *   curl triggers) --> completion -> resume(status, body) -> ... -> the coroutine returns
  *   (result, reason) -> req->done.
+ * The coroutine may also yield ("SLEEP", ms) (policy.k8s backoff) and ("FETCH", url, verify)
+ * (the trigger's source.url, fetched without the cluster's credentials).
  *
  * The shared multi handle keeps the connection to the API server alive across actions. Lua runs only inside lua_resume (protected): a Lua error
  * in the flow ends that one action as FAILED and never crosses the libuv callback.
@@ -83,6 +85,47 @@ static void set_blob(CURL *e, CURLoption opt, herald_buf *b) {
   curl_easy_setopt(e, opt, &blob);
 }
 
+static void on_transfer_done(herald_curl_xfer *x, CURLcode rc);
+
+/* A GET of url into kr->response with the options every request shares; returns the handle
+ * to finish setting up, or NULL (ENOMEM). */
+static CURL *xfer_begin(herald_kube_req *kr, const char *url) {
+  if (herald_curl_xfer_init(&kr->x) != 0) return NULL;
+  kr->x.data = kr;
+  CURL *e = kr->x.easy;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, kr);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, REQUEST_TIMEOUT_MS);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "herald");
+  return e;
+}
+
+/* The coroutine yielded ("FETCH", url, verify): a trigger's source.url, fetched with a plain GET
+ * (redirects followed, as Go's http.Get does) and none of the API server's credentials; TLS is
+ * verified only when verify is true (Argo's verifyCert). The stack is cleared. */
+static int fetch_start(herald_kube_req *kr) {
+  lua_State *co = kr->co;
+  const char *url = lua_tostring(co, 2);
+  int verify = lua_toboolean(co, 3);
+  CURL *e = url ? xfer_begin(kr, url) : NULL;
+  lua_settop(co, 0);
+  if (!e) return url ? HERALD_ENOMEM : HERALD_EINVAL;
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  if (!verify) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if (herald_curl_xfer_start(&kr->x, on_transfer_done) != 0) {
+    http_release(kr);
+    return HERALD_EIO;
+  }
+  return 0;
+}
+
 /* Starts the request the coroutine yielded: (method, path, body|nil, content_type|nil) on
  * kr->co's stack, which is cleared. Returns 0 or a negative error. */
 static int http_start(herald_kube_req *kr) {
@@ -97,20 +140,13 @@ static int http_start(herald_kube_req *kr) {
     lua_settop(co, 0);
     return HERALD_EINVAL;
   }
-  if (herald_curl_xfer_init(&kr->x) != 0) {
+  char *url = herald_xasprintf("%s%s", kc->server, path);
+  CURL *e = xfer_begin(kr, url);
+  free(url);
+  if (!e) {
     lua_settop(co, 0);
     return HERALD_ENOMEM;
   }
-  kr->x.data = kr;
-  CURL *e = kr->x.easy;
-  char *url = herald_xasprintf("%s%s", kc->server, path);
-  curl_easy_setopt(e, CURLOPT_URL, url);
-  free(url);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, kr);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, REQUEST_TIMEOUT_MS);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_USERAGENT, "herald");
   if (strcmp(method, "GET") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   if (body) {
     kr->body = herald_xstrndup(body, blen);
@@ -161,7 +197,6 @@ static int http_start(herald_kube_req *kr) {
  * kr->reason set). */
 static void finish(herald_kube_req *kr);
 static int step(herald_kube_req *kr, int nargs);
-static void on_transfer_done(herald_curl_xfer *x, CURLcode rc);
 
 static void on_wake(uv_timer_t *t) {
   herald_kube_req *kr = t->data;
@@ -192,7 +227,8 @@ static int step(herald_kube_req *kr, int nargs) {
       continue;
     }
     if (rc == LUA_YIELD) {
-      int err = http_start(kr);
+      int fetch = lua_type(kr->co, 1) == LUA_TSTRING && strcmp(lua_tostring(kr->co, 1), "FETCH") == 0;
+      int err = fetch ? fetch_start(kr) : http_start(kr);
       if (err == 0) return 0;
       lua_pushinteger(kr->co, 0);
       lua_pushfstring(kr->co, "cannot start the request: %s", herald_strerror(err));
@@ -360,6 +396,12 @@ int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_St
   lua_setfield(L, -2, "object");
   lua_getfield(L, idx, "policy");
   lua_setfield(L, -2, "policy");
+  lua_getfield(L, idx, "fetch"); /* source.url: fetched first, then `params` apply */
+  lua_setfield(L, -2, "fetch");
+  lua_getfield(L, idx, "params");
+  lua_setfield(L, -2, "params");
+  lua_getfield(L, idx, "events");
+  lua_setfield(L, -2, "events");
   lua_pushstring(L, kc->namespace);
   lua_setfield(L, -2, "namespace");
   lua_pushstring(L, t->sensor_name);

@@ -752,10 +752,34 @@ local function argo(ctx)
   return fn(ctx, obj, ns, name)
 end
 
---- The body of one action's coroutine. ctx: {type = "k8s" | "argoWorkflow", op, spec, object,
---- sensor, trigger, namespace, now_ms, cache}. Returns "done" | "retry" | "failed", reason.
+--- source.url (Argo's URLArtifact {path, verifyCert}): GETs the manifest (YAML or JSON) when the
+--- trigger runs, as Argo's FetchResource does, before the trigger's parameters apply. Returns the
+--- object, or nil, "retry" | "failed", reason: transport errors, 429 and 5xx are worth a retry.
+local function fetch_source(url)
+  local path = type(url) == "table" and url.path
+  if type(path) ~= "string" or path == "" then return nil, "failed", "source.url has no path" end
+  local status, body = yield("FETCH", path, url.verifyCert == true)
+  if status == 0 then return nil, "retry", fmt("source.url %s: %s", path, tostring(body)) end
+  if status < 200 or status > 299 then
+    return nil, (status == 429 or status >= 500) and "retry" or "failed",
+      fmt("source.url %s: response status %d", path, status)
+  end
+  local docs, err = core.yaml_load(body, path)
+  if not docs then return nil, "failed", fmt("source.url %s: %s", path, tostring(err)) end
+  if type(docs[1]) ~= "table" then return nil, "failed", fmt("source.url %s: not a Kubernetes object", path) end
+  return docs[1]
+end
+
+--- The body of one action's coroutine. ctx: {type = "k8s" | "argoWorkflow", op, spec, object
+--- (or fetch = source.url, params, events), sensor, trigger, namespace, now_ms, cache}. Returns "done" | "retry" | "failed", reason.
 function _M.run(ctx)
   ctx.spec = type(ctx.spec) == "table" and ctx.spec or {}
+  if ctx.fetch then
+    local obj, res, reason = fetch_source(ctx.fetch)
+    if not obj then return res, reason end
+    if ctx.params then obj = require("herald.rt").apply_params(obj, ctx.params, ctx.events or {}) end
+    ctx.object = obj
+  end
   local res, reason
   if ctx.type == "k8s" then res, reason = k8s(ctx)
   else res, reason = argo(ctx) end

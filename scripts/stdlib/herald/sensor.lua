@@ -629,6 +629,13 @@ function Compiler:trigger(trig, i, target, tpath)
     self:emit("    if not dispatch then return nil, action end")
     self:emit("    return { dispatch = dispatch, action = action, events = events }, template")
   elseif RESOURCE_TYPES[ttype] then
+    local k8s_policy = trig.policy and trig.policy.k8s
+    local policy = k8s_policy and self:lit(k8s_policy, "    ") or "nil"
+    self:comment("    -- spec.source.url: the trigger fetches it when it runs, then applies its parameters")
+    self:emit("    if type(spec.source) == \"table\" and spec.source.url then")
+    self:emit("      return { spec = spec, fetch = spec.source.url, params = %s, events = events, policy = %s }, template",
+      type_params or "nil", policy)
+    self:emit("    end")
     self:comment("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
     self:emit("    local object, oerr = load_resource(spec.source)")
     self:emit("    if not object then return nil, oerr end")
@@ -636,9 +643,7 @@ function Compiler:trigger(trig, i, target, tpath)
       self:comment("    -- %s.template.%s.parameters apply to the object", tpath, ttype)
       self:emit("    object = apply_params(object, %s, events)", type_params)
     end
-    local k8s_policy = trig.policy and trig.policy.k8s
-    self:emit("    return { spec = spec, object = object, events = events, policy = %s }, template",
-      k8s_policy and self:lit(k8s_policy, "    ") or "nil")
+    self:emit("    return { spec = spec, object = object, events = events, policy = %s }, template", policy)
   else
     self:emit("    local body")
     if payload then

@@ -89,6 +89,32 @@ describe("argoWorkflow trigger", function()
     end
   end)
 
+  it("submit: a Workflow from source.url, fetched at each firing", function()
+    local sink = require("helpers.sink_client").start{ body = "apiVersion: argoproj.io/v1alpha1\n"
+      .. "kind: Workflow\nmetadata:\n  generateName: fetched-\nspec:\n  entrypoint: main\n" }
+    local srv, p, port = start({ { name = "url", body = table.concat{
+      "        argoWorkflow:\n          operation: submit\n          source:\n            url:\n",
+      ("              path: http://127.0.0.1:%d/wf.yaml\n"):format(sink.port), [[
+          parameters:
+            - src:
+                dependencyName: d
+                dataKey: body.entry
+              dest: spec.entrypoint
+]] } } })
+    K.post(port, { entry = "first" })
+    K.post(port, { entry = "second" })
+    K.wait_metric(p, "triggered", "url", 2)
+    local entries = {}
+    for _, wf in ipairs(list(srv, "events.argoproj.io/trigger=url")) do
+      assert.truthy(wf.metadata.name:match("^fetched%-"), wf.metadata.name)
+      entries[#entries + 1] = wf.spec.entrypoint
+    end
+    table.sort(entries)
+    assert.same({ "first", "second" }, entries)
+    assert.equal(2, #sink.wait_requests(2, 5))
+    sink.stop()
+  end)
+
   it("submit-from: WorkflowTemplate, ClusterWorkflowTemplate and CronWorkflow", function()
     local srv, p, port = start({
       { name = "from-wt", body = argo_body("submit-from", [[

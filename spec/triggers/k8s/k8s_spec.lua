@@ -323,6 +323,85 @@ describe("k8s trigger", function()
     end)
   end)
 
+  describe("source", function()
+    -- a k8s trigger body with `source` (YAML lines indented 12); the object's name is the
+    -- manifest's with the event's body.name appended, data.msg is body.msg
+    local function with_source(source)
+      return "        k8s:\n          source:\n" .. source .. [[
+          parameters:
+            - src:
+                dependencyName: d
+                dataKey: body.name
+              dest: metadata.name
+              operation: append
+            - src:
+                dependencyName: d
+                dataKey: body.msg
+              dest: data.msg
+]]
+    end
+    local MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-\ndata:\n  msg: none\n"
+    local function get(srv, name) return srv:get(CM:format("default", name)) end
+
+    it("inline, file and configmap: the manifest is read at each firing, then the parameters apply", function()
+      local dir = H.tmpdir()
+      H.write(dir .. "/cm.yaml", MANIFEST:format("file"))
+      assert(os.execute("mkdir -p " .. dir .. "/config/manifests") == 0)
+      H.write(dir .. "/config/manifests/cm", MANIFEST:format("configmap"))
+      local inline = "            inline: |\n" .. ("              " .. MANIFEST:format("inline"):gsub("\n(.)", "\n              %1"))
+      local srv, p, port = start_all({
+        { name = "inline", body = with_source(inline) },
+        { name = "file", body = with_source("            file:\n              path: " .. dir .. "/cm.yaml\n") },
+        { name = "cm", body = with_source("            configmap:\n              name: manifests\n              key: cm\n") },
+      }, nil, nil, { env = { HERALD_CONFIG_DIR = dir .. "/config" } })
+      K.post(port, { name = "one", msg = "hi" })
+      for _, t in ipairs{ "inline", "file", "cm" } do K.wait_metric(p, "triggered", t, 1) end
+      assert.equal("hi", assert(get(srv, "inline-one")).data.msg)
+      assert.equal("hi", assert(get(srv, "file-one")).data.msg)
+      assert.equal("hi", assert(get(srv, "configmap-one")).data.msg)
+      -- the file is read again at the next firing
+      H.write(dir .. "/cm.yaml", MANIFEST:format("changed"))
+      K.post(port, { name = "two", msg = "again" })
+      K.wait_metric(p, "triggered", "file", 2)
+      assert.equal("again", assert(get(srv, "changed-two")).data.msg)
+      assert.equal(0, p:stop())
+    end)
+
+    it("url: fetched (without the cluster's credentials) when the trigger runs", function()
+      local sinks = require "helpers.sink_client"
+      local sink = sinks.start{ body = MANIFEST:format("url") }
+      local missing = sinks.start{ status = 404 }
+      local srv, p, port = start_all({
+        { name = "url", body = with_source(("            url:\n              path: http://127.0.0.1:%d/manifests/cm.yaml\n"):format(sink.port)) },
+        { name = "gone", body = with_source(("            url:\n              path: http://127.0.0.1:%d/nothing.yaml\n"):format(missing.port)) },
+      })
+      K.post(port, { name = "one", msg = "over http" })
+      K.wait_metric(p, "triggered", "url", 1)
+      local cm = assert(get(srv, "url-one"))
+      assert.equal("over http", cm.data.msg)
+      assert.equal("s", cm.metadata.labels["events.argoproj.io/sensor"])
+      local reqs = sink.wait_requests(1, 5)
+      assert.equal("GET", reqs[1].method)
+      assert.equal("/manifests/cm.yaml", reqs[1].path)
+      assert.is_nil(reqs[1].headers.authorization)
+      -- each firing fetches again
+      K.post(port, { name = "two", msg = "twice" })
+      K.wait_metric(p, "triggered", "url", 2)
+      assert.equal(2, #sink.wait_requests(2, 5))
+      assert.truthy(get(srv, "url-two"))
+      -- a 404 fails the action with the status
+      K.wait_metric(p, "failed", "gone", 2)
+      p:wait_for("source.url http://127.0.0.1:" .. missing.port .. "/nothing.yaml: response status 404")
+      -- the manifest's server gone: a transport error, and herald keeps serving
+      sink.stop()
+      missing.stop()
+      K.post(port, { name = "three", msg = "no server" })
+      K.wait_metric(p, "failed", "url", 1)
+      assert.is_nil(get(srv, "url-three"))
+      assert.equal(0, p:stop())
+    end)
+  end)
+
   describe("failures", function()
     it("409 AlreadyExists, 422 Invalid and 403 Forbidden count as failed, with the server's message", function()
       local srv, p, port = start_all({
