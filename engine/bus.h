@@ -132,10 +132,27 @@ static inline void herald_bus_nak(herald_bus *bus, herald_bus_delivery *d, uint6
  * yet acknowledged by every subscription). Returns a new bus; release it with its close op. */
 herald_bus *herald_bus_embedded_new(uv_loop_t *loop, uint32_t capacity);
 
-/* JetStream bus (bus_jetstream.c): NATS server at `url` ("nats://host:port"), stream "default"
- * as Argo's. `window` bounds the publishes waiting for their PubAck (0 = 4096). Connects in the
- * background (never blocks the loop). Returns a new bus (release it with its close op), or NULL
- * with *err = HERALD_EINVAL when nats.c rejects the URL. */
-herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const char *url, uint32_t window, int *err);
+/* How to reach JetStream and the stream to use: `--bus URL`, or an EventBus jetstreamExotic
+ * (url, accessSecret, tls, streamConfig). Strings are not owned. */
+typedef struct herald_jetstream_config {
+  const char *url;                /* "nats://host:port[,...]"; NULL = the embedded bus */
+  uint32_t window;                /* publishes waiting for their PubAck; 0 = 4096 */
+  const char *user, *password;    /* basic auth (also accepted in the URL) */
+  const char *token;              /* token auth */
+  int tls;                        /* TLS on (the server may also demand it) */
+  const char *ca_pem;             /* trusted CAs (PEM text); NULL = the system's */
+  const char *cert_pem, *key_pem; /* client certificate and key (PEM text) */
+  int tls_insecure;               /* skip server verification */
+  /* streamConfig: when set, the stream is created or updated with these settings (Herald's
+   * defaults for those not given); when not, an existing stream is used as it is. */
+  int stream_set;
+  int64_t max_msgs, max_bytes, max_age_ns, duplicates_ns;
+  int replicas, retention, discard;
+} herald_jetstream_config;
+
+/* JetStream bus (bus_jetstream.c): stream "default" as Argo's. Connects in the background (never
+ * blocks the loop). Returns a new bus (release it with its close op), or NULL with
+ * *err = HERALD_EINVAL when nats.c rejects the configuration (reason logged). */
+herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const herald_jetstream_config *cfg, int *err);
 
 #endif

@@ -115,8 +115,9 @@ struct jsub {
 struct jbus {
   herald_bus base;
   herald_logger log;
-  char *url;
+  char *url; /* for logs: without credentials */
   uint32_t window;
+  herald_jetstream_config stream; /* the stream_* settings (no strings kept) */
   natsOptions *opts;
   natsConnection *nc;
   jsCtx *js;
@@ -253,16 +254,18 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
 
 /* ---- the conn worker ---- */
 
-/* Looks up the stream; creates it with Argo's defaults when it is missing. */
+/* Looks up the stream; creates it when it is missing (Herald's defaults, or streamConfig over
+ * them), and with a streamConfig updates an existing one to it, as Argo does. */
 static int ensure_stream(jbus *b) {
   jsStreamInfo *si = NULL;
   jsErrCode jerr = 0;
+  const herald_jetstream_config *c = &b->stream;
   natsStatus s = js_GetStreamInfo(&si, b->js, STREAM_NAME, NULL, &jerr);
-  if (s == NATS_OK) {
-    jsStreamInfo_Destroy(si);
-    return 1;
-  }
-  if (s != NATS_NOT_FOUND) {
+  int exists = s == NATS_OK;
+  if (exists) jsStreamInfo_Destroy(si);
+  si = NULL;
+  if (exists && !c->stream_set) return 1;
+  if (!exists && s != NATS_NOT_FOUND) {
     note(b, HLOG_WARN, "cannot look up stream %s: %s", STREAM_NAME, status_text(s));
     return 0;
   }
@@ -282,14 +285,32 @@ static int ensure_stream(jbus *b) {
   /* HERALD_JS_REPLICAS (1-5, default 1): replicas of a stream we create, e.g. 3 on a cluster. */
   const char *rep = getenv("HERALD_JS_REPLICAS");
   sc.Replicas = rep && atoi(rep) >= 1 && atoi(rep) <= 5 ? atoi(rep) : 1;
-  s = js_AddStream(&si, b->js, &sc, NULL, &jerr);
-  if (s != NATS_OK && jerr != JSStreamNameExistErr) {
+  if (c->stream_set) { /* validated by the loader */
+    if (c->max_msgs != -2) sc.MaxMsgs = c->max_msgs;
+    if (c->max_bytes != -2) sc.MaxBytes = c->max_bytes;
+    if (c->max_age_ns >= 0) sc.MaxAge = c->max_age_ns;
+    if (c->duplicates_ns >= 0) sc.Duplicates = c->duplicates_ns;
+    if (c->replicas > 0) sc.Replicas = c->replicas;
+    sc.Retention = c->retention == 1 ? js_InterestPolicy : js_LimitsPolicy;
+    sc.Discard = c->discard == 1 ? js_DiscardNew : js_DiscardOld;
+  }
+  s = exists ? js_UpdateStream(&si, b->js, &sc, NULL, &jerr) : js_AddStream(&si, b->js, &sc, NULL, &jerr);
+  if (si) jsStreamInfo_Destroy(si);
+  if (s != NATS_OK && !exists && jerr == JSStreamNameExistErr) return 1; /* another process won */
+  if (s != NATS_OK && exists) { /* e.g. a change the server refuses: keep using the stream */
+    note(b, HLOG_WARN, "cannot update stream %s to the EventBus streamConfig: %s (using it as it is)",
+         STREAM_NAME, status_text(s));
+    return 1;
+  }
+  if (s != NATS_OK) {
     note(b, HLOG_WARN, "cannot create stream %s: %s", STREAM_NAME, status_text(s));
     return 0;
   }
-  if (si) jsStreamInfo_Destroy(si);
-  note(b, HLOG_INFO, "created stream %s (subjects %s, file storage, duplicates window 300s)",
-       STREAM_NAME, STREAM_SUBJECTS);
+  note(b, HLOG_INFO,
+       "%s stream %s (subjects %s, file storage, %d replica(s), max %lld msgs, %lld bytes, age %llds, "
+       "duplicates window %llds)",
+       exists ? "updated" : "created", STREAM_NAME, STREAM_SUBJECTS, (int)sc.Replicas, (long long)sc.MaxMsgs,
+       (long long)sc.MaxBytes, (long long)(sc.MaxAge / 1000000000LL), (long long)(sc.Duplicates / 1000000000LL));
   return 1;
 }
 
@@ -368,7 +389,15 @@ static void worker_acks(jbus *b, herald_bus_delivery *d) {
 
 static void worker_main(void *arg) {
   jbus *b = arg;
+  /* A first attempt on its own, so that why it failed (refused, TLS, authorization) is logged;
+   * then nats.c keeps trying in the background and calls on_connected. */
+  natsOptions_SetRetryOnFailedConnect(b->opts, false, NULL, NULL);
   natsStatus s = natsConnection_Connect(&b->nc, b->opts);
+  if (s != NATS_OK) {
+    note(b, HLOG_ERROR, "cannot connect to %s: %s (retrying)", b->url, status_text(s));
+    natsOptions_SetRetryOnFailedConnect(b->opts, true, on_connected, b);
+    s = natsConnection_Connect(&b->nc, b->opts);
+  }
   if (s == NATS_OK) conn_event(b, EV_CONNECTED);
   else if (s != NATS_NOT_YET_CONNECTED) note(b, HLOG_ERROR, "cannot connect to %s: %s", b->url, status_text(s));
   if (b->nc) {
@@ -1482,16 +1511,36 @@ static const herald_bus_ops jetstream_ops = {
     .cleanup = jb_cleanup,
 };
 
-herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const char *url, uint32_t window, int *err) {
+/* The URL without its user:password@ part, for logs. */
+static char *redacted_url(const char *url) {
+  const char *scheme = strstr(url, "://");
+  const char *start = scheme ? scheme + 3 : url;
+  const char *at = strchr(start, '@');
+  const char *slash = strchr(start, '/');
+  if (!at || (slash && slash < at)) return herald_xstrdup(url);
+  return herald_xasprintf("%.*s%s", (int)(start - url), url, at + 1);
+}
+
+herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const herald_jetstream_config *cfg, int *err) {
   jbus *b = herald_xcalloc(1, sizeof *b);
   b->base.ops = &jetstream_ops;
   b->base.loop = loop;
   b->log.name = "bus:jetstream";
-  b->url = herald_xstrdup(url);
-  b->window = window ? window : DEFAULT_WINDOW;
+  b->url = redacted_url(cfg->url);
+  b->window = cfg->window ? cfg->window : DEFAULT_WINDOW;
+  b->stream = *cfg;
+  b->stream.url = b->stream.user = b->stream.password = b->stream.token = NULL;
+  b->stream.ca_pem = b->stream.cert_pem = b->stream.key_pem = NULL;
   natsOptions *o = NULL;
   natsStatus s = natsOptions_Create(&o);
-  if (s == NATS_OK) s = natsOptions_SetURL(o, url);
+  if (s == NATS_OK) s = natsOptions_SetURL(o, cfg->url);
+  if (s == NATS_OK && cfg->user) s = natsOptions_SetUserInfo(o, cfg->user, cfg->password ? cfg->password : "");
+  if (s == NATS_OK && cfg->token) s = natsOptions_SetToken(o, cfg->token);
+  if (s == NATS_OK && (cfg->tls || strncmp(cfg->url, "tls://", 6) == 0)) s = natsOptions_SetSecure(o, true);
+  if (s == NATS_OK && cfg->ca_pem) s = natsOptions_SetCATrustedCertificates(o, cfg->ca_pem);
+  if (s == NATS_OK && cfg->cert_pem && cfg->key_pem)
+    s = natsOptions_SetCertificatesChain(o, cfg->cert_pem, cfg->key_pem);
+  if (s == NATS_OK && cfg->tls_insecure) s = natsOptions_SkipServerVerification(o, true);
   if (s == NATS_OK) s = natsOptions_SetName(o, "herald");
   /* Not natsOptions_SetSendAsap: measured (bench/RESULTS.md, JetStream section) it cost 25% of
    * the throughput and raised p99 on 2 vCPUs; nats.c's buffering adds ~1 ms to p50 instead. */
@@ -1503,7 +1552,7 @@ herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const char *url, uint32_t 
   if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, on_reconnected, b);
   if (s == NATS_OK) s = natsOptions_SetClosedCB(o, on_closed, b);
   if (s != NATS_OK) {
-    herald_log(NULL, HLOG_ERROR, "bus %s: %s", url, status_text(s));
+    herald_log(NULL, HLOG_ERROR, "bus %s: %s", b->url, status_text(s));
     natsOptions_Destroy(o);
     free(b->url);
     free(b);

@@ -64,8 +64,42 @@ static int l_list_dir(lua_State *L) {
   return 1;
 }
 
-/* core.configure{secrets_dir=, listen_host=, metrics_addr=, bus_capacity=, bus=, log_level=,
- *                http_header_timeout=, http_body_timeout=, http_idle_timeout=} */
+/* A string field of the table at idx, copied (kept for the process's life), or NULL. */
+static const char *cfg_dup(lua_State *L, int idx, const char *field) {
+  const char *s = herald_cfg_string(L, idx, field, NULL);
+  return s ? herald_xstrdup(s) : NULL;
+}
+
+/* bus_options = {user=, password=, token=, tls=, ca=, cert=, key=, insecure=,
+ *                stream = {max_msgs=, max_bytes=, max_age_s=, duplicates_s=, replicas=,
+ *                          retention=, discard=}}: the JetStream connection and stream (main.lua
+ * builds it from the EventBus; PEM and credentials are the secrets' text). */
+static void configure_jetstream(lua_State *L, int idx, herald_jetstream_config *js) {
+  js->user = cfg_dup(L, idx, "user");
+  js->password = cfg_dup(L, idx, "password");
+  js->token = cfg_dup(L, idx, "token");
+  js->tls = herald_cfg_bool(L, idx, "tls", 0);
+  js->ca_pem = cfg_dup(L, idx, "ca");
+  js->cert_pem = cfg_dup(L, idx, "cert");
+  js->key_pem = cfg_dup(L, idx, "key");
+  js->tls_insecure = herald_cfg_bool(L, idx, "insecure", 0);
+  lua_getfield(L, idx, "stream");
+  if (lua_istable(L, -1)) {
+    int st = lua_gettop(L);
+    js->stream_set = 1;
+    js->max_msgs = (int64_t)herald_cfg_number(L, st, "max_msgs", -2);
+    js->max_bytes = (int64_t)herald_cfg_number(L, st, "max_bytes", -2);
+    js->max_age_ns = (int64_t)(herald_cfg_number(L, st, "max_age_s", -2) * 1e9);
+    js->duplicates_ns = (int64_t)(herald_cfg_number(L, st, "duplicates_s", -2) * 1e9);
+    js->replicas = (int)herald_cfg_number(L, st, "replicas", 0);
+    js->retention = (int)herald_cfg_number(L, st, "retention", 0);
+    js->discard = (int)herald_cfg_number(L, st, "discard", 0);
+  }
+  lua_pop(L, 1);
+}
+
+/* core.configure{secrets_dir=, listen_host=, metrics_addr=, bus_capacity=, bus=, bus_options=,
+ *                log_level=, http_header_timeout=, http_body_timeout=, http_idle_timeout=} */
 static int l_configure(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -76,10 +110,13 @@ static int l_configure(lua_State *L) {
   if ((s = herald_cfg_string(L, 1, "admin_addr", NULL))) eng->opts.admin_addr = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "admin_token_file", NULL))) eng->opts.admin_token_file = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "bus", NULL)) && strcmp(s, "embedded") != 0) { /* JetStream */
-    if (strncmp(s, "nats://", 7) != 0 || !s[7])
-      return luaL_error(L, "--bus %s: expected nats://HOST:PORT (or \"embedded\")", s);
-    eng->opts.bus_url = herald_xstrdup(s);
+    if (!((strncmp(s, "nats://", 7) == 0 && s[7]) || (strncmp(s, "tls://", 6) == 0 && s[6])))
+      return luaL_error(L, "--bus %s: expected nats://HOST:PORT or tls://HOST:PORT (or \"embedded\")", s);
+    eng->opts.js.url = herald_xstrdup(s);
   }
+  lua_getfield(L, 1, "bus_options");
+  if (lua_istable(L, -1)) configure_jetstream(L, lua_gettop(L), &eng->opts.js);
+  lua_pop(L, 1);
   double n;
   if ((n = herald_cfg_number(L, 1, "bus_capacity", 0)) > 0) eng->opts.bus_capacity = (uint32_t)n;
   if ((n = herald_cfg_number(L, 1, "drain_timeout", 0)) > 0) eng->opts.drain_timeout_ms = (uint64_t)n;
@@ -176,6 +213,20 @@ static int l_subscribe(lua_State *L) {
   const char *es = luaL_checkstring(L, 3), *ev = luaL_checkstring(L, 4);
   luaL_checktype(L, 5, LUA_TFUNCTION);
   return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5));
+}
+
+/* core.secret_read(name, key) -> text | nil, err: a secret's value (herald_secret_read). */
+static int l_secret_read(lua_State *L) {
+  int err = 0;
+  char *v = herald_secret_read(herald_engine_from_lua(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err);
+  if (!v) {
+    lua_pushnil(L);
+    lua_pushstring(L, herald_strerror(err));
+    return 2;
+  }
+  lua_pushstring(L, v);
+  free(v);
+  return 1;
 }
 
 /* core.bus_kind() -> "embedded" | "jetstream": the bus this engine runs on (created now if
@@ -488,7 +539,7 @@ int herald_lua_open_core(lua_State *L) {
       {"list_dir", l_list_dir},     {"yaml_load", herald__lua_yaml_load},
       {"configure", l_configure},   {"source_new", l_source_new},
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
-      {"bus_kind", l_bus_kind},
+      {"bus_kind", l_bus_kind},     {"secret_read", l_secret_read},
       {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"log_enabled", l_log_enabled},

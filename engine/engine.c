@@ -68,9 +68,9 @@ int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_
 
 herald_bus *herald__engine_bus(herald_engine *eng) {
   if (eng->bus) return eng->bus;
-  if (eng->opts.bus_url) { /* --bus nats://...: JetStream; the URL was checked by configure */
+  if (eng->opts.js.url) { /* --bus nats://... or an EventBus: JetStream (checked by configure) */
     int err = 0;
-    eng->bus = herald_bus_jetstream_new(eng->loop, eng->opts.bus_url, 0, &err);
+    eng->bus = herald_bus_jetstream_new(eng->loop, &eng->opts.js, &err);
   }
   if (!eng->bus) eng->bus = herald_bus_embedded_new(eng->loop, eng->opts.bus_capacity);
   return eng->bus;

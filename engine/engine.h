@@ -24,7 +24,7 @@ typedef struct herald_engine_opts {
   const char *admin_addr;  /* "host:port" of the admin endpoint (herald emit); default 127.0.0.1:7778 */
   const char *admin_token_file; /* default $XDG_STATE_HOME/herald/admin-token */
   uint32_t bus_capacity;   /* embedded bus: events held at once; default 16384 */
-  const char *bus_url;     /* "nats://host:port": the JetStream bus; NULL = the embedded bus */
+  herald_jetstream_config js; /* js.url set: the JetStream bus; else the embedded bus */
   uint64_t drain_timeout_ms;/* on shutdown; default 10000 */
 } herald_engine_opts;
 

@@ -49,21 +49,141 @@ spec:
     assert.matches("never meet", err)
   end)
 
-  it("rejects what Herald does not support yet in a JetStream EventBus", function()
-    local dir = H.tmpdir()
-    H.write(dir .. "/bus.yaml", [[
+  -- A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+  local function make_certs(dir)
+    H.write(dir .. "/srv.ext", "subjectAltName=IP:127.0.0.1\n")
+    local cmds = {
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=herald-test-ca",
+      "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1",
+      "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile srv.ext",
+      "openssl req -newkey rsa:2048 -nodes -keyout cli.key -out cli.csr -subj /CN=herald",
+      "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2",
+    }
+    for _, c in ipairs(cmds) do
+      local r = os.execute(("cd %s && %s >/dev/null 2>&1"):format(dir, c))
+      assert(r == 0 or r == true, c)
+    end
+  end
+
+  -- The streams nats-server reports on its monitoring port: name -> config.
+  local function streams(mport)
+    local status, _, body = H.http{ port = mport, method = "GET", path = "/jsz?streams=true&config=true" }
+    assert.equal(200, status)
+    local out = {}
+    for _, a in ipairs(require("cjson").decode(body).account_details or {}) do
+      for _, st in ipairs(a.stream_detail or {}) do out[st.name] = st.config end
+    end
+    return out
+  end
+
+  local function bus_yaml(port, extra)
+    return ([[
 apiVersion: argoproj.io/v1alpha1
 kind: EventBus
 metadata:
   name: default
 spec:
   jetstreamExotic:
-    url: nats://127.0.0.1:4222
-    streamConfig: |
-      maxAge: 24h
-]])
+    url: nats://127.0.0.1:%d
+]]):format(port) .. (extra or "")
+  end
+
+  local function round_trip(dir, secrets, wport, marker)
+    local p = H.start{ "run", dir, "--secrets-dir", secrets }
+    p:wait_for(" ready on ", { timeout = 10 })
+    local st = H.wait_until(function()
+      local code = H.post_json(wport, "/hook", ('{"via":"%s"}'):format(marker))
+      return code == 200 and code
+    end, 10, "a 200 from the webhook")
+    assert.equal(200, st)
+    local f = H.wait_firings(p, 1, 10)[1]
+    assert.equal(marker, f.events.d.data.body.via)
+    return p
+  end
+
+  it("authenticates with accessSecret (basic) over TLS, and applies streamConfig (create, then update)", function()
+    if not (os.execute("command -v openssl >/dev/null 2>&1") == 0 or os.execute("command -v openssl >/dev/null 2>&1") == true) then
+      pending("openssl is needed to make the test certificates")
+      return
+    end
+    local certs, secrets, dir = H.tmpdir(), H.tmpdir(), H.tmpdir()
+    make_certs(certs)
+    local port, mport, wport = H.free_port(), H.free_port(), H.free_port()
+    local srv = H.spawn("nats-server", { "-a", "127.0.0.1", "-p", tostring(port), "-m", tostring(mport),
+      "-js", "-sd", H.tmpdir(), "--user", "herald", "--pass", "s3cret",
+      "--tlsverify", "--tlscert", certs .. "/srv.pem", "--tlskey", certs .. "/srv.key", "--tlscacert", certs .. "/ca.pem" })
+    H.wait_port(port, 10)
+    assert(os.execute(("mkdir -p %s/nats-auth %s/nats-tls"):format(secrets, secrets)) == 0)
+    H.write(secrets .. "/nats-auth/auth.yaml", "username: herald\npassword: s3cret\n")
+    for _, f in ipairs{ "ca.pem", "cli.pem", "cli.key" } do H.write(secrets .. "/nats-tls/" .. f, H.read(certs .. "/" .. f)) end
+    local tls = [[
+    accessSecret: {name: nats-auth, key: auth.yaml}
+    tls:
+      caCertSecret: {name: nats-tls, key: ca.pem}
+      clientCertSecret: {name: nats-tls, key: cli.pem}
+      clientKeySecret: {name: nats-tls, key: cli.key}
+]]
+    H.write(dir .. "/bus.yaml", bus_yaml(port, tls .. "    streamConfig: |\n      maxMsgs: 500\n      maxAge: 2h\n      duplicates: 60s\n"))
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = wport })
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
+    local p = round_trip(dir, secrets, wport, "tls")
+    local cfg = streams(mport).default
+    assert.equal(500, cfg.max_msgs)
+    assert.equal(2 * 3600 * 1e9, cfg.max_age)
+    assert.equal(60 * 1e9, cfg.duplicate_window)
+    assert.equal(1024 * 1024 * 1024, cfg.max_bytes) -- Herald's default for what is not given
+    p:kill()
+    -- a changed streamConfig updates the stream, as Argo does
+    H.write(dir .. "/bus.yaml", bus_yaml(port, tls .. "    streamConfig: |\n      maxMsgs: 700\n"))
+    p = round_trip(dir, secrets, wport, "updated")
+    p:wait_for("updated stream default")
+    assert.equal(700, streams(mport).default.max_msgs)
+    p:kill()
+    -- a wrong password: the server refuses, the webhook answers 503, nothing is started wrongly
+    H.write(secrets .. "/nats-auth/auth.yaml", "username: herald\npassword: wrong\n")
+    p = H.start{ "run", dir, "--secrets-dir", secrets }
+    p:wait_for("Authorization Violation", { timeout = 10 })
+    assert.equal(503, (H.post_json(wport, "/hook", '{"via":"refused"}')))
+    p:kill()
+    srv:kill()
+  end)
+
+  it("authenticates with a token", function()
+    local secrets, dir = H.tmpdir(), H.tmpdir()
+    local port, wport = H.free_port(), H.free_port()
+    local srv = H.spawn("nats-server", { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", H.tmpdir(), "--auth", "t0ken" })
+    H.wait_port(port, 10)
+    assert(os.execute(("mkdir -p %s/nats-auth"):format(secrets)) == 0)
+    H.write(secrets .. "/nats-auth/auth.yaml", "token: t0ken\n")
+    H.write(dir .. "/bus.yaml", bus_yaml(port, "    auth: token\n    accessSecret: {name: nats-auth, key: auth.yaml}\n"))
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = wport })
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
+    round_trip(dir, secrets, wport, "token"):kill()
+    srv:kill()
+  end)
+
+  it("reports a bad streamConfig, a missing secret and jwt auth with the field's position", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      retention: 2\n"))
     local code, _, err = H.run{ "lint", dir }
     assert.equal(1, code)
-    assert.matches("bus%.yaml:%d+:%d+: spec%.jetstreamExotic%.streamConfig: not supported by Herald yet", err)
+    assert.matches("bus%.yaml:%d+:%d+: spec%.jetstreamExotic%.streamConfig: retention: 2 %(WorkQueue%)", err)
+    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      maxMessages: 10\n"))
+    code, _, err = H.run{ "lint", dir }
+    assert.equal(1, code)
+    assert.matches("streamConfig: unknown setting maxMessages %(known: maxMsgs", err)
+    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      maxAge: soon\n"))
+    code, _, err = H.run{ "lint", dir }
+    assert.equal(1, code)
+    assert.matches("streamConfig: maxAge: invalid duration soon", err)
+    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    accessSecret: {name: nowhere, key: auth.yaml}\n"))
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
+    code, _, err = H.run{ "sensor", dir, "--secrets-dir", H.tmpdir() }
+    assert.equal(1, code)
+    assert.matches("bus%.yaml:8:%d+: spec%.jetstreamExotic%.accessSecret: cannot read secret nowhere/auth%.yaml", err)
+    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    auth: jwt\n    accessSecret: {name: nowhere, key: creds}\n"))
+    code, _, err = H.run{ "sensor", dir }
+    assert.equal(1, code)
+    assert.matches("spec%.jetstreamExotic%.auth: jwt is not supported by Herald yet", err)
   end)
 end)

@@ -274,8 +274,8 @@ local function cmd_emit(_, opts)
 end
 
 --- kind: nil (run everything), "EventSource" or "Sensor" (component mode, see cmd_component).
---- The URL of the JetStream EventBus the loaded EventSources and Sensors name (their
---- eventBusName, default "default"), when that EventBus is among the specs; and its name.
+--- The JetStream EventBus the loaded EventSources and Sensors name (their eventBusName, default
+--- "default"), when that EventBus is among the specs: its URL, name and object.
 local function bus_from_specs(objects)
   local wanted = {}
   for _, obj in ipairs(objects) do
@@ -287,7 +287,7 @@ local function bus_from_specs(objects)
   for _, obj in ipairs(objects) do
     if obj.kind == "EventBus" and wanted[obj.name] then
       local js = obj.doc.spec.jetstreamExotic
-      if js and js.url then return js.url, obj.name end
+      if js and js.url then return js.url, obj.name, obj end
     end
   end
 end
@@ -311,11 +311,19 @@ local function cmd_run(paths, opts, kind)
     return 1
   end
   if not opts.bus then -- an EventBus among the specs (jetstreamExotic) selects the bus
-    local url, bus_name = bus_from_specs(result.objects)
+    local url, bus_name, bus_obj = bus_from_specs(result.objects)
     if url then
+      local js = bus_obj.doc.spec.jetstreamExotic
+      local bus_options, berr = require("herald.eventbus").options(js)
+      if not bus_options then
+        local line, col = require("herald.loader").position(bus_obj.pos, js, berr.where)
+        eprint(("%s:%d:%d: spec.jetstreamExotic.%s: %s"):format(bus_obj.file, line or 0, col or 0, berr.where, berr.msg))
+        eprint(("herald %s: 1 error(s); nothing started"):format(name))
+        return 1
+      end
       opts.bus = url
-      core.configure{ bus = url }
-      core.log("info", "herald", ("EventBus %s: JetStream at %s"):format(bus_name, url))
+      core.configure{ bus = url, bus_options = bus_options }
+      core.log("info", "herald", ("EventBus %s: JetStream at %s"):format(bus_name, (url:gsub("//[^/@]*@", "//"))))
     end
   end
   if kind and (not opts.bus or opts.bus == "embedded") then

@@ -871,11 +871,15 @@ local JetStreamBus = object({
 })
 
 local JetStreamConfig = object({
-  url = str { required = true, doc = "nats://HOST:PORT of the JetStream server" },
-  accessSecret = secret { supported = NO, what = "JetStream authentication" },
-  streamConfig = str { supported = NO, what = "JetStream streamConfig (the stream uses Argo's defaults)" },
-  tls = use(TLSConfig, { supported = NO, what = "JetStream TLS" }),
-  auth = str { enum = AUTH_STRATEGIES, supported = NO, what = "JetStream authentication" },
+  url = str { required = true, doc = "nats://HOST:PORT (or tls://) of the JetStream server" },
+  accessSecret = secret { doc = "auth.yaml: username and password (basic), or token" },
+  streamConfig = str { doc = "YAML stream settings over Herald's defaults: maxMsgs, maxBytes, maxAge, duplicates, replicas, retention, discard",
+    check = engine_check(function(v)
+      local ok, err = require("herald.eventbus").stream_config(v)
+      return not ok and err or nil
+    end) },
+  tls = use(TLSConfig, { doc = "TLS to the server" }),
+  auth = str { enum = AUTH_STRATEGIES, doc = "none, basic (the default with accessSecret) or token" },
 })
 
 local KafkaBus = object({

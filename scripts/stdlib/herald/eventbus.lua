@@ -1,0 +1,119 @@
+-- herald/eventbus.lua: an EventBus's jetstreamExotic as the JetStream bus's settings:
+--
+--   streamConfig (YAML text, Argo's keys) -> stream settings over Herald's defaults
+--   accessSecret + auth                    -> user/password or token (the secret is Argo's
+--                                             auth.yaml: username, password, token)
+--   tls                                    -> CA, client certificate and key (PEM text)
+--
+-- main.lua hands the result to core.configure{bus_options = ...} (engine/bus_jetstream.c).
+local core = require "herald.core"
+
+local _M = {}
+
+local fmt = string.format
+
+-- Argo's streamConfig keys (read through viper, so case does not matter) -> our field.
+local STREAM_KEYS = {
+  maxmsgs = "max_msgs", maxbytes = "max_bytes", maxage = "max_age_s", duplicates = "duplicates_s",
+  replicas = "replicas", retention = "retention", discard = "discard",
+}
+local KNOWN = "maxMsgs, maxBytes, maxAge, duplicates, replicas, retention, discard"
+
+local function integer(v)
+  local n = tonumber(v)
+  if n and n == math.floor(n) then return n end
+end
+
+--- Parses an EventBus streamConfig (YAML). Returns {max_msgs=, max_bytes=, max_age_s=,
+--- duplicates_s=, replicas=, retention=, discard=} (absent keys absent), or nil, err.
+function _M.stream_config(text)
+  local docs, err = core.yaml_load(text, "streamConfig")
+  if not docs then return nil, tostring(err) end
+  local cfg = docs[1]
+  if cfg == nil then return {} end
+  if type(cfg) ~= "table" then return nil, "expected a YAML mapping of stream settings" end
+  local out = {}
+  for k, v in pairs(cfg) do
+    local field = type(k) == "string" and STREAM_KEYS[k:lower()]
+    if not field then return nil, fmt("unknown setting %s (known: %s)", tostring(k), KNOWN) end
+    if field == "max_age_s" or field == "duplicates_s" then
+      local ns, derr
+      if type(v) == "number" then ns = v -- viper reads a bare number as nanoseconds
+      else ns, derr = core.duration_check(tostring(v)) end
+      if not ns or ns < 0 then return nil, fmt("%s: invalid duration %s%s", k, tostring(v), derr and (": " .. derr) or "") end
+      out[field] = ns / 1e9
+    else
+      local n = integer(v)
+      if not n then return nil, fmt("%s: expected an integer, not %s", k, tostring(v)) end
+      if field == "replicas" and (n < 1 or n > 5) then return nil, fmt("%s: must be 1 to 5", k) end
+      if field == "retention" then
+        if n == 2 then
+          return nil, "retention: 2 (WorkQueue) lets one consumer take each event away from the others, which breaks sensors; use 0 (Limits) or 1 (Interest)"
+        end
+        if n ~= 0 and n ~= 1 then return nil, "retention: must be 0 (Limits) or 1 (Interest)" end
+      end
+      if field == "discard" and n ~= 0 and n ~= 1 then return nil, "discard: must be 0 (Old) or 1 (New)" end
+      if (field == "max_msgs" or field == "max_bytes") and n < -1 then return nil, fmt("%s: must be -1 (unlimited) or more", k) end
+      out[field] = n
+    end
+  end
+  return out
+end
+
+-- A secret's text, or raises {where, message} for the caller to position.
+local function secret(sel, where)
+  if type(sel) ~= "table" then return nil end
+  local v, err = core.secret_read(tostring(sel.name), tostring(sel.key))
+  if not v then error({ where = where, msg = fmt("cannot read secret %s/%s: %s", tostring(sel.name), tostring(sel.key), tostring(err)) }, 0) end
+  return v
+end
+
+--- The bus options of a jetstreamExotic spec (the table core.configure takes as bus_options).
+--- Returns options, or nil, {where = field name in js, msg = ...}.
+function _M.options(js)
+  local ok, res = pcall(function()
+    local o = {}
+    local auth = js.auth or (js.accessSecret and "basic") or "none"
+    if auth == "jwt" then error({ where = "auth", msg = "jwt is not supported by Herald yet (use basic or token)" }, 0) end
+    if auth ~= "none" then
+      if not js.accessSecret then error({ where = "auth", msg = fmt("auth %s needs accessSecret", auth) }, 0) end
+      local text = secret(js.accessSecret, "accessSecret")
+      local docs, yerr = core.yaml_load(text, "accessSecret")
+      local cred = docs and docs[1]
+      if type(cred) ~= "table" then
+        error({ where = "accessSecret", msg = "the secret must be YAML with username and password, or token" .. (yerr and (": " .. tostring(yerr)) or "") }, 0)
+      end
+      local c = {}
+      for k, v in pairs(cred) do if type(k) == "string" then c[k:lower()] = tostring(v) end end
+      if auth == "basic" then
+        if not c.username then error({ where = "accessSecret", msg = "basic auth: the secret has no username" }, 0) end
+        o.user, o.password = c.username, c.password or ""
+      else
+        if not c.token then error({ where = "accessSecret", msg = "token auth: the secret has no token" }, 0) end
+        o.token = c.token
+      end
+    end
+    local tls = js.tls
+    if type(tls) == "table" then
+      o.tls = true
+      o.ca = secret(tls.caCertSecret, "tls")
+      o.cert = secret(tls.clientCertSecret, "tls")
+      o.key = secret(tls.clientKeySecret, "tls")
+      if (o.cert == nil) ~= (o.key == nil) then
+        error({ where = "tls", msg = "clientCertSecret and clientKeySecret go together" }, 0)
+      end
+      o.insecure = tls.insecureSkipVerify == true
+    end
+    if js.streamConfig then
+      local sc, serr = _M.stream_config(js.streamConfig)
+      if not sc then error({ where = "streamConfig", msg = serr }, 0) end
+      o.stream = sc
+    end
+    return o
+  end)
+  if ok then return res end
+  if type(res) == "table" then return nil, res end
+  error(res, 0)
+end
+
+return _M
