@@ -52,6 +52,9 @@ typedef struct herald_bus_stats {
   uint64_t unrouted;    /* events no subscription wanted */
   uint64_t in_bus;      /* events held now */
   uint64_t capacity;
+  int connected;        /* the bus can take events now (the embedded bus always) */
+  uint64_t disconnects, reconnects; /* connection to the server lost / restored */
+  uint64_t duplicates;  /* redeliveries dropped because their event id was already handled */
 } herald_bus_stats;
 
 /* ---- optional dependency state (JetStream: a key-value bucket per sensor) ----

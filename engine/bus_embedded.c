@@ -293,6 +293,7 @@ static void eb_nak(herald_bus *bus, herald_bus_delivery *d, uint64_t delay_ms) {
 static void eb_stats(herald_bus *bus, herald_bus_stats *out) {
   ebus *b = (ebus *)bus;
   *out = b->stats;
+  out->connected = 1;
 }
 
 static void eb_closed(uv_handle_t *h) {

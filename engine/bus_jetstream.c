@@ -855,6 +855,8 @@ static void on_async(uv_async_t *a) {
   if (events & EV_DISCONNECTED) herald_log_limited(&b->log, HLOG_WARN, "disconnected from %s: reconnecting", b->url);
   if (events & EV_CONNECTED) herald_log(&b->log, HLOG_INFO, "connected to %s", b->url);
   if (events & EV_RECONNECTED) herald_log(&b->log, HLOG_INFO, "reconnected to %s", b->url);
+  if (events & EV_DISCONNECTED) b->stats.disconnects++;
+  if (events & EV_RECONNECTED) b->stats.reconnects++;
   for (int i = 0; i < nnotes; i++) {
     if (levels[i] >= HLOG_WARN) herald_log_limited(&b->log, (herald_log_level)levels[i], "%s", notes[i]);
     else herald_log(&b->log, (herald_log_level)levels[i], "%s", notes[i]);
@@ -1035,6 +1037,10 @@ static void jb_stats(herald_bus *bus, herald_bus_stats *out) {
   *out = b->stats;
   out->in_bus = b->pubs_inflight + b->deliveries_inflight;
   out->capacity = b->window;
+  out->duplicates = b->duplicates;
+  uv_mutex_lock(&b->mu);
+  out->connected = b->connected && b->stream_ready;
+  uv_mutex_unlock(&b->mu);
 }
 
 static void jb_close(herald_bus *bus, herald_bus_close_cb cb) {

@@ -14,6 +14,7 @@
 #include "runtime.h"
 
 #include <lauxlib.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -113,8 +114,39 @@ herald_http_server *herald_engine_http_server(herald_engine *eng, int port, int 
   return srv;
 }
 
+/* Bus health, read from the bus at each scrape: herald_bus_* {bus="embedded"|"jetstream"}. */
+static void bus_metrics(herald_engine *eng) {
+  if (!eng->bus) return;
+  herald_bus_stats st;
+  eng->bus->ops->stats(eng->bus, &st);
+  const char *bus = eng->bus->ops->name;
+  static const struct {
+    const char *name, *help;
+    herald_metric_kind kind;
+    size_t off; /* of a uint64_t in herald_bus_stats */
+  } series[] = {
+      {"herald_bus_published_total", "Events the bus accepted (JetStream: PubAck received).", HERALD_COUNTER, offsetof(herald_bus_stats, published)},
+      {"herald_bus_rejected_total", "Publishes refused: bus full, server unreachable or no PubAck.", HERALD_COUNTER, offsetof(herald_bus_stats, rejected)},
+      {"herald_bus_delivered_total", "Deliveries handed to sensors.", HERALD_COUNTER, offsetof(herald_bus_stats, delivered)},
+      {"herald_bus_acked_total", "Deliveries acknowledged.", HERALD_COUNTER, offsetof(herald_bus_stats, acked)},
+      {"herald_bus_duplicates_total", "Redelivered events dropped because their id was already handled.", HERALD_COUNTER, offsetof(herald_bus_stats, duplicates)},
+      {"herald_bus_disconnects_total", "Times the connection to the bus server was lost.", HERALD_COUNTER, offsetof(herald_bus_stats, disconnects)},
+      {"herald_bus_reconnects_total", "Times the connection to the bus server was restored.", HERALD_COUNTER, offsetof(herald_bus_stats, reconnects)},
+      {"herald_bus_in_flight", "Events held now (embedded) or awaiting their PubAck or ack (JetStream).", HERALD_GAUGE, offsetof(herald_bus_stats, in_bus)},
+      {"herald_bus_capacity", "Bound on the events in flight; at it, publishes are refused (503).", HERALD_GAUGE, offsetof(herald_bus_stats, capacity)},
+  };
+  for (size_t i = 0; i < sizeof series / sizeof series[0]; i++) {
+    uint64_t v;
+    memcpy(&v, (const char *)&st + series[i].off, sizeof v);
+    herald_metric_set(herald_metric_get(series[i].name, series[i].help, series[i].kind, "bus", bus, NULL), (double)v);
+  }
+  herald_metric_set(herald_metric_get("herald_bus_connected", "1 while the bus can take events, else 0.",
+                                      HERALD_GAUGE, "bus", bus, NULL), st.connected ? 1 : 0);
+}
+
 static void metrics_handler(herald_http_req *req) {
   herald_buf b = HERALD_BUF_INIT;
+  bus_metrics(req->route_data);
   herald_metrics_render(&b);
   herald_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
   herald_buf_free(&b);
@@ -137,7 +169,7 @@ static int start_metrics(herald_engine *eng) {
                uv_strerror(err));
     return HERALD_EIO;
   }
-  herald_http_route r = {.path = "/metrics", .method = "GET", .handler = metrics_handler};
+  herald_http_route r = {.path = "/metrics", .method = "GET", .handler = metrics_handler, .data = eng};
   herald_http_server_add_route(eng->metrics_server, &r);
   return 0;
 }

@@ -185,11 +185,23 @@ describe("jetstream bus", function()
     local sensor = start_sensor(sdir, url)
     local es = start_es(edir, url)
     assert.equal(200, (H.post_json(hook_port, "/hook", '{"phase":"before"}')))
+    local B = '{bus="jetstream"}'
+    local m = H.metrics(es)
+    assert.equal(1, m["herald_bus_connected" .. B])
+    assert.equal(1, m["herald_bus_published_total" .. B])
+    assert.equal(0, m["herald_bus_disconnects_total" .. B])
     srv:stop()
     local status, headers, body = H.http{ port = hook_port, method = "POST", path = "/hook",
       body = '{"phase":"down"}', headers = { ["Content-Type"] = "application/json" }, timeout = 15 }
     assert.equal(503, status, body)
     assert.equal("1", headers["retry-after"])
+    -- the bus health metrics say so
+    m = H.wait_until(function()
+      local x = H.metrics(es)
+      return x["herald_bus_connected" .. B] == 0 and x
+    end, 10, "herald_bus_connected 0")
+    assert.equal(1, m["herald_bus_disconnects_total" .. B])
+    assert.is_true(m["herald_bus_rejected_total" .. B] >= 1)
     srv = start_nats(nats_port, store)
     local i = 0
     local marker = H.wait_until(function()
@@ -207,6 +219,10 @@ describe("jetstream bus", function()
       end
     end, 15, function() return marker .. " in the sensor\n" .. sensor:describe() end)
     assert.equal("before", body_of(H.firings(sensor)[1]).phase)
+    m = H.metrics(es)
+    assert.equal(1, m["herald_bus_connected" .. B])
+    assert.equal(1, m["herald_bus_reconnects_total" .. B])
+    assert.equal(1, H.metrics(sensor)["herald_bus_reconnects_total" .. B])
     es:stop()
     sensor:stop()
   end)

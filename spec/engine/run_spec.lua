@@ -161,6 +161,17 @@ describe("herald run", function()
     assert.same({ 1, 2, 5 }, fired)
     assert.equal(5, m['herald_events_filtered_total{sensor_name="s",dependency_name="d"}'])
     assert.truthy(p:output("stderr"):find("path body.kind does not exist", 1, true))
+    -- the embedded bus's health: every event published, delivered once and acknowledged
+    local B = '{bus="embedded"}'
+    m = H.wait_until(function()
+      local x = H.metrics(p)
+      return x["herald_bus_acked_total" .. B] == #cases and x
+    end, 5, "all deliveries acked")
+    assert.equal(1, m["herald_bus_connected" .. B])
+    assert.equal(#cases, m["herald_bus_published_total" .. B])
+    assert.equal(#cases, m["herald_bus_delivered_total" .. B])
+    assert.equal(0, m["herald_bus_in_flight" .. B])
+    assert.equal(0, m["herald_bus_rejected_total" .. B])
     p:kill()
   end)
 
