@@ -162,6 +162,68 @@ spec:
     srv:kill()
   end)
 
+  it("managed jetstream: embedded in one process; in component mode the controller's Service, TLS and client-auth secret", function()
+    local dir, secrets = H.tmpdir(), H.tmpdir()
+    local wport = H.free_port()
+    local managed = [[
+apiVersion: argoproj.io/v1alpha1
+kind: EventBus
+metadata:
+  name: default
+spec:
+  jetstream:
+    version: 2.9.10
+    replicas: 3
+    streamConfig: |
+      maxMsgs: 321
+]]
+    H.write(dir .. "/bus.yaml", managed)
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = wport })
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
+    -- herald run: everything in one process, on the embedded bus
+    local p = H.start{ "run", dir }
+    p:wait_for("herald started")
+    assert.truthy(p:output("stderr"):find("is a managed JetStream", 1, true))
+    assert.equal(200, (H.post_json(wport, "/hook", '{"via":"embedded"}')))
+    assert.equal("embedded", H.wait_firings(p, 1, 5)[1].events.d.data.body.via)
+    assert.equal(1, H.metrics(p)['herald_bus_connected{bus="embedded"}'])
+    p:kill()
+    -- component mode: the servers' Service (here a local TLS nats-server standing in for it)
+    local certs = H.tmpdir()
+    make_certs(certs)
+    local port, mport = H.free_port(), H.free_port()
+    local srv = H.spawn("nats-server", { "-a", "127.0.0.1", "-p", tostring(port), "-m", tostring(mport),
+      "-js", "-sd", H.tmpdir(), "--user", "argo", "--pass", "pw", "--tls", "--tlscert", certs .. "/srv.pem",
+      "--tlskey", certs .. "/srv.key" })
+    H.wait_port(port, 10)
+    assert(os.execute(("mkdir -p %s/eventbus-default-js-client-auth"):format(secrets)) == 0)
+    H.write(secrets .. "/eventbus-default-js-client-auth/client-auth", "username: argo\npassword: pw\n")
+    local env = { HERALD_JETSTREAM_URL = "nats://127.0.0.1:" .. port }
+    local sensor = H.start({ "sensor", dir, "--secrets-dir", secrets }, { env = env })
+    sensor:wait_for(" ready on ", { timeout = 10 })
+    local es = H.start({ "eventsource", dir, "--secrets-dir", secrets }, { env = env })
+    es:wait_for("listening for", { timeout = 10 })
+    local st = H.wait_until(function()
+      local code = H.post_json(wport, "/hook", '{"via":"managed"}')
+      return code == 200 and code
+    end, 10, "a 200 from the webhook")
+    assert.equal(200, st)
+    assert.equal("managed", H.wait_firings(sensor, 1, 10)[1].events.d.data.body.via)
+    assert.equal(321, streams(mport).default.max_msgs)
+    es:kill()
+    sensor:kill()
+    -- without the client-auth secret: a clear error naming it
+    local code, _, err = H.run({ "sensor", dir, "--secrets-dir", H.tmpdir() }, { env = env })
+    assert.equal(1, code)
+    assert.matches("spec%.jetstream: cannot read secret eventbus%-default%-js%-client%-auth/client%-auth", err)
+    srv:kill()
+    -- two servers cannot make a quorum
+    H.write(dir .. "/bus.yaml", (managed:gsub("replicas: 3", "replicas: 2")))
+    code, _, err = H.run{ "lint", dir }
+    assert.equal(1, code)
+    assert.matches("spec%.jetstream%.replicas: replicas must be 1, or 3 and more", err)
+  end)
+
   it("reports a bad streamConfig, a missing secret and jwt auth with the field's position", function()
     local dir = H.tmpdir()
     H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      retention: 2\n"))

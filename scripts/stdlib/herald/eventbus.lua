@@ -5,6 +5,7 @@
 --                                             auth.yaml: username, password, token)
 --   tls                                    -> CA, client certificate and key (PEM text)
 --
+-- and a managed `jetstream` EventBus as the Service its controller deploys (component mode).
 -- main.lua hands the result to core.configure{bus_options = ...} (engine/bus_jetstream.c).
 local core = require "herald.core"
 
@@ -114,6 +115,46 @@ function _M.options(js)
   if ok then return res end
   if type(res) == "table" then return nil, res end
   error(res, 0)
+end
+
+-- Argo's names for what its controller deploys for a managed JetStream EventBus N.
+local function managed_url(name, namespace)
+  return fmt("nats://eventbus-%s-js-svc.%s.svc:4222", name, namespace)
+end
+_M.CLIENT_AUTH_KEY = "client-auth"
+
+--- The bus an EventBus object selects. component: running `herald eventsource|sensor`.
+--- Returns url, options for JetStream; or nil, note (the embedded bus, and why); or
+--- nil, nil, {where = field path under spec, msg = ...}.
+function _M.select(obj, component)
+  local spec = obj.doc.spec
+  if spec.jetstreamExotic then
+    local o, err = _M.options(spec.jetstreamExotic)
+    if not o then return nil, nil, { where = "jetstreamExotic." .. err.where, msg = err.msg, tbl = spec.jetstreamExotic, key = err.where } end
+    return spec.jetstreamExotic.url, o
+  end
+  local js = spec.jetstream
+  if not js then return nil, nil end
+  if not component then
+    return nil, fmt("EventBus %s is a managed JetStream (a controller deploys its servers): `herald run` "
+      .. "runs everything in this process on the embedded bus", obj.name)
+  end
+  -- As Argo's controller sets it up: the headless Service of the servers, TLS with their
+  -- self-signed certificate (not verified, as Argo's clients do), and the client credentials of
+  -- secret eventbus-<name>-js-client-auth. HERALD_JETSTREAM_URL overrides the address (outside
+  -- the cluster, or with a port-forward).
+  local meta = type(obj.doc.metadata) == "table" and obj.doc.metadata or {}
+  local url = os.getenv("HERALD_JETSTREAM_URL")
+  if not url or url == "" then url = managed_url(obj.name, meta.namespace or os.getenv("POD_NAMESPACE") or "default") end
+  local secret_name = fmt("eventbus-%s-js-client-auth", obj.name)
+  local o, err = _M.options({
+    auth = "basic", accessSecret = { name = secret_name, key = _M.CLIENT_AUTH_KEY },
+    tls = { insecureSkipVerify = true }, streamConfig = js.streamConfig,
+  })
+  if not o then
+    return nil, nil, { where = "jetstream", msg = (err.where == "streamConfig" and "streamConfig: " or "") .. err.msg, tbl = spec, key = "jetstream" }
+  end
+  return url, o
 end
 
 return _M

@@ -355,6 +355,10 @@ function validate(ctx, s, parent, key, path)
     if s.max and v > s.max then
       return err_value(ctx, parent, key, path, "must be at most " .. s.max .. " (got " .. tostring(v) .. ")")
     end
+    if s.check then
+      local msg = s.check(v, parent)
+      if msg then return err_value(ctx, parent, key, path, msg) end
+    end
     return
   elseif kind == "bool" then
     if type(v) ~= "boolean" then

@@ -274,8 +274,8 @@ local function cmd_emit(_, opts)
 end
 
 --- kind: nil (run everything), "EventSource" or "Sensor" (component mode, see cmd_component).
---- The JetStream EventBus the loaded EventSources and Sensors name (their eventBusName, default
---- "default"), when that EventBus is among the specs: its URL, name and object.
+--- The EventBus the loaded EventSources and Sensors name (their eventBusName, default
+--- "default"), when that EventBus (JetStream, managed or exotic) is among the specs.
 local function bus_from_specs(objects)
   local wanted = {}
   for _, obj in ipairs(objects) do
@@ -286,8 +286,8 @@ local function bus_from_specs(objects)
   end
   for _, obj in ipairs(objects) do
     if obj.kind == "EventBus" and wanted[obj.name] then
-      local js = obj.doc.spec.jetstreamExotic
-      if js and js.url then return js.url, obj.name, obj end
+      local spec = obj.doc.spec
+      if spec.jetstreamExotic or spec.jetstream then return obj end
     end
   end
 end
@@ -311,23 +311,25 @@ local function cmd_run(paths, opts, kind)
     return 1
   end
   if not opts.bus then -- an EventBus among the specs (jetstreamExotic) selects the bus
-    local url, bus_name, bus_obj = bus_from_specs(result.objects)
-    if url then
-      local js = bus_obj.doc.spec.jetstreamExotic
-      local bus_options, berr = require("herald.eventbus").options(js)
-      if not bus_options then
-        local line, col = require("herald.loader").position(bus_obj.pos, js, berr.where)
-        eprint(("%s:%d:%d: spec.jetstreamExotic.%s: %s"):format(bus_obj.file, line or 0, col or 0, berr.where, berr.msg))
+    local bus_obj = bus_from_specs(result.objects)
+    if bus_obj then
+      local url, bus_options, berr = require("herald.eventbus").select(bus_obj, kind ~= nil)
+      if berr then
+        local line, col = require("herald.loader").position(bus_obj.pos, berr.tbl, berr.key)
+        eprint(("%s:%d:%d: spec.%s: %s"):format(bus_obj.file, line or 0, col or 0, berr.where, berr.msg))
         eprint(("herald %s: 1 error(s); nothing started"):format(name))
         return 1
+      elseif url then
+        opts.bus = url
+        core.configure{ bus = url, bus_options = bus_options }
+        core.log("info", "herald", ("EventBus %s: JetStream at %s"):format(bus_obj.name, (url:gsub("//[^/@]*@", "//"))))
+      else
+        core.log("info", "herald", bus_options) -- why the embedded bus
       end
-      opts.bus = url
-      core.configure{ bus = url, bus_options = bus_options }
-      core.log("info", "herald", ("EventBus %s: JetStream at %s"):format(bus_name, (url:gsub("//[^/@]*@", "//"))))
     end
   end
   if kind and (not opts.bus or opts.bus == "embedded") then
-    eprint(("herald %s: --bus nats://HOST:PORT (or an EventBus with jetstreamExotic.url among the "
+    eprint(("herald %s: --bus nats://HOST:PORT (or a JetStream EventBus among the "
       .. "specs) is required: on the embedded (in-process) bus EventSources and Sensors in "
       .. "different processes never meet (use `herald run` to run both in one process)"):format(name))
     return 2

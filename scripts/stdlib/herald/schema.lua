@@ -861,13 +861,20 @@ local NATSConfig = object({
 })
 
 local JetStreamBus = object({
-  version = str(), replicas = int { default = 3 }, containerTemplate = use(ContainerTemplate),
+  version = str(), replicas = int { default = 3, doc = "servers: 1, or 3 and more",
+    check = function(v) if v == 2 or v < 1 then return "replicas must be 1, or 3 and more (JetStream needs a quorum)" end end },
+  containerTemplate = use(ContainerTemplate),
   reloaderContainerTemplate = use(ContainerTemplate),
   metricsContainerTemplate = use(ContainerTemplate), persistence = use(PersistenceStrategy),
   metadata = use(PodMetadata), nodeSelector = strmap(), tolerations = array(any()),
   securityContext = any(), imagePullSecrets = array(any()), priorityClassName = str(),
   priority = int(), affinity = any(), serviceAccountName = str(), settings = str(),
-  startArgs = strings(), streamConfig = str(), maxPayload = str(),
+  startArgs = strings(), maxPayload = str(),
+  streamConfig = str { doc = "YAML stream settings (as jetstreamExotic.streamConfig)",
+    check = engine_check(function(v)
+      local ok, err = require("herald.eventbus").stream_config(v)
+      return not ok and err or nil
+    end) },
 })
 
 local JetStreamConfig = object({
@@ -892,7 +899,7 @@ local KafkaBus = object({
 _M.event_bus_spec = object({
   nats = object({ native = use(NativeStrategy), exotic = use(NATSConfig) },
                 { supported = NO, what = "NATS Streaming EventBus" }),
-  jetstream = use(JetStreamBus, { supported = NO, what = "managed JetStream EventBus" }),
+  jetstream = use(JetStreamBus, { doc = "JetStream servers a controller deploys: `herald run` uses the embedded bus; `herald eventsource|sensor` connect to the servers' Service" }),
   kafka = use(KafkaBus, { supported = NO, what = "Kafka EventBus" }),
   jetstreamExotic = use(JetStreamConfig, { doc = "an existing JetStream server: selects the bus for the EventSources and Sensors that name this EventBus" }),
 }, { doc = "EventBus spec", exactly_one_of = { "nats", "jetstream", "kafka", "jetstreamExotic" } })
