@@ -602,7 +602,7 @@ size_t herald_time_format_go(int64_t t_ns, const herald_tz *tz, char *buf, size_
   if (c.nsec) {
     snprintf(frac, sizeof frac, ".%09d", c.nsec);
     size_t n = strlen(frac);
-    while (frac[n - 1] == '0') frac[--n] = '\0';
+    while (n > 1 && frac[n - 1] == '0') frac[--n] = '\0'; /* frac[0] is the '.' */
   }
   int zone = c.offset / 60;
   char sign = zone < 0 ? '-' : '+';
