@@ -59,7 +59,7 @@ describe("jetstream bus", function()
     H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
     local code, _, err = H.run{ "sensor", dir }
     assert.equal(2, code)
-    assert.matches("--bus nats://HOST:PORT (or an EventBus with jetstreamExotic.url among the specs) is required", err, 1, true)
+    assert.matches("--bus nats://HOST:PORT (or a JetStream EventBus among the specs) is required", err, 1, true)
     assert.matches("never meet", err, 1, true)
     code, _, err = H.run{ "eventsource", dir, "--bus", "http://x" }
     assert.equal(1, code)
