@@ -226,26 +226,24 @@ spec:
 
   it("reports a bad streamConfig, a missing secret and jwt auth with the field's position", function()
     local dir = H.tmpdir()
-    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      retention: 2\n"))
-    local code, _, err = H.run{ "lint", dir }
-    assert.equal(1, code)
-    assert.matches("bus%.yaml:%d+:%d+: spec%.jetstreamExotic%.streamConfig: retention: 2 %(WorkQueue%)", err)
-    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      maxMessages: 10\n"))
-    code, _, err = H.run{ "lint", dir }
-    assert.equal(1, code)
-    assert.matches("streamConfig: unknown setting maxMessages %(known: maxMsgs", err)
-    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    streamConfig: |\n      maxAge: soon\n"))
-    code, _, err = H.run{ "lint", dir }
-    assert.equal(1, code)
-    assert.matches("streamConfig: maxAge: invalid duration soon", err)
-    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    accessSecret: {name: nowhere, key: auth.yaml}\n"))
     H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
-    code, _, err = H.run{ "sensor", dir, "--secrets-dir", H.tmpdir() }
-    assert.equal(1, code)
-    assert.matches("bus%.yaml:8:%d+: spec%.jetstreamExotic%.accessSecret: cannot read secret nowhere/auth%.yaml", err)
-    H.write(dir .. "/bus.yaml", bus_yaml(4222, "    auth: jwt\n    accessSecret: {name: nowhere, key: creds}\n"))
-    code, _, err = H.run{ "sensor", dir }
-    assert.equal(1, code)
-    assert.matches("spec%.jetstreamExotic%.auth: jwt is not supported by Herald yet", err)
+    -- {EventBus fields, herald command, the error expected}
+    local cases = {
+      { "    streamConfig: |\n      retention: 2\n", { "lint", dir },
+        "bus%.yaml:%d+:%d+: spec%.jetstreamExotic%.streamConfig: retention: 2 %(WorkQueue%)" },
+      { "    streamConfig: |\n      maxMessages: 10\n", { "lint", dir },
+        "streamConfig: unknown setting maxMessages %(known: maxMsgs" },
+      { "    streamConfig: |\n      maxAge: soon\n", { "lint", dir }, "streamConfig: maxAge: invalid duration soon" },
+      { "    accessSecret: {name: nowhere, key: auth.yaml}\n", { "sensor", dir, "--secrets-dir", H.tmpdir() },
+        "bus%.yaml:8:%d+: spec%.jetstreamExotic%.accessSecret: cannot read secret nowhere/auth%.yaml" },
+      { "    auth: jwt\n    accessSecret: {name: nowhere, key: creds}\n", { "sensor", dir },
+        "spec%.jetstreamExotic%.auth: jwt is not supported by Herald yet" },
+    }
+    for _, c in ipairs(cases) do
+      H.write(dir .. "/bus.yaml", bus_yaml(4222, c[1]))
+      local code, _, err = H.run(c[2])
+      assert.equal(1, code, c[3])
+      assert.matches(c[3], err)
+    end
   end)
 end)

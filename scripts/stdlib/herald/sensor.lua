@@ -120,14 +120,6 @@ function Compiler:emit_trace(line, ...)
   if self.explain then self:emit(line, ...) end
 end
 
---- Deep copy of a plain value (what its literal would build).
-local function plain_copy(v)
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in pairs(v) do t[k] = plain_copy(x) end
-  return t
-end
-
 --- A literal in the generated code: its Lua text, or, compiling for the engine, a slot of the
 --- sensor's constant table K (strings, numbers and tables; booleans and nil stay inline). Then
 --- sensors that differ only in their literals generate the same code, loaded once (see _M.load).
@@ -136,7 +128,7 @@ function Compiler:lit(v, indent)
   local t = type(v)
   if not K or t == "boolean" or t == "nil" then return literal(v, indent) end
   local n = #K + 1
-  K[n] = plain_copy(v)
+  K[n] = rt.copy(v) -- a fresh plain value, as its literal would build
   return "K[" .. n .. "]"
 end
 
