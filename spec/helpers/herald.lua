@@ -51,12 +51,22 @@ function H.read(path)
   return s
 end
 
---- A TCP port free on 127.0.0.1 right now.
+--- A TCP port free on 127.0.0.1 right now, and not handed out before by this process (the
+--- kernel may offer a just-closed ephemeral port again, so two ports asked for in a row for the
+--- same herald, e.g. a webhook's and the admin endpoint's, could otherwise be the same).
+local handed_out = {}
 function H.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+  for _ = 1, 100 do
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    port = tonumber(port)
+    if not handed_out[port] then
+      handed_out[port] = true
+      return port
+    end
+  end
+  error("no fresh free port after 100 tries")
 end
 
 --- Polls fn() until it returns a truthy value or `timeout` seconds pass; returns the value or
