@@ -206,13 +206,15 @@ static int l_trigger_dlq(lua_State *L) {
   return 0;
 }
 
-/* core.subscribe(sensor, dependency, es_name, event_name, handler) -> true | nil, err */
+/* core.subscribe(sensor, dependency, es_name, event_name, handler [, window]) -> true | nil, err */
 static int l_subscribe(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
   const char *sensor = luaL_checkstring(L, 1), *dep = luaL_checkstring(L, 2);
   const char *es = luaL_checkstring(L, 3), *ev = luaL_checkstring(L, 4);
   luaL_checktype(L, 5, LUA_TFUNCTION);
-  return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5));
+  lua_Number window = luaL_optnumber(L, 6, 0);
+  luaL_argcheck(L, window >= 0 && window <= UINT32_MAX, 6, "window out of range");
+  return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5, (uint32_t)window));
 }
 
 /* core.secret_read(name, key) -> text | nil, err: a secret's value (herald_secret_read). */

@@ -115,7 +115,7 @@ static void on_deliver(herald_bus_sub *bsub, herald_bus_delivery *d, herald_even
 
 int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *sensor,
                              const char *dependency, const char *es_name, const char *event_name,
-                             int handler_idx) {
+                             int handler_idx, uint32_t window) {
   herald_event_set_release_hook(event_release_hook);
   sensor_sub *s = herald_xcalloc(1, sizeof *s);
   s->durable = herald_xasprintf("%s/%s", sensor, dependency);
@@ -130,6 +130,7 @@ int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *senso
   s->sub.source = s->source;
   s->sub.subject = s->subject;
   s->sub.deliver = on_deliver;
+  s->sub.max_inflight = window;
   int r = herald_bus_subscribe(herald__engine_bus(eng), &s->sub);
   if (r < 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, s->handler_ref);

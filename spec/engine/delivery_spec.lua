@@ -115,4 +115,30 @@ describe("delivery", function()
     p:kill()
     sink.stop()
   end)
+
+  -- On the embedded bus the sensors on one event share a delivery (herald/engine.lua); a slow
+  -- sensor must still not hold back the others, as its own subscription would not have.
+  it("a sensor whose triggers are slow does not hold back another on the same event", function()
+    local sink = sink_client.start{ delay_ms = 3000 }
+    local dir = H.tmpdir()
+    local port = H.free_port()
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = port })
+    H.write(dir .. "/s.yaml", H.sensor{ name = "slow", deps = { { name = "d" } }, triggers = {
+      { name = "call", body = ("        http:\n          url: http://127.0.0.1:%d/x\n"):format(sink.port),
+        extra = "      atLeastOnce: true\n" } } } .. "---\n" .. H.sensor{ name = "fast", deps = { { name = "d" } } })
+    local p = H.start{ "run", dir }
+    p:wait_for("herald started")
+    local N = 400 -- more than a subscription's default window (256)
+    local t0 = H.now()
+    for i = 1, N do assert.equal(200, (H.post_json(port, "/hook", ('{"n":%d}'):format(i)))) end
+    H.wait_firings(p, N, 10)
+    local took = H.now() - t0
+    -- every slow request takes 3 s and at most 64 run at once, so the slow sensor is far from
+    -- done; the fast one did not wait for it
+    assert.is_true(took < 2.5, ("the fast sensor took %.2f s"):format(took))
+    assert.is_true(#sink.requests() < N, "the slow sensor is still working")
+    assert.equal(N, H.metrics(p)['argo_events_action_triggered_total{sensor_name="fast",trigger_name="t"}'])
+    p:kill()
+    sink.stop()
+  end)
 end)

@@ -83,7 +83,11 @@ end
 --- embedded bus all dependencies on one (eventSource, event name) share one subscription whose
 --- handler runs them in turn, in the order the sensors were built: with 1,000 sensors on one
 --- event a delivery, a C-to-Lua call and an ack per dependency cost more than the filters.
---- The shared delivery is acknowledged once every firing it caused has finished.
+--- The shared delivery is acknowledged once every firing it caused has finished; its window is
+--- wide (the bus's capacity bounds the events held), so a sensor whose triggers are slow does
+--- not hold back the others on the same event, as its own subscription would not have.
+local SHARED_WINDOW = 1048576 -- in effect unbounded: the bus capacity (default 16384) binds first
+
 local function subscriber()
   if core.bus_kind() ~= "embedded" then
     return {
@@ -133,7 +137,7 @@ local function subscriber()
     finish = function()
       for _, g in ipairs(order) do
         local ok, err = core.subscribe("herald", ("%s/%s"):format(g.source, g.subject), g.source,
-          g.subject, dispatcher(g))
+          g.subject, dispatcher(g), SHARED_WINDOW)
         if not ok then return nil, ("cannot subscribe to %s/%s: %s"):format(g.source, g.subject, err) end
       end
       return true
