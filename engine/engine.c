@@ -127,7 +127,7 @@ static void bus_metrics(herald_engine *eng) {
   } series[] = {
       {"herald_bus_published_total", "Events the bus accepted (JetStream: PubAck received).", HERALD_COUNTER, offsetof(herald_bus_stats, published)},
       {"herald_bus_rejected_total", "Publishes refused: bus full, server unreachable or no PubAck.", HERALD_COUNTER, offsetof(herald_bus_stats, rejected)},
-      {"herald_bus_delivered_total", "Deliveries handed to sensors.", HERALD_COUNTER, offsetof(herald_bus_stats, delivered)},
+      {"herald_bus_delivered_total", "Deliveries handed to sensors (embedded bus: one per event for all the sensors on it).", HERALD_COUNTER, offsetof(herald_bus_stats, delivered)},
       {"herald_bus_acked_total", "Deliveries acknowledged.", HERALD_COUNTER, offsetof(herald_bus_stats, acked)},
       {"herald_bus_duplicates_total", "Redelivered events dropped because their id was already handled.", HERALD_COUNTER, offsetof(herald_bus_stats, duplicates)},
       {"herald_bus_disconnects_total", "Times the connection to the bus server was lost.", HERALD_COUNTER, offsetof(herald_bus_stats, disconnects)},
