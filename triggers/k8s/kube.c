@@ -5,8 +5,9 @@
  *   a transfer on engine/curl_loop.h (libcurl multi on the libuv loop, shared with the other
  *   curl triggers) --> completion -> resume(status, body) -> ... -> the coroutine returns
  *   (result, reason) -> req->done.
- * The coroutine may also yield ("SLEEP", ms) (policy.k8s backoff) and ("FETCH", url, verify)
- * (the trigger's source.url, fetched without the cluster's credentials).
+ * The coroutine may also yield ("SLEEP", ms) (policy.k8s backoff), ("FETCH", url, verify)
+ * (the trigger's source.url, fetched without the cluster's credentials) and ("GIT", {...})
+ * (its source.git, read on the thread pool: git.c).
  *
  * The shared multi handle keeps the connection to the API server alive across actions. Lua runs only inside lua_resume (protected): a Lua error
  * in the flow ends that one action as FAILED and never crosses the libuv callback.
@@ -61,6 +62,7 @@ static void list_remove(herald_kube_req *kr) {
  * entry. */
 static void req_release(herald_kube_req *kr) {
   http_release(kr);
+  herald__kube_git_abandon(kr);
   if (kr->sleep) {
     uv_timer_stop(kr->sleep);
     uv_close((uv_handle_t *)kr->sleep, (uv_close_cb)free);
@@ -227,8 +229,10 @@ static int step(herald_kube_req *kr, int nargs) {
       continue;
     }
     if (rc == LUA_YIELD) {
-      int fetch = lua_type(kr->co, 1) == LUA_TSTRING && strcmp(lua_tostring(kr->co, 1), "FETCH") == 0;
-      int err = fetch ? fetch_start(kr) : http_start(kr);
+      const char *op = lua_type(kr->co, 1) == LUA_TSTRING ? lua_tostring(kr->co, 1) : "";
+      int err = strcmp(op, "FETCH") == 0 ? fetch_start(kr)
+                : strcmp(op, "GIT") == 0 ? herald__kube_git_start(kr)
+                                         : http_start(kr);
       if (err == 0) return 0;
       lua_pushinteger(kr->co, 0);
       lua_pushfstring(kr->co, "cannot start the request: %s", herald_strerror(err));
@@ -259,6 +263,10 @@ static void finish(herald_kube_req *kr) {
   memcpy(reason, kr->reason, sizeof reason);
   req_release(kr);
   req->done(req, res, res == HERALD_TRIGGER_DONE ? NULL : reason);
+}
+
+void herald__kube_resume(herald_kube_req *kr, int nargs) {
+  if (step(kr, nargs)) finish(kr);
 }
 
 static void on_transfer_done(herald_curl_xfer *x, CURLcode rc) {

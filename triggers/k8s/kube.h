@@ -44,6 +44,7 @@ typedef struct herald_kube_req {
   char reason[512];
   struct herald_kube_req *next, *prev; /* in the in-flight list */
   uv_timer_t *sleep;  /* while the coroutine waits (yield "SLEEP", ms); freed by its close */
+  struct herald_kube_git *git; /* while a source.git read runs on the thread pool (git.c) */
 } herald_kube_req;
 
 /* Reads the cluster configuration (kubeconfig or in-cluster) and the trigger spec at idx
@@ -54,5 +55,15 @@ int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, i
 int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_State *L, int idx);
 /* Fails this trigger's actions still in flight ("engine stopped"), releases kc. */
 void herald__kube_close(herald_kube_client *kc);
+
+/* Resumes the action's coroutine with nargs values pushed on it; finishes the action when the
+ * coroutine returns (kube.c). */
+void herald__kube_resume(herald_kube_req *kr, int nargs);
+/* The coroutine yielded ("GIT", {...}): starts reading source.git on the thread pool; its
+ * completion resumes the coroutine with (200, text) or (0, why). Returns 0 or a negative error
+ * (git.c). */
+int herald__kube_git_start(herald_kube_req *kr);
+/* The action is being released: a read still running will not resume it (git.c). */
+void herald__kube_git_abandon(herald_kube_req *kr);
 
 #endif

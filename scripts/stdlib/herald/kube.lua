@@ -752,10 +752,17 @@ local function argo(ctx)
   return fn(ctx, obj, ns, name)
 end
 
---- source.url (Argo's URLArtifact {path, verifyCert}): GETs the manifest (YAML or JSON) when the
---- trigger runs, as Argo's FetchResource does, before the trigger's parameters apply. Returns the
---- object, or nil, "retry" | "failed", reason: transport errors, 429 and 5xx are worth a retry.
-local function fetch_source(url)
+-- A manifest's text (YAML or JSON) as an object, or nil, "failed", reason.
+local function manifest(text, where)
+  local docs, err = core.yaml_load(text, where)
+  if not docs then return nil, "failed", fmt("%s: %s", where, tostring(err)) end
+  if type(docs[1]) ~= "table" then return nil, "failed", fmt("%s: not a Kubernetes object", where) end
+  return docs[1]
+end
+
+--- source.url (Argo's URLArtifact {path, verifyCert}): GETs the manifest when the trigger runs,
+--- as Argo's FetchResource does. Transport errors, 429 and 5xx are worth a retry.
+local function fetch_url(url)
   local path = type(url) == "table" and url.path
   if type(path) ~= "string" or path == "" then return nil, "failed", "source.url has no path" end
   local status, body = yield("FETCH", path, url.verifyCert == true)
@@ -764,10 +771,49 @@ local function fetch_source(url)
     return nil, (status == 429 or status >= 500) and "retry" or "failed",
       fmt("source.url %s: response status %d", path, status)
   end
-  local docs, err = core.yaml_load(body, path)
-  if not docs then return nil, "failed", fmt("source.url %s: %s", path, tostring(err)) end
-  if type(docs[1]) ~= "table" then return nil, "failed", fmt("source.url %s: not a Kubernetes object", path) end
-  return docs[1]
+  return manifest(body, "source.url " .. path)
+end
+
+-- FNV-1a of s as 8 hex digits: the cache directory of a repository URL.
+local function fnv32(s)
+  local bit = require "bit"
+  local h = 2166136261
+  for i = 1, #s do h = bit.tobit(bit.bxor(h, s:byte(i)) * 16777619) end
+  return bit.tohex(h)
+end
+
+--- source.git (Argo's GitArtifact): fetches the repository (into cloneDirectory, or a cache
+--- directory per URL) and reads filePath at the ref, tag, branch or the remote's default branch,
+--- on the thread pool (triggers/k8s/git.c). Credentials come from the secrets named.
+local function fetch_git(g)
+  local function secret(sel, what)
+    if type(sel) ~= "table" then return nil end
+    local v, err = core.secret_read(tostring(sel.name), tostring(sel.key))
+    if not v then error({ fmt("source.git %s: cannot read secret %s/%s: %s", what, tostring(sel.name), tostring(sel.key), tostring(err)) }, 0) end
+    return v
+  end
+  local ok, job = pcall(function()
+    local dir = g.cloneDirectory
+    if type(dir) ~= "string" or dir == "" then
+      local cache = os.getenv("XDG_CACHE_HOME")
+      if not cache or cache == "" then cache = (os.getenv("HOME") or "/tmp") .. "/.cache" end
+      dir = fmt("%s/herald/git/%s", cache, fnv32(tostring(g.url)))
+    end
+    local creds = type(g.creds) == "table" and g.creds or {}
+    return { url = g.url, file = g.filePath, branch = g.branch, tag = g.tag, ref = g.ref, dir = dir,
+      username = secret(creds.username, "creds.username"), password = secret(creds.password, "creds.password"),
+      ssh_key = secret(g.sshKeySecret, "sshKeySecret"), insecure = g.insecureIgnoreHostKey == true }
+  end)
+  if not ok then return nil, "failed", type(job) == "table" and job[1] or tostring(job) end
+  local where = fmt("source.git %s %s", tostring(g.url), tostring(g.filePath))
+  local status, text = yield("GIT", job)
+  if status ~= 200 then return nil, status == 0 and "retry" or "failed", fmt("%s: %s", where, tostring(text)) end
+  return manifest(text, where)
+end
+
+local function fetch_source(source)
+  if source.git then return fetch_git(source.git) end
+  return fetch_url(source.url)
 end
 
 --- The body of one action's coroutine. ctx: {type = "k8s" | "argoWorkflow", op, spec, object

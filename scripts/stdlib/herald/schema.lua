@@ -682,8 +682,10 @@ local LogTrigger = object({
 local GitArtifact = object({
   url = str { required = true }, cloneDirectory = str(),
   creds = object({ username = secret(), password = secret() }), sshKeySecret = secret(),
-  filePath = str(), branch = str(), tag = str(), ref = str(),
-  remote = object({ name = str(), urls = strings() }), insecureIgnoreHostKey = bool(),
+  filePath = str { required = true, doc = "the manifest's path in the repository" },
+  branch = str(), tag = str(), ref = str(),
+  remote = object({ name = str(), urls = strings() }, { supported = NO, what = "git remote (the url is fetched as origin)" }),
+  insecureIgnoreHostKey = bool(),
 })
 
 local ArtifactLocation = object({
@@ -785,8 +787,8 @@ local TriggerTemplate = object({
   conditionsReset = array(object({
     byTime = object({ cron = str(), timezone = str() }),
   }), { doc = "times at which the dependency state of this trigger is cleared" }),
-  k8s = use(K8sTrigger, { fields = use(K8sTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file, url or configmap)" }), git = use(GitArtifact, { supported = NO, what = "source.git (use resource, inline, file, url or configmap)" }) }) }) }) }),
-  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file, url or configmap)" }), git = use(GitArtifact, { supported = NO, what = "source.git (use resource, inline, file, url or configmap)" }) }) }), args = strings { supported = NO, what = "argoWorkflow.args (Herald uses the Kubernetes API, not the argo CLI)" } }) }),
+  k8s = use(K8sTrigger, { fields = use(K8sTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file, url, git or configmap)" }) }) }) }) }),
+  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file, url, git or configmap)" }) }) }), args = strings { supported = NO, what = "argoWorkflow.args (Herald uses the Kubernetes API, not the argo CLI)" } }) }),
   http = use(HTTPTrigger),
   awsLambda = use(AWSLambdaTrigger),
   custom = use(CustomTrigger, { supported = NO, what = "custom (gRPC) triggers" }),

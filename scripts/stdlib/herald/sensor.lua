@@ -623,9 +623,9 @@ function Compiler:trigger(trig, i, target, tpath)
   elseif RESOURCE_TYPES[ttype] then
     local k8s_policy = trig.policy and trig.policy.k8s
     local policy = k8s_policy and self:lit(k8s_policy, "    ") or "nil"
-    self:comment("    -- spec.source.url: the trigger fetches it when it runs, then applies its parameters")
-    self:emit("    if type(spec.source) == \"table\" and spec.source.url then")
-    self:emit("      return { spec = spec, fetch = spec.source.url, params = %s, events = events, policy = %s }, template",
+    self:comment("    -- spec.source.url or .git: the trigger fetches it when it runs, then applies its parameters")
+    self:emit("    if type(spec.source) == \"table\" and (spec.source.url or spec.source.git) then")
+    self:emit("      return { spec = spec, fetch = spec.source, params = %s, events = events, policy = %s }, template",
       type_params or "nil", policy)
     self:emit("    end")
     self:comment("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")

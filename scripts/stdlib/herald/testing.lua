@@ -85,7 +85,9 @@ local function describe_action(trig, action)
   if trig.type == "k8s" or trig.type == "argoWorkflow" then
     -- a source.url manifest is fetched only when the trigger runs: the dry run names it
     return { type = trig.type, operation = spec.operation or (trig.type == "k8s" and "create" or "submit"),
-      object = action.object or null, url = action.fetch and action.fetch.path or nil }
+      object = action.object or null,
+      url = action.fetch and action.fetch.url and action.fetch.url.path or nil,
+      git = action.fetch and action.fetch.git and action.fetch.git.url or nil }
   elseif trig.type == "nats" then
     return { type = "nats", subject = spec.subject, payload = body() }
   elseif trig.type == "kafka" then

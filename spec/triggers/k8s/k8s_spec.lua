@@ -402,6 +402,97 @@ describe("k8s trigger", function()
     end)
   end)
 
+  describe("source.git", function()
+    local function sh(dir, cmd)
+      local r = os.execute(("cd %s && %s >/dev/null 2>&1"):format(dir, cmd))
+      assert(r == 0 or r == true, cmd)
+    end
+    local GIT = "git -c user.name=herald -c user.email=herald@example.com"
+    local MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-\ndata:\n  msg: none\n"
+    -- the object's name: <trigger>-<manifest's name><body.name>
+    local function git_body(git, trigger)
+      return "        k8s:\n          source:\n            git:\n" .. git .. [[
+          parameters:
+            - src:
+                dependencyName: d
+                dataKey: body.name
+              dest: metadata.name
+              operation: append
+            - src:
+                dependencyName: d
+                dataKey: body.absent
+                value: ]] .. (trigger or "t") .. [[-
+              dest: metadata.name
+              operation: prepend
+]]
+    end
+
+    it("reads the manifest at the default branch, a branch, a tag or a ref, fetching at each firing", function()
+      if os.execute("command -v git >/dev/null 2>&1") ~= 0 and os.execute("command -v git >/dev/null 2>&1") ~= true then
+        pending("git is needed to make the test repository")
+        return
+      end
+      local repo, cache = H.tmpdir(), H.tmpdir()
+      sh(repo, "git init -q -b trunk . && mkdir -p manifests")
+      H.write(repo .. "/manifests/cm.yaml", MANIFEST:format("trunk"))
+      sh(repo, "ln -s cm.yaml manifests/link.yaml && git add -A && " .. GIT .. " commit -q -m one && git tag v1")
+      sh(repo, "git checkout -q -b feature")
+      H.write(repo .. "/manifests/cm.yaml", MANIFEST:format("feature"))
+      sh(repo, GIT .. " commit -q -am two && git checkout -q trunk")
+      local url = "file://" .. repo
+      local function t(name, extra)
+        return { name = name, body = git_body(("              url: %s\n              filePath: manifests/%s\n%s"):format(
+          url, name == "link" and "link.yaml" or "cm.yaml", extra or ""), name) }
+      end
+      local srv, p, port = start_all({
+        t("default"),
+        t("branch", "              branch: feature\n"),
+        t("tag", "              tag: v1\n"),
+        t("ref", "              ref: refs/heads/feature\n              cloneDirectory: " .. cache .. "/clone\n"),
+        t("link"),
+      }, nil, nil, { env = { XDG_CACHE_HOME = cache } })
+      K.post(port, { name = "one" })
+      for _, name in ipairs{ "default", "branch", "tag", "ref" } do K.wait_metric(p, "triggered", name, 1) end
+      K.wait_metric(p, "failed", "link", 1)
+      p:wait_for("manifests/link.yaml is a symbolic link, which is not allowed")
+      assert.truthy(srv:get(CM:format("default", "default-trunk-one"))) -- the default branch: trunk
+      assert.truthy(srv:get(CM:format("default", "branch-feature-one")))
+      assert.truthy(srv:get(CM:format("default", "tag-trunk-one")))
+      assert.truthy(srv:get(CM:format("default", "ref-feature-one")))
+      -- a new commit on trunk is fetched at the next firing; the tag stays where it was
+      H.write(repo .. "/manifests/cm.yaml", MANIFEST:format("trunk2"))
+      sh(repo, GIT .. " commit -q -am three")
+      K.post(port, { name = "two" })
+      K.wait_metric(p, "triggered", "default", 2)
+      K.wait_metric(p, "triggered", "tag", 2)
+      -- the repositories without a cloneDirectory are kept under $XDG_CACHE_HOME/herald/git
+      local r = os.execute("test -d " .. cache .. "/herald/git")
+      assert.is_true(r == 0 or r == true)
+      assert.truthy(srv:get(CM:format("default", "default-trunk2-two")))
+      assert.truthy(srv:get(CM:format("default", "tag-trunk-two")))
+      assert.equal(0, p:stop())
+    end)
+
+    it("a missing file or revision fails the action; an unreachable repository is retried", function()
+      local repo = H.tmpdir()
+      sh(repo, "git init -q -b main .")
+      H.write(repo .. "/cm.yaml", MANIFEST:format("x"))
+      sh(repo, "git add -A && " .. GIT .. " commit -q -m one")
+      local srv, p, port = start_all({
+        { name = "nofile", body = git_body(("              url: file://%s\n              filePath: nothere.yaml\n"):format(repo)) },
+        { name = "nobranch", body = git_body(("              url: file://%s\n              filePath: cm.yaml\n              branch: gone\n"):format(repo)) },
+        { name = "norepo", body = git_body("              url: file:///nonexistent/repo\n              filePath: cm.yaml\n") },
+      }, nil, nil, { env = { XDG_CACHE_HOME = H.tmpdir() } })
+      K.post(port, { name = "a" })
+      for _, name in ipairs{ "nofile", "nobranch", "norepo" } do K.wait_metric(p, "failed", name, 1) end
+      p:wait_for("nothere.yaml: no such file in the repository")
+      p:wait_for("branch gone not found")
+      p:wait_for("fetch failed")
+      assert.is_nil(srv:get(CM:format("default", "t-x-a")))
+      assert.equal(0, p:stop())
+    end)
+  end)
+
   describe("failures", function()
     it("409 AlreadyExists, 422 Invalid and 403 Forbidden count as failed, with the server's message", function()
       local srv, p, port = start_all({

@@ -1,0 +1,255 @@
+/*
+ * triggers/k8s/git.c: a k8s or argoWorkflow trigger's source.git (Argo's GitArtifact), read
+ * with libgit2 on libuv's thread pool, since fetching blocks on the network.
+ *
+ *   kube.lua yields ("GIT", {url, file, branch | tag | ref, dir, username, password, ssh_key,
+ *   insecure}) -> work thread: open the repository in `dir` (or make it: bare, remote "origin"),
+ *   fetch every branch and tag, resolve the revision, read `file` from its tree (symbolic links
+ *   refused, as Argo does) -> loop: resume(200, text), resume(404, why) when the revision or
+ *   the file is not there, or resume(0, why) when the fetch failed
+ *
+ * No working tree is checked out: the file is read from the commit's tree. Git work is
+ * serialised (one repository directory may serve several firings at once).
+ */
+#include "kube.h"
+
+#include "common.h"
+#include "engine.h"
+
+#include <git2.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct herald_kube_git {
+  uv_work_t work;
+  herald_kube_req *kr; /* NULL once the action was abandoned (engine stopped) */
+  char *url, *file, *branch, *tag, *ref, *dir, *username, *password, *ssh_key;
+  int insecure;
+  int cred_attempts;
+  /* result: */
+  char *text;
+  size_t len;
+  char err[300];
+  int missing; /* the revision or the file is not there (not worth a retry) */
+} git_job;
+
+static uv_once_t init_once = UV_ONCE_INIT;
+static uv_mutex_t git_mu;
+
+static void git_init(void) {
+  git_libgit2_init();
+  uv_mutex_init(&git_mu);
+}
+
+static char *field(lua_State *co, int idx, const char *name) {
+  lua_getfield(co, idx, name);
+  const char *s = lua_tostring(co, -1);
+  char *v = s && *s ? herald_xstrdup(s) : NULL;
+  lua_pop(co, 1);
+  return v;
+}
+
+static void job_free(git_job *j) {
+  free(j->url), free(j->file), free(j->branch), free(j->tag), free(j->ref), free(j->dir);
+  free(j->username), free(j->password), free(j->ssh_key), free(j->text);
+  free(j);
+}
+
+static void fail(git_job *j, const char *what) {
+  const git_error *e = git_error_last();
+  snprintf(j->err, sizeof j->err, "%s: %s", what, e && e->message ? e->message : "unknown error");
+}
+
+static int on_credentials(git_credential **out, const char *url, const char *user_from_url,
+                          unsigned int allowed, void *payload) {
+  git_job *j = payload;
+  if (j->cred_attempts++ > 0) return GIT_EUSER; /* the server refused them: do not loop */
+  if ((allowed & GIT_CREDENTIAL_SSH_MEMORY) && j->ssh_key)
+    return git_credential_ssh_key_memory_new(out, user_from_url ? user_from_url : "git", NULL,
+                                             j->ssh_key, NULL);
+  if ((allowed & GIT_CREDENTIAL_USERPASS_PLAINTEXT) && j->username)
+    return git_credential_userpass_plaintext_new(out, j->username, j->password ? j->password : "");
+  return GIT_PASSTHROUGH;
+}
+
+static int on_certificate(git_cert *cert, int valid, const char *host, void *payload) {
+  git_job *j = payload;
+  return j->insecure ? 0 : GIT_PASSTHROUGH; /* insecureIgnoreHostKey: accept any */
+}
+
+/* The commit the spec names: ref, else tag, else branch, else the remote's default branch. */
+static git_object *resolve(git_job *j, git_repository *repo, git_remote *remote) {
+  char spec[512];
+  git_object *obj = NULL;
+  if (j->ref) {
+    /* a branch ref names our copy of it; anything else (a tag, a commit id) as given */
+    if (strncmp(j->ref, "refs/heads/", 11) == 0) {
+      snprintf(spec, sizeof spec, "refs/remotes/origin/%s", j->ref + 11);
+      if (git_revparse_single(&obj, repo, spec) == 0) return obj;
+    }
+    if (git_revparse_single(&obj, repo, j->ref) == 0) return obj;
+    snprintf(j->err, sizeof j->err, "ref %s not found", j->ref);
+    return NULL;
+  }
+  if (j->tag) {
+    snprintf(spec, sizeof spec, "refs/tags/%s", j->tag);
+    if (git_revparse_single(&obj, repo, spec) == 0) return obj;
+    snprintf(j->err, sizeof j->err, "tag %s not found", j->tag);
+    return NULL;
+  }
+  if (j->branch) {
+    snprintf(spec, sizeof spec, "refs/remotes/origin/%s", j->branch);
+    if (git_revparse_single(&obj, repo, spec) == 0) return obj;
+    snprintf(j->err, sizeof j->err, "branch %s not found", j->branch);
+    return NULL;
+  }
+  git_buf head = {0};
+  if (git_remote_default_branch(&head, remote) != 0 || strncmp(head.ptr, "refs/heads/", 11) != 0) {
+    git_buf_dispose(&head);
+    fail(j, "the remote's default branch");
+    return NULL;
+  }
+  snprintf(spec, sizeof spec, "refs/remotes/origin/%s", head.ptr + 11);
+  git_buf_dispose(&head);
+  if (git_revparse_single(&obj, repo, spec) == 0) return obj;
+  snprintf(j->err, sizeof j->err, "default branch %.200s not found", spec + 20);
+  return NULL;
+}
+
+static void read_file(git_job *j) {
+  git_repository *repo = NULL;
+  git_remote *remote = NULL;
+  git_object *rev = NULL;
+  git_commit *commit = NULL;
+  git_tree *tree = NULL;
+  git_tree_entry *entry = NULL;
+  git_blob *blob = NULL;
+  if (git_repository_open(&repo, j->dir) != 0) {
+    if (git_repository_init(&repo, j->dir, 1) != 0) return fail(j, "cannot make the repository");
+  }
+  if (git_remote_lookup(&remote, repo, "origin") == 0) {
+    if (strcmp(git_remote_url(remote), j->url) != 0) {
+      git_remote_free(remote);
+      remote = NULL;
+      if (git_remote_set_url(repo, "origin", j->url) != 0 || git_remote_lookup(&remote, repo, "origin") != 0) {
+        fail(j, "cannot set the remote");
+        goto out;
+      }
+    }
+  } else if (git_remote_create(&remote, repo, "origin", j->url) != 0) {
+    fail(j, "cannot add the remote");
+    goto out;
+  }
+  git_fetch_options fo;
+  git_fetch_options_init(&fo, GIT_FETCH_OPTIONS_VERSION);
+  fo.callbacks.credentials = on_credentials;
+  fo.callbacks.certificate_check = on_certificate;
+  fo.callbacks.payload = j;
+  fo.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_ALL;
+  fo.prune = GIT_FETCH_PRUNE;
+  char *refspec = "+refs/heads/*:refs/remotes/origin/*";
+  git_strarray specs = {&refspec, 1};
+  if (git_remote_fetch(remote, &specs, &fo, NULL) != 0) {
+    fail(j, "fetch failed");
+    goto out;
+  }
+  if (!(rev = resolve(j, repo, remote))) {
+    j->missing = 1;
+    goto out;
+  }
+  if (git_object_peel((git_object **)&commit, rev, GIT_OBJECT_COMMIT) != 0 || git_commit_tree(&tree, commit) != 0) {
+    fail(j, "not a commit");
+    goto out;
+  }
+  if (git_tree_entry_bypath(&entry, tree, j->file) != 0) {
+    snprintf(j->err, sizeof j->err, "%s: no such file in the repository", j->file);
+    j->missing = 1;
+    goto out;
+  }
+  if (git_tree_entry_filemode(entry) == GIT_FILEMODE_LINK) {
+    snprintf(j->err, sizeof j->err, "%s is a symbolic link, which is not allowed", j->file);
+    j->missing = 1;
+    goto out;
+  }
+  if (git_tree_entry_type(entry) != GIT_OBJECT_BLOB || git_blob_lookup(&blob, repo, git_tree_entry_id(entry)) != 0) {
+    snprintf(j->err, sizeof j->err, "%s is not a file", j->file);
+    j->missing = 1;
+    goto out;
+  }
+  j->len = (size_t)git_blob_rawsize(blob);
+  j->text = herald_xmalloc(j->len + 1);
+  memcpy(j->text, git_blob_rawcontent(blob), j->len);
+  j->text[j->len] = '\0';
+out:
+  git_blob_free(blob);
+  git_tree_entry_free(entry);
+  git_tree_free(tree);
+  git_commit_free(commit);
+  git_object_free(rev);
+  git_remote_free(remote);
+  git_repository_free(repo);
+}
+
+static void work(uv_work_t *w) {
+  git_job *j = w->data;
+  uv_mutex_lock(&git_mu);
+  read_file(j);
+  uv_mutex_unlock(&git_mu);
+}
+
+static void after_work(uv_work_t *w, int status) {
+  git_job *j = w->data;
+  herald_kube_req *kr = j->kr;
+  if (kr) {
+    kr->git = NULL;
+    if (j->text) {
+      lua_pushinteger(kr->co, 200);
+      lua_pushlstring(kr->co, j->text, j->len);
+    } else {
+      lua_pushinteger(kr->co, j->missing ? 404 : 0);
+      lua_pushstring(kr->co, j->err[0] ? j->err : "git read failed");
+    }
+    herald__kube_resume(kr, 2);
+  }
+  job_free(j);
+}
+
+int herald__kube_git_start(herald_kube_req *kr) {
+  lua_State *co = kr->co;
+  if (!lua_istable(co, 2)) {
+    lua_settop(co, 0);
+    return HERALD_EINVAL;
+  }
+  uv_once(&init_once, git_init);
+  git_job *j = herald_xcalloc(1, sizeof *j);
+  j->url = field(co, 2, "url");
+  j->file = field(co, 2, "file");
+  j->branch = field(co, 2, "branch");
+  j->tag = field(co, 2, "tag");
+  j->ref = field(co, 2, "ref");
+  j->dir = field(co, 2, "dir");
+  j->username = field(co, 2, "username");
+  j->password = field(co, 2, "password");
+  j->ssh_key = field(co, 2, "ssh_key");
+  lua_getfield(co, 2, "insecure");
+  j->insecure = lua_toboolean(co, -1);
+  lua_settop(co, 0);
+  if (!j->url || !j->file || !j->dir) {
+    job_free(j);
+    return HERALD_EINVAL;
+  }
+  j->kr = kr;
+  j->work.data = j;
+  if (uv_queue_work(kr->kc->trigger->engine->loop, &j->work, work, after_work) != 0) {
+    job_free(j);
+    return HERALD_EIO;
+  }
+  kr->git = j;
+  return 0;
+}
+
+void herald__kube_git_abandon(herald_kube_req *kr) {
+  if (kr->git) kr->git->kr = NULL;
+  kr->git = NULL;
+}
