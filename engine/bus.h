@@ -142,6 +142,7 @@ typedef struct herald_jetstream_config {
   uint32_t window;                /* publishes waiting for their PubAck; 0 = 4096 */
   const char *user, *password;    /* basic auth (also accepted in the URL) */
   const char *token;              /* token auth */
+  const char *creds_file;         /* JWT auth: a NATS credentials file (user JWT and seed) */
   int tls;                        /* TLS on (the server may also demand it) */
   const char *ca_pem;             /* trusted CAs (PEM text); NULL = the system's */
   const char *cert_pem, *key_pem; /* client certificate and key (PEM text) */

@@ -1535,13 +1535,14 @@ herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const herald_jetstream_con
   b->url = redacted_url(cfg->url);
   b->window = cfg->window ? cfg->window : DEFAULT_WINDOW;
   b->stream = *cfg;
-  b->stream.url = b->stream.user = b->stream.password = b->stream.token = NULL;
+  b->stream.url = b->stream.user = b->stream.password = b->stream.token = b->stream.creds_file = NULL;
   b->stream.ca_pem = b->stream.cert_pem = b->stream.key_pem = NULL;
   natsOptions *o = NULL;
   natsStatus s = natsOptions_Create(&o);
   if (s == NATS_OK) s = natsOptions_SetURL(o, cfg->url);
   if (s == NATS_OK && cfg->user) s = natsOptions_SetUserInfo(o, cfg->user, cfg->password ? cfg->password : "");
   if (s == NATS_OK && cfg->token) s = natsOptions_SetToken(o, cfg->token);
+  if (s == NATS_OK && cfg->creds_file) s = natsOptions_SetUserCredentialsFromFiles(o, cfg->creds_file, NULL);
   if (s == NATS_OK && (cfg->tls || strncmp(cfg->url, "tls://", 6) == 0)) s = natsOptions_SetSecure(o, true);
   if (s == NATS_OK && cfg->ca_pem) s = natsOptions_SetCATrustedCertificates(o, cfg->ca_pem);
   if (s == NATS_OK && cfg->cert_pem && cfg->key_pem)

@@ -70,7 +70,7 @@ static const char *cfg_dup(lua_State *L, int idx, const char *field) {
   return s ? herald_xstrdup(s) : NULL;
 }
 
-/* bus_options = {user=, password=, token=, tls=, ca=, cert=, key=, insecure=,
+/* bus_options = {user=, password=, token=, creds_file=, tls=, ca=, cert=, key=, insecure=,
  *                stream = {max_msgs=, max_bytes=, max_age_s=, duplicates_s=, replicas=,
  *                          retention=, discard=}}: the JetStream connection and stream (main.lua
  * builds it from the EventBus; PEM and credentials are the secrets' text). */
@@ -78,6 +78,7 @@ static void configure_jetstream(lua_State *L, int idx, herald_jetstream_config *
   js->user = cfg_dup(L, idx, "user");
   js->password = cfg_dup(L, idx, "password");
   js->token = cfg_dup(L, idx, "token");
+  js->creds_file = cfg_dup(L, idx, "creds_file");
   js->tls = herald_cfg_bool(L, idx, "tls", 0);
   js->ca_pem = cfg_dup(L, idx, "ca");
   js->cert_pem = cfg_dup(L, idx, "cert");
@@ -228,6 +229,20 @@ static int l_secret_read(lua_State *L) {
   }
   lua_pushstring(L, v);
   free(v);
+  return 1;
+}
+
+/* core.secret_path(name, key) -> path | nil, err: where a secret's file is. */
+static int l_secret_path(lua_State *L) {
+  int err = 0;
+  char *p = herald_secret_path(herald_engine_from_lua(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err);
+  if (!p) {
+    lua_pushnil(L);
+    lua_pushstring(L, herald_strerror(err));
+    return 2;
+  }
+  lua_pushstring(L, p);
+  free(p);
   return 1;
 }
 
@@ -542,6 +557,7 @@ int herald_lua_open_core(lua_State *L) {
       {"configure", l_configure},   {"source_new", l_source_new},
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
       {"bus_kind", l_bus_kind},     {"secret_read", l_secret_read},
+      {"secret_path", l_secret_path},
       {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"log_enabled", l_log_enabled},

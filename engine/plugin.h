@@ -78,6 +78,9 @@ int herald_source_emit(herald_source *src, const char *json, size_t len,
  * <secrets-dir>/<name>/<key> as Argo mounts them. Returns a new string the caller frees, with
  * one trailing newline removed, or NULL with *err set. */
 char *herald_secret_read(herald_engine *eng, const char *name, const char *key, int *err);
+/* Where that secret's file is (a new string), or NULL with *err = HERALD_EINVAL for a name or
+ * key that would leave the secrets directory. */
+char *herald_secret_path(herald_engine *eng, const char *name, const char *key, int *err);
 
 /* Reads the SecretKeySelector in field `field` of the table at idx (stack unchanged). Returns a
  * new string; NULL when the field is absent (*err = 0) or the secret cannot be read (*err < 0,

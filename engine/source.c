@@ -203,15 +203,18 @@ char *herald_secret_field(herald_engine *eng, const herald_logger *lg, lua_State
   return v;
 }
 
-char *herald_secret_read(herald_engine *eng, const char *name, const char *key, int *err) {
+char *herald_secret_path(herald_engine *eng, const char *name, const char *key, int *err) {
   if (!name || !key || !*name || !*key || strchr(name, '/') || strchr(key, '/') ||
       strcmp(name, "..") == 0 || strcmp(key, "..") == 0) {
     *err = HERALD_EINVAL;
     return NULL;
   }
-  size_t n = strlen(eng->opts.secrets_dir) + strlen(name) + strlen(key) + 3;
-  char *path = herald_xmalloc(n);
-  snprintf(path, n, "%s/%s/%s", eng->opts.secrets_dir, name, key);
+  return herald_xasprintf("%s/%s/%s", eng->opts.secrets_dir, name, key);
+}
+
+char *herald_secret_read(herald_engine *eng, const char *name, const char *key, int *err) {
+  char *path = herald_secret_path(eng, name, key, err);
+  if (!path) return NULL;
   size_t len = 0;
   char *v = herald_read_file(path, &len, err);
   free(path);

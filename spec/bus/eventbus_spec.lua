@@ -162,6 +162,34 @@ spec:
     srv:kill()
   end)
 
+  it("authenticates with a NATS credentials file (auth: jwt) against an operator-mode server", function()
+    local J = require "helpers.nats_jwt"
+    local conf, creds = J.setup(H.tmpdir())
+    local port, wport = H.free_port(), H.free_port()
+    local cdir, secrets, dir = H.tmpdir(), H.tmpdir(), H.tmpdir()
+    H.write(cdir .. "/server.conf", ("listen: 127.0.0.1:%d\n"):format(port) .. conf)
+    local srv = H.spawn("nats-server", { "-c", cdir .. "/server.conf" })
+    H.wait_port(port, 10)
+    assert(os.execute(("mkdir -p %s/nats-jwt"):format(secrets)) == 0)
+    H.write(secrets .. "/nats-jwt/creds", creds)
+    H.write(dir .. "/bus.yaml", bus_yaml(port, "    auth: jwt\n    accessSecret: {name: nats-jwt, key: creds}\n"))
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = wport })
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
+    round_trip(dir, secrets, wport, "jwt"):kill()
+    -- the server refuses a user the account did not sign (a credentials file of a stranger)
+    local _, other = J.setup(H.tmpdir())
+    H.write(secrets .. "/nats-jwt/creds", other)
+    local p = H.start{ "run", dir, "--secrets-dir", secrets }
+    p:wait_for("Authorization Violation", { timeout = 10 })
+    p:kill()
+    -- and a secret that is not a credentials file is refused before starting
+    H.write(secrets .. "/nats-jwt/creds", "username: x\n")
+    local code, _, err = H.run{ "run", dir, "--secrets-dir", secrets }
+    assert.equal(1, code)
+    assert.matches("spec%.jetstreamExotic%.accessSecret: jwt auth: the secret is not a NATS credentials file", err)
+    srv:kill()
+  end)
+
   it("managed jetstream: embedded in one process; in component mode the controller's Service, TLS and client-auth secret", function()
     local dir, secrets = H.tmpdir(), H.tmpdir()
     local wport = H.free_port()
@@ -224,7 +252,7 @@ spec:
     assert.matches("spec%.jetstream%.replicas: replicas must be 1, or 3 and more", err)
   end)
 
-  it("reports a bad streamConfig, a missing secret and jwt auth with the field's position", function()
+  it("reports a bad streamConfig, a missing secret and jwt auth without a secret with the field's position", function()
     local dir = H.tmpdir()
     H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })
     -- {EventBus fields, herald command, the error expected}
@@ -236,8 +264,7 @@ spec:
       { "    streamConfig: |\n      maxAge: soon\n", { "lint", dir }, "streamConfig: maxAge: invalid duration soon" },
       { "    accessSecret: {name: nowhere, key: auth.yaml}\n", { "sensor", dir, "--secrets-dir", H.tmpdir() },
         "bus%.yaml:8:%d+: spec%.jetstreamExotic%.accessSecret: cannot read secret nowhere/auth%.yaml" },
-      { "    auth: jwt\n    accessSecret: {name: nowhere, key: creds}\n", { "sensor", dir },
-        "spec%.jetstreamExotic%.auth: jwt is not supported by Herald yet" },
+      { "    auth: jwt\n", { "sensor", dir }, "spec%.jetstreamExotic%.auth: auth jwt needs accessSecret" },
     }
     for _, c in ipairs(cases) do
       H.write(dir .. "/bus.yaml", bus_yaml(4222, c[1]))

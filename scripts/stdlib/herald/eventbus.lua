@@ -2,7 +2,8 @@
 --
 --   streamConfig (YAML text, Argo's keys) -> stream settings over Herald's defaults
 --   accessSecret + auth                    -> user/password or token (the secret is Argo's
---                                             auth.yaml: username, password, token)
+--                                             auth.yaml: username, password, token), or for
+--                                             jwt a NATS credentials file
 --   tls                                    -> CA, client certificate and key (PEM text)
 --
 -- and a managed `jetstream` EventBus as the Service its controller deploys (component mode).
@@ -75,8 +76,14 @@ function _M.options(js)
   local ok, res = pcall(function()
     local o = {}
     local auth = js.auth or (js.accessSecret and "basic") or "none"
-    if auth == "jwt" then error({ where = "auth", msg = "jwt is not supported by Herald yet (use basic or token)" }, 0) end
-    if auth ~= "none" then
+    if auth == "jwt" then -- the secret is a NATS credentials file (user JWT and nkey seed)
+      if not js.accessSecret then error({ where = "auth", msg = "auth jwt needs accessSecret (a credentials file)" }, 0) end
+      local text = secret(js.accessSecret, "accessSecret")
+      if not text:find("BEGIN NATS USER JWT", 1, true) then
+        error({ where = "accessSecret", msg = "jwt auth: the secret is not a NATS credentials file (no user JWT in it)" }, 0)
+      end
+      o.creds_file = assert(core.secret_path(tostring(js.accessSecret.name), tostring(js.accessSecret.key)))
+    elseif auth ~= "none" then
       if not js.accessSecret then error({ where = "auth", msg = fmt("auth %s needs accessSecret", auth) }, 0) end
       local text = secret(js.accessSecret, "accessSecret")
       local docs, yerr = core.yaml_load(text, "accessSecret")

@@ -888,7 +888,7 @@ local JetStreamConfig = object({
       return not ok and err or nil
     end) },
   tls = use(TLSConfig, { doc = "TLS to the server" }),
-  auth = str { enum = AUTH_STRATEGIES, doc = "none, basic (the default with accessSecret) or token" },
+  auth = str { enum = AUTH_STRATEGIES, doc = "none, basic (the default with accessSecret), token or jwt (accessSecret: a NATS credentials file)" },
 })
 
 local KafkaBus = object({
