@@ -218,32 +218,30 @@ static int l_subscribe(lua_State *L) {
   return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5, (uint32_t)window));
 }
 
-/* core.secret_read(name, key) -> text | nil, err: a secret's value (herald_secret_read). */
-static int l_secret_read(lua_State *L) {
-  int err = 0;
-  char *v = herald_secret_read(herald_engine_from_lua(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err);
-  if (!v) {
+/* Pushes s (then frees it), or nil and the error when s is NULL. stack: -> s | nil err */
+static int push_owned(lua_State *L, char *s, int err) {
+  if (!s) {
     lua_pushnil(L);
     lua_pushstring(L, herald_strerror(err));
     return 2;
   }
-  lua_pushstring(L, v);
-  free(v);
+  lua_pushstring(L, s);
+  free(s);
   return 1;
+}
+
+/* core.secret_read(name, key) -> text | nil, err: a secret's value (herald_secret_read). */
+static int l_secret_read(lua_State *L) {
+  int err = 0;
+  char *v = herald_secret_read(herald_engine_from_lua(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err);
+  return push_owned(L, v, err);
 }
 
 /* core.secret_path(name, key) -> path | nil, err: where a secret's file is. */
 static int l_secret_path(lua_State *L) {
   int err = 0;
   char *p = herald_secret_path(herald_engine_from_lua(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err);
-  if (!p) {
-    lua_pushnil(L);
-    lua_pushstring(L, herald_strerror(err));
-    return 2;
-  }
-  lua_pushstring(L, p);
-  free(p);
-  return 1;
+  return push_owned(L, p, err);
 }
 
 /* core.bus_kind() -> "embedded" | "jetstream": the bus this engine runs on (created now if

@@ -54,6 +54,31 @@ local function start_all(triggers, kc_opts, srv_opts, herald_opts)
   return srv, p, port
 end
 
+-- a k8s trigger body with `source` (YAML lines indented 12); the object's name is the
+-- manifest's with the event's body.name appended (and "<prefix>-" prepended when given),
+-- data.msg is body.msg
+local function with_source(source, prefix)
+  return "        k8s:\n          source:\n" .. source .. [[
+          parameters:
+            - src:
+                dependencyName: d
+                dataKey: body.name
+              dest: metadata.name
+              operation: append
+            - src:
+                dependencyName: d
+                dataKey: body.msg
+              dest: data.msg
+]] .. (prefix and ([[
+            - src:
+                dependencyName: d
+                dataKey: body.absent
+                value: %s-
+              dest: metadata.name
+              operation: prepend
+]]):format(prefix) or "")
+end
+
 describe("k8s trigger", function()
   if not K.has_tools() then
     pending("node, openssl and curl are needed for the fake Kubernetes API server")
@@ -324,22 +349,6 @@ describe("k8s trigger", function()
   end)
 
   describe("source", function()
-    -- a k8s trigger body with `source` (YAML lines indented 12); the object's name is the
-    -- manifest's with the event's body.name appended, data.msg is body.msg
-    local function with_source(source)
-      return "        k8s:\n          source:\n" .. source .. [[
-          parameters:
-            - src:
-                dependencyName: d
-                dataKey: body.name
-              dest: metadata.name
-              operation: append
-            - src:
-                dependencyName: d
-                dataKey: body.msg
-              dest: data.msg
-]]
-    end
     local MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-\ndata:\n  msg: none\n"
     local function get(srv, name) return srv:get(CM:format("default", name)) end
 
@@ -411,20 +420,7 @@ describe("k8s trigger", function()
     local MANIFEST = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: %s-\ndata:\n  msg: none\n"
     -- the object's name: <trigger>-<manifest's name><body.name>
     local function git_body(git, trigger)
-      return "        k8s:\n          source:\n            git:\n" .. git .. [[
-          parameters:
-            - src:
-                dependencyName: d
-                dataKey: body.name
-              dest: metadata.name
-              operation: append
-            - src:
-                dependencyName: d
-                dataKey: body.absent
-                value: ]] .. (trigger or "t") .. [[-
-              dest: metadata.name
-              operation: prepend
-]]
+      return with_source("            git:\n" .. git, trigger or "t")
     end
 
     it("reads the manifest at the default branch, a branch, a tag or a ref, fetching at each firing", function()
