@@ -1,11 +1,11 @@
 /*
- * sigv4_test.c: the SigV4 signer (triggers/awsLambda/sigv4.c) against AWS's published
+ * sigv4_test.c: the SigV4 signer (engine/sigv4.c) against AWS's published
  * Signature Version 4 test suite (aws-sig-v4-test-suite: credentials AKIDEXAMPLE, region
  * us-east-1, service "service", 2015-08-30T12:36:00Z). Each case checks the canonical
  * request, the string to sign and the Authorization header, plus the signing-key example from
  * AWS's "derive the signing key" documentation.
  */
-#include "../../triggers/awsLambda/sigv4.h"
+#include "sigv4.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -162,6 +162,36 @@ int main(void) {
     check("double-encoding", "canonical uri", strtok(strchr(herald_buf_cstr(&creq), '\n') + 1, "\n"),
           "/2015-03-31/functions/a%253Ab/invocations");
     herald_buf_free(&creq);
+  }
+
+  /* S3 rules, AWS's "Signature Calculations for the Authorization Header" example GET Object
+   * (examplebucket, test.txt, Range bytes=0-9, payload hash of the empty body). */
+  {
+    const char *h[] = {"Host:examplebucket.s3.amazonaws.com", "Range:bytes=0-9",
+                       "x-amz-content-sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                       "x-amz-date:20130524T000000Z"};
+    herald_sigv4_req r = {.method = "GET", .path = "/test.txt", .headers = h, .nheaders = 4,
+                          .region = "us-east-1", .service = "s3", .amz_date = "20130524T000000Z",
+                          .s3 = 1};
+    herald_buf creq = HERALD_BUF_INIT, sts = HERALD_BUF_INIT, authz = HERALD_BUF_INIT;
+    herald_sigv4_canonical_request(&r, &creq, NULL);
+    herald_sigv4_string_to_sign(&r, creq.data, creq.len, &sts);
+    check("s3-get-object", "string to sign", herald_buf_cstr(&sts),
+          "AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n"
+          "7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972");
+    herald_sigv4_creds c = {"AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", NULL};
+    herald_sigv4_authorization(&r, &c, &authz);
+    check("s3-get-object", "authorization", herald_buf_cstr(&authz),
+          "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+          "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+          "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
+    /* and S3 signs an encoded path as sent, not encoded again */
+    r.path = "/my%20file.txt";
+    herald_buf_free(&creq);
+    creq = (herald_buf)HERALD_BUF_INIT;
+    herald_sigv4_canonical_request(&r, &creq, NULL);
+    check("s3-path", "canonical uri", strtok(strchr(herald_buf_cstr(&creq), '\n') + 1, "\n"), "/my%20file.txt");
+    herald_buf_free(&creq), herald_buf_free(&sts), herald_buf_free(&authz);
   }
 
   char d[17];

@@ -3,7 +3,8 @@
  * API request" guide: canonical request, string to sign, signing key, signature.
  *
  * Canonical URI: the wire path with dot segments and empty segments removed, then encoded once
- * more (non-S3 services sign the path "double-encoded": a %3A on the wire is %253A here).
+ * more (non-S3 services sign the path "double-encoded": a %3A on the wire is %253A here); S3
+ * signs the wire path as it is, and the payload hash it carries in x-amz-content-sha256.
  * Canonical query: each name and value decoded then strictly re-encoded, sorted by name then
  * value. Canonical headers: lowercase names, values trimmed with inner runs of spaces
  * collapsed, sorted by name, repeated names joined with ','.
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 static const char HEX[] = "0123456789abcdef";
@@ -236,7 +238,8 @@ void herald_sigv4_canonical_request(const herald_sigv4_req *r, herald_buf *out,
   herald_buf sh = HERALD_BUF_INIT;
   herald_buf_puts(out, r->method);
   herald_buf_putc(out, '\n');
-  canonical_uri(out, r->path);
+  if (r->s3) herald_buf_puts(out, r->path && *r->path ? r->path : "/");
+  else canonical_uri(out, r->path);
   herald_buf_putc(out, '\n');
   canonical_query(out, r->query);
   herald_buf_putc(out, '\n');
@@ -244,9 +247,17 @@ void herald_sigv4_canonical_request(const herald_sigv4_req *r, herald_buf *out,
   herald_buf_putc(out, '\n');
   herald_buf_append(out, sh.data ? sh.data : "", sh.len);
   herald_buf_putc(out, '\n');
-  char body_hash[65];
-  herald_sigv4_sha256_hex(r->body ? r->body : "", r->body ? r->body_len : 0, body_hash);
-  herald_buf_puts(out, body_hash);
+  const char *given = NULL;
+  for (size_t i = 0; r->s3 && i < r->nheaders; i++)
+    if (strncasecmp(r->headers[i], "x-amz-content-sha256:", 21) == 0) given = r->headers[i] + 21;
+  if (given) {
+    while (*given == ' ') given++;
+    herald_buf_puts(out, given);
+  } else {
+    char body_hash[65];
+    herald_sigv4_sha256_hex(r->body ? r->body : "", r->body ? r->body_len : 0, body_hash);
+    herald_buf_puts(out, body_hash);
+  }
   if (signed_headers) herald_buf_append(signed_headers, sh.data ? sh.data : "", sh.len);
   herald_buf_free(&sh);
 }

@@ -35,6 +35,9 @@ typedef struct herald_sigv4_req {
   const char *region;
   const char *service;
   const char *amz_date;        /* "20150830T123600Z", the X-Amz-Date value */
+  int s3;                      /* S3's rules: the path is signed as sent (encoded once, not
+                                  normalised), and the payload hash is the
+                                  x-amz-content-sha256 header's value (sent by the caller) */
 } herald_sigv4_req;
 
 /* Appends the canonical request to out and, if signed_headers is not NULL, the
