@@ -18,6 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* SHA-256 of the empty payload (S3's x-amz-content-sha256 for a GET). */
+#define SIGV4_EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
 typedef struct herald_sigv4_creds {
   const char *access_key;
   const char *secret_key;

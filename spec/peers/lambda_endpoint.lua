@@ -1,9 +1,10 @@
--- spec/peers/lambda_endpoint.lua: a local AWS Lambda + STS endpoint for specs that VERIFIES
+-- spec/peers/lambda_endpoint.lua: a local AWS Lambda + STS + S3 GetObject endpoint for specs that VERIFIES
 -- the SigV4 signature of every request before answering (an implementation of its own, with
 -- SHA-256/HMAC from libcrypto through the LuaJIT FFI, so the trigger's signer is checked
 -- against a second reading of the algorithm).
 --
 --   luajit spec/peers/lambda_endpoint.lua --port N --out FILE --key AKID:SECRET [--key ...]
+--                                         [--object BUCKET/KEY=FILE ...]
 --
 -- Lambda: POST /2015-03-31/functions/<name>/invocations. The function name picks the answer:
 --   fail-unhandled  200 + X-Amz-Function-Error: Unhandled   throttled  429 TooManyRequests
@@ -11,6 +12,9 @@
 --   anything else   200 (RequestResponse, echoes the payload) | 202 (Event) | 204 (DryRun)
 -- STS: POST / with Action=AssumeRole issues temporary credentials (ASIA..., with a session
 -- token) that are then accepted, and only with their token.
+-- S3: GET /<bucket>/<key> (path style) answers the --object file, 404 NoSuchKey otherwise; the
+-- signature is checked with S3's rules (path signed as sent, payload hash from
+-- x-amz-content-sha256, which must be signed); a bad one gets 403 SignatureDoesNotMatch.
 -- A bad or missing signature gets 403 InvalidSignatureException. Every request is recorded as a
 -- JSON line: {"api":"lambda"|"sts", "verified":bool, "error":..., "access_key":...,
 -- "session_token":..., "function":..., "invocation_type":..., "payload":..., "role_arn":...}.
@@ -45,7 +49,7 @@ local function hmac(key, msg)
   return ffi.string(md, 32)
 end
 
-local opts = { port = 0, keys = {} }
+local opts = { port = 0, keys = {}, objects = {} }
 do
   local i = 1
   while i <= #arg do
@@ -55,6 +59,11 @@ do
     elseif k == "--key" then
       local ak, sk = v:match("^([^:]+):(.+)$")
       opts.keys[ak] = { secret = sk }
+    elseif k == "--object" then
+      local name, file = v:match("^([^=]+)=(.+)$")
+      local f = assert(io.open(file, "rb"))
+      opts.objects[name] = f:read("*a")
+      f:close()
     else
       io.stderr:write("lambda_endpoint: unknown option " .. tostring(k) .. "\n")
       os.exit(2)
@@ -91,7 +100,7 @@ local function canonical_query(q)
 end
 
 -- Returns true, or false and why.
-local function verify(req, service)
+local function verify(req, service, s3)
   local auth = req.headers["authorization"]
   if not auth then return false, "no Authorization header" end
   local ak, date8, region, svc, signed, sig = auth:match(
@@ -119,8 +128,16 @@ local function verify(req, service)
     return false, "x-amz-security-token not signed"
   end
   local path, query = req.path:match("^([^?]*)%??(.*)$")
-  local creq = table.concat({ req.method, encode(path, true), canonical_query(query),
-    table.concat(lines), signed, tohex(sha256(req.body)) }, "\n")
+  local payload_hash = tohex(sha256(req.body))
+  if s3 then
+    payload_hash = req.headers["x-amz-content-sha256"]
+    if not payload_hash or not has["x-amz-content-sha256"] then return false, "x-amz-content-sha256 missing or not signed" end
+    if payload_hash ~= "UNSIGNED-PAYLOAD" and payload_hash ~= tohex(sha256(req.body)) then
+      return false, "x-amz-content-sha256 does not match the body"
+    end
+  end
+  local creq = table.concat({ req.method, s3 and path or encode(path, true), canonical_query(query),
+    table.concat(lines), signed, payload_hash }, "\n")
   local scope = table.concat({ date8, region, svc, "aws4_request" }, "/")
   local sts = table.concat({ "AWS4-HMAC-SHA256", amz_date, scope, tohex(sha256(creq)) }, "\n")
   local k = hmac("AWS4" .. key.secret, date8)
@@ -145,7 +162,26 @@ local function aws_error(status, etype, msg)
     cjson.encode({ Type = "User", message = msg }))
 end
 
+local function s3_error(status, code)
+  return respond(status, { ["Content-Type"] = "application/xml" },
+    ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>%s</Code></Error>"):format(code))
+end
+
+local function handle_s3(req)
+  local ok, err = verify(req, "s3", true)
+  local bucket, key = req.path:match("^/([^/?]+)/([^?]+)")
+  local rec = { api = "s3", method = req.method, path = req.path, verified = ok, error = err,
+    access_key = (req.headers["authorization"] or ""):match("Credential=([^/]+)") }
+  out:write(cjson.encode(rec), "\n")
+  out:flush()
+  if not ok then return s3_error(403, "SignatureDoesNotMatch") end
+  local body = bucket and opts.objects[decode(bucket) .. "/" .. decode(key)]
+  if not body then return s3_error(404, "NoSuchKey") end
+  return respond(200, { ["Content-Type"] = "application/octet-stream" }, body)
+end
+
 local function handle(req)
+  if req.method == "GET" then return handle_s3(req) end
   local rec = { method = req.method, path = req.path, access_key = nil }
   local fn = req.path:match("^/2015%-03%-31/functions/([^/]+)/invocations$")
   local service = fn and "lambda" or "sts"

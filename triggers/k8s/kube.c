@@ -13,6 +13,7 @@
  * in the flow ends that one action as FAILED and never crosses the libuv callback.
  */
 #include "kube.h"
+#include "sigv4.h"
 
 #include "common.h"
 #include "engine.h"
@@ -128,6 +129,68 @@ static int fetch_start(herald_kube_req *kr) {
   return 0;
 }
 
+/* The coroutine yielded ("S3", {endpoint, bucket, key, region, insecure, access_key,
+ * secret_key, ca}): a SigV4-signed GetObject, path-style (https://endpoint/bucket/key, plain
+ * HTTP when insecure), as MinIO's client does for Argo's S3Artifact. */
+static int s3_start(herald_kube_req *kr) {
+  lua_State *co = kr->co;
+  if (!lua_istable(co, 2)) {
+    lua_settop(co, 0);
+    return HERALD_EINVAL;
+  }
+  const char *endpoint = herald_cfg_string(co, 2, "endpoint", NULL);
+  const char *bucket = herald_cfg_string(co, 2, "bucket", NULL);
+  const char *key = herald_cfg_string(co, 2, "key", NULL);
+  const char *region = herald_cfg_string(co, 2, "region", "us-east-1");
+  const char *ak = herald_cfg_string(co, 2, "access_key", NULL);
+  const char *sk = herald_cfg_string(co, 2, "secret_key", NULL);
+  const char *ca = herald_cfg_string(co, 2, "ca", NULL);
+  int insecure = herald_cfg_bool(co, 2, "insecure", 0);
+  if (!endpoint || !bucket || !key || !ak || !sk) {
+    lua_settop(co, 0);
+    return HERALD_EINVAL;
+  }
+  herald_buf path = HERALD_BUF_INIT;
+  herald_buf_putc(&path, '/');
+  herald_sigv4_uri_encode(&path, bucket, strlen(bucket), 0);
+  herald_buf_putc(&path, '/');
+  herald_sigv4_uri_encode(&path, key, strlen(key), 1);
+  char *url = herald_xasprintf("%s://%s%s", insecure ? "http" : "https", endpoint, herald_buf_cstr(&path));
+  char date[17];
+  herald_sigv4_amz_date(herald_now_ns(), date);
+  char *host = herald_xasprintf("Host:%s", endpoint);
+  char *xdate = herald_xasprintf("x-amz-date:%s", date);
+  const char *h[] = {host, "x-amz-content-sha256:" SIGV4_EMPTY_SHA256, xdate};
+  herald_sigv4_req sr = {.method = "GET", .path = herald_buf_cstr(&path), .headers = h, .nheaders = 3,
+                         .region = region, .service = "s3", .amz_date = date, .s3 = 1};
+  herald_sigv4_creds c = {ak, sk, NULL};
+  herald_buf auth = HERALD_BUF_INIT;
+  herald_buf_puts(&auth, "Authorization: ");
+  herald_sigv4_authorization(&sr, &c, &auth);
+  CURL *e = xfer_begin(kr, url);
+  int r = 0;
+  if (!e) {
+    r = HERALD_ENOMEM;
+  } else {
+    kr->headers = curl_slist_append(kr->headers, xdate);
+    kr->headers = curl_slist_append(kr->headers, "x-amz-content-sha256: " SIGV4_EMPTY_SHA256);
+    kr->headers = curl_slist_append(kr->headers, herald_buf_cstr(&auth));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, kr->headers);
+    if (ca) {
+      struct curl_blob b = {(void *)ca, strlen(ca), CURL_BLOB_COPY};
+      curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &b);
+    }
+    if (herald_curl_xfer_start(&kr->x, on_transfer_done) != 0) {
+      http_release(kr);
+      r = HERALD_EIO;
+    }
+  }
+  lua_settop(co, 0); /* the strings above were the table's: used until here */
+  free(url), free(host), free(xdate);
+  herald_buf_free(&path), herald_buf_free(&auth);
+  return r;
+}
+
 /* Starts the request the coroutine yielded: (method, path, body|nil, content_type|nil) on
  * kr->co's stack, which is cleared. Returns 0 or a negative error. */
 static int http_start(herald_kube_req *kr) {
@@ -232,6 +295,7 @@ static int step(herald_kube_req *kr, int nargs) {
       const char *op = lua_type(kr->co, 1) == LUA_TSTRING ? lua_tostring(kr->co, 1) : "";
       int err = strcmp(op, "FETCH") == 0 ? fetch_start(kr)
                 : strcmp(op, "GIT") == 0 ? herald__kube_git_start(kr)
+                : strcmp(op, "S3") == 0  ? s3_start(kr)
                                          : http_start(kr);
       if (err == 0) return 0;
       lua_pushinteger(kr->co, 0);

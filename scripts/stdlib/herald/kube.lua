@@ -811,8 +811,41 @@ local function fetch_git(g)
   return manifest(text, where)
 end
 
+--- source.s3 (Argo's S3Artifact): a SigV4-signed GetObject of bucket.key at endpoint (path
+--- style; plain HTTP with insecure), with the access and secret keys of the secrets named.
+local function fetch_s3(a)
+  local bucket = type(a.bucket) == "table" and a.bucket or {}
+  local where = fmt("source.s3 %s/%s", tostring(bucket.name), tostring(bucket.key))
+  local function secret(sel, what)
+    if type(sel) ~= "table" then return nil end
+    local v, err = core.secret_read(tostring(sel.name), tostring(sel.key))
+    if not v then error(fmt("%s: cannot read secret %s/%s: %s", what, tostring(sel.name), tostring(sel.key), tostring(err)), 0) end
+    return v
+  end
+  local ok, job = pcall(function()
+    if type(a.endpoint) ~= "string" or a.endpoint == "" or not bucket.name or not bucket.key then
+      error("needs endpoint, bucket.name and bucket.key", 0)
+    end
+    local ak, sk = secret(a.accessKey, "accessKey"), secret(a.secretKey, "secretKey")
+    if not ak or not sk then error("needs accessKey and secretKey", 0) end
+    return { endpoint = a.endpoint, bucket = bucket.name, key = bucket.key, region = a.region,
+      insecure = a.insecure == true, access_key = ak, secret_key = sk,
+      ca = secret(a.caCertificate, "caCertificate") }
+  end)
+  if not ok then return nil, "failed", fmt("%s: %s", where, tostring(job)) end
+  local status, body = yield("S3", job)
+  if status == 0 then return nil, "retry", fmt("%s: %s", where, tostring(body)) end
+  if status < 200 or status > 299 then
+    local code = tostring(body):match("<Code>([^<]+)</Code>")
+    return nil, (status == 429 or status >= 500) and "retry" or "failed",
+      fmt("%s: response status %d%s", where, status, code and (" " .. code) or "")
+  end
+  return manifest(body, where)
+end
+
 local function fetch_source(source)
   if source.git then return fetch_git(source.git) end
+  if source.s3 then return fetch_s3(source.s3) end
   return fetch_url(source.url)
 end
 

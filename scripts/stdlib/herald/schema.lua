@@ -787,8 +787,8 @@ local TriggerTemplate = object({
   conditionsReset = array(object({
     byTime = object({ cron = str(), timezone = str() }),
   }), { doc = "times at which the dependency state of this trigger is cleared" }),
-  k8s = use(K8sTrigger, { fields = use(K8sTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file, url, git or configmap)" }) }) }) }) }),
-  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true, fields = use(ArtifactLocation.fields, { s3 = use(S3Artifact, { supported = NO, what = "source.s3 (use resource, inline, file, url, git or configmap)" }) }) }), args = strings { supported = NO, what = "argoWorkflow.args (Herald uses the Kubernetes API, not the argo CLI)" } }) }),
+  k8s = use(K8sTrigger, { fields = use(K8sTrigger.fields, { source = use(ArtifactLocation, { required = true }) }) }),
+  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true }), args = strings { supported = NO, what = "argoWorkflow.args (Herald uses the Kubernetes API, not the argo CLI)" } }) }),
   http = use(HTTPTrigger),
   awsLambda = use(AWSLambdaTrigger),
   custom = use(CustomTrigger, { supported = NO, what = "custom (gRPC) triggers" }),

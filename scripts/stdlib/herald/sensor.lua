@@ -623,8 +623,8 @@ function Compiler:trigger(trig, i, target, tpath)
   elseif RESOURCE_TYPES[ttype] then
     local k8s_policy = trig.policy and trig.policy.k8s
     local policy = k8s_policy and self:lit(k8s_policy, "    ") or "nil"
-    self:comment("    -- spec.source.url or .git: the trigger fetches it when it runs, then applies its parameters")
-    self:emit("    if type(spec.source) == \"table\" and (spec.source.url or spec.source.git) then")
+    self:comment("    -- spec.source.url, .git or .s3: the trigger fetches it when it runs, then applies its parameters")
+    self:emit("    if type(spec.source) == \"table\" and (spec.source.url or spec.source.git or spec.source.s3) then")
     self:emit("      return { spec = spec, fetch = spec.source, params = %s, events = events, policy = %s }, template",
       type_params or "nil", policy)
     self:emit("    end")

@@ -489,6 +489,56 @@ describe("k8s trigger", function()
     end)
   end)
 
+  describe("source.s3", function()
+    it("GetObject signed with SigV4 (path style), then the parameters apply; a bad key or object fails", function()
+      local cjson = require "cjson"
+      local dir, secrets = H.tmpdir(), H.tmpdir()
+      H.write(dir .. "/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: s3-\ndata:\n  msg: none\n")
+      local out, port = dir .. "/requests.jsonl", H.free_port()
+      H.write(out, "")
+      local ep = H.spawn("luajit", { H.source_dir .. "/spec/peers/lambda_endpoint.lua", "--port", tostring(port),
+        "--out", out, "--key", "AKIDS3TEST:s3cr3t/key", "--object", "manifests/k8s/my cm.yaml=" .. dir .. "/cm.yaml" })
+      ep:wait_for("listening", { stream = "stdout" })
+      assert(os.execute(("mkdir -p %s/minio"):format(secrets)) == 0)
+      H.write(secrets .. "/minio/accesskey", "AKIDS3TEST\n")
+      H.write(secrets .. "/minio/secretkey", "s3cr3t/key\n")
+      H.write(secrets .. "/minio/wrongkey", "not-the-key\n")
+      local function s3(name, key, secret)
+        return { name = name, body = with_source(([[
+            s3:
+              endpoint: 127.0.0.1:%d
+              insecure: true
+              bucket: {name: manifests, key: "%s"}
+              accessKey: {name: minio, key: accesskey}
+              secretKey: {name: minio, key: %s}
+]]):format(port, key, secret or "secretkey"), name) }
+      end
+      local srv, p, kport = start_all({
+        s3("good", "k8s/my cm.yaml"),
+        s3("badsig", "k8s/my cm.yaml", "wrongkey"),
+        s3("nokey", "k8s/absent.yaml"),
+      }, nil, nil, { args = { "--secrets-dir", secrets } })
+      K.post(kport, { name = "one", msg = "from s3" })
+      K.wait_metric(p, "triggered", "good", 1)
+      K.wait_metric(p, "failed", "badsig", 1)
+      K.wait_metric(p, "failed", "nokey", 1)
+      assert.equal("from s3", assert(srv:get(CM:format("default", "good-s3-one"))).data.msg)
+      p:wait_for("source.s3 manifests/k8s/my cm.yaml: response status 403 SignatureDoesNotMatch")
+      p:wait_for("source.s3 manifests/k8s/absent.yaml: response status 404 NoSuchKey")
+      -- the endpoint checked every signature itself; the good one verified, on the S3 path
+      local verified = {}
+      for line in H.read(out):gmatch("[^\n]+") do
+        local r = cjson.decode(line)
+        assert.equal("s3", r.api)
+        if r.verified then verified[#verified + 1] = r.path end
+      end
+      table.sort(verified) -- good and nokey: signed right (the object of nokey is absent)
+      assert.same({ "/manifests/k8s/absent.yaml", "/manifests/k8s/my%20cm.yaml" }, verified)
+      assert.equal(0, p:stop())
+      ep:kill()
+    end)
+  end)
+
   describe("failures", function()
     it("409 AlreadyExists, 422 Invalid and 403 Forbidden count as failed, with the server's message", function()
       local srv, p, port = start_all({

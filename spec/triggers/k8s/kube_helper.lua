@@ -132,7 +132,9 @@ function K.herald(kubeconfig, triggers, opts)
   H.write(dir .. "/sensor.yaml", H.sensor{ name = opts.sensor or "s", deps = { { name = "d" } }, triggers = triggers })
   local env = { KUBECONFIG = kubeconfig }
   for k, v in pairs(opts.env or {}) do env[k] = v end
-  local p = H.start({ "run", dir, "--log-level", "debug" }, { env = env })
+  local argv = { "run", dir, "--log-level", "debug" }
+  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+  local p = H.start(argv, { env = env })
   H.wait_until(function()
     if p:exited() then error("herald exited early\n" .. p:describe(), 0) end
     local socket = require "socket"
