@@ -83,11 +83,13 @@ local function describe_action(trig, action)
     return b
   end
   if trig.type == "k8s" or trig.type == "argoWorkflow" then
-    -- a source.url manifest is fetched only when the trigger runs: the dry run names it
+    -- a source.url, .git or .s3 manifest is fetched only when the trigger runs: the dry run names it
     return { type = trig.type, operation = spec.operation or (trig.type == "k8s" and "create" or "submit"),
       object = action.object or null,
       url = action.fetch and action.fetch.url and action.fetch.url.path or nil,
-      git = action.fetch and action.fetch.git and action.fetch.git.url or nil }
+      git = action.fetch and action.fetch.git and action.fetch.git.url or nil,
+      s3 = action.fetch and action.fetch.s3 and type(action.fetch.s3.bucket) == "table"
+        and (tostring(action.fetch.s3.bucket.name) .. "/" .. tostring(action.fetch.s3.bucket.key)) or nil }
   elseif trig.type == "nats" then
     return { type = "nats", subject = spec.subject, payload = body() }
   elseif trig.type == "kafka" then
