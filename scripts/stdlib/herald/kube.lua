@@ -795,8 +795,11 @@ local function fetch_git(g)
   local ok, job = pcall(function()
     local dir = g.cloneDirectory
     if type(dir) ~= "string" or dir == "" then
-      local cache = os.getenv("XDG_CACHE_HOME")
-      if not cache or cache == "" then cache = (os.getenv("HOME") or "/tmp") .. "/.cache" end
+      -- $XDG_CACHE_HOME, else ~/.cache, else (no home, as in many containers) the temp dir
+      local cache, home = os.getenv("XDG_CACHE_HOME"), os.getenv("HOME")
+      if not cache or cache == "" then
+        cache = (home and home ~= "" and home ~= "/") and (home .. "/.cache") or ((os.getenv("TMPDIR") or "/tmp") .. "/herald-cache")
+      end
       dir = fmt("%s/herald/git/%s", cache, fnv32(tostring(g.url)))
     end
     local creds = type(g.creds) == "table" and g.creds or {}
