@@ -60,15 +60,17 @@ typedef struct herald_bus_stats {
 /* ---- optional dependency state (JetStream: a key-value bucket per sensor) ----
  * Keys are (sensor, trigger, dependency); a value is the event as its CloudEvent JSON. Every
  * op is asynchronous and completes on the loop; ops of one bus run in call order. */
-typedef struct herald_bus_state_dep {
-  const char *name, *source, *subject; /* a dependency of the sensor; not owned */
-} herald_bus_state_dep;
+typedef struct herald_bus_state_sub {
+  const char *name, *source, *subject; /* a subscription of the sensor (its durable's name after
+                                          "<sensor>/"); not owned */
+} herald_bus_state_sub;
 typedef struct herald_bus_state_key {
   const char *trigger, *dep; /* a (trigger, dependency) pair of the spec; not owned */
+  const char *sub;           /* the subscription that feeds it; not owned */
 } herald_bus_state_key;
 typedef struct herald_bus_state_spec {
-  const herald_bus_state_dep *deps;
-  size_t ndeps;
+  const herald_bus_state_sub *subs;
+  size_t nsubs;
   const herald_bus_state_key *keys;
   size_t nkeys;
 } herald_bus_state_spec;
@@ -93,7 +95,7 @@ typedef struct herald_bus_ops {
   void (*close)(herald_bus *bus, herald_bus_close_cb cb);
   /* Optional (NULL: state stays in the sensor's memory, as on the embedded bus). */
   /* Opens the sensor's state: removes the keys of (trigger, dependency) pairs and the
-   * consumers of dependencies that are no longer in `spec` (or whose source/subject changed),
+   * consumers of subscriptions that are no longer in `spec` (or whose source/subject changed),
    * then calls cb with what is stored. No subscription of this bus delivers anything until cb
    * has returned. spec is copied. */
   int (*state_open)(herald_bus *bus, const char *sensor, const herald_bus_state_spec *spec,
@@ -102,9 +104,9 @@ typedef struct herald_bus_ops {
    * is NULL; cb(data, status) runs once the server has it. The sensor must be open. */
   int (*state_set)(herald_bus *bus, const char *sensor, const char *trigger, const char *dep,
                    herald_event *ev, herald_bus_state_cb cb, void *data);
-  /* Deletes the sensor's state bucket and the consumers of `deps` (and of the dependencies
+  /* Deletes the sensor's state bucket and the consumers of `subs` (and of the subscriptions
    * the bucket remembers). */
-  int (*cleanup)(herald_bus *bus, const char *sensor, const char *const *deps, size_t ndeps,
+  int (*cleanup)(herald_bus *bus, const char *sensor, const char *const *subs, size_t nsubs,
                  herald_bus_state_cb cb, void *data);
 } herald_bus_ops;
 

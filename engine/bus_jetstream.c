@@ -10,7 +10,8 @@
  *   conn worker: js_PublishMsgAsync (no wait) ... nats.c thread: PubAck/timeout --> done list
  *   --uv_async_send--> loop: cb(data, 0 | HERALD_EIO)
  *
- *   fetch worker (one per subscription): durable pull consumer "<sensor>/<dep>" made safe,
+ *   fetch worker (one per subscription): durable pull consumer "<sensor>/<name>" made safe
+ *   (the engine names a subscription "<trigger>/<dependency>"),
  *   natsSubscription_Fetch(up to 128, room in the window) --decode CloudEvent--> ready list
  *   --uv_async_send--> loop: de-dup by id, sub->deliver --> ack/nak --> ack queue
  *   --cond--> conn worker: natsMsg_Ack / natsMsg_NakWithDelay (asynchronous, never AckSync)
@@ -953,7 +954,7 @@ static int jb_publish(herald_bus *bus, herald_event *ev, herald_bus_publish_cb c
   return 0;
 }
 
-/* "<sensor>/<dependency>" -> a durable name NATS accepts: [A-Za-z0-9_-] kept, the rest '_',
+/* "<sensor>/<subscription>" -> a durable name NATS accepts: [A-Za-z0-9_-] kept, the rest '_',
  * plus a hash of the original when anything was replaced (so "a/b_c" and "a_b/c" differ). */
 static char *consumer_name(const char *durable) {
   herald_buf b = HERALD_BUF_INIT;
@@ -1059,8 +1060,8 @@ static void jb_close(herald_bus *bus, herald_bus_close_cb cb) {
  *   loop: state_open / state_set / cleanup --op queue (call order)--> conn worker:
  *   kvStore_* (synchronous, on the worker only) --done list--> loop: callbacks
  *
- * Bucket: the sensor name made safe (as consumer names). Keys: "Deps" (one line per dependency,
- * "name\tsource\tsubject", to find removed or changed dependencies on the next start) and
+ * Bucket: the sensor name made safe (as consumer names). Keys: "Deps" (one line per
+ * subscription, "name\tsource\tsubject", to find removed or changed ones on the next start) and
  * "<trigger>/<dependency>" (each name with bytes outside [A-Za-z0-9_-] written "=XX"), whose
  * value is the event's CloudEvent JSON, decoded on load as a fetched message is. Until a load
  * has reached the loop, kv_gate keeps every fetch worker from fetching, so a restored half-met
@@ -1080,7 +1081,7 @@ struct jkv_op {
   char *value; /* KV_SET: CloudEvent JSON, NULL = delete */
   size_t len;
   char *deps_text;                /* KV_OPEN: the new "Deps" value; KV_CLEANUP: names, '\n' ended */
-  char **keys, **key_trig, **key_dep; /* KV_OPEN: the spec's pairs, encoded and as given */
+  char **keys, **key_trig, **key_dep, **key_sub; /* KV_OPEN: the spec's keys, encoded and as given */
   size_t nkeys;
   int tries, status;
   herald_bus_state_entry *entries; /* KV_OPEN result */
@@ -1127,8 +1128,9 @@ static void kv_free_entries(herald_bus_state_entry *e) {
 }
 
 static void kv_op_free(jkv_op *op) {
-  for (size_t i = 0; i < op->nkeys; i++) free(op->keys[i]), free(op->key_trig[i]), free(op->key_dep[i]);
-  free(op->keys), free(op->key_trig), free(op->key_dep);
+  for (size_t i = 0; i < op->nkeys; i++)
+    free(op->keys[i]), free(op->key_trig[i]), free(op->key_dep[i]), free(op->key_sub[i]);
+  free(op->keys), free(op->key_trig), free(op->key_dep), free(op->key_sub);
   free(op->sensor), free(op->key), free(op->value), free(op->deps_text);
   kv_free_entries(op->entries);
   free(op);
@@ -1173,9 +1175,9 @@ static void kv_forget_bucket(jbus *b, const char *sensor) {
   }
 }
 
-/* (worker) Deletes the durable consumer of sensor/dep; a missing one is fine. */
-static natsStatus kv_delete_consumer(jbus *b, const char *sensor, const char *dep, const char *why) {
-  char *durable = herald_xasprintf("%s/%s", sensor, dep);
+/* (worker) Deletes the durable consumer of sensor/sub; a missing one is fine. */
+static natsStatus kv_delete_consumer(jbus *b, const char *sensor, const char *sub, const char *why) {
+  char *durable = herald_xasprintf("%s/%s", sensor, sub);
   char *name = consumer_name(durable);
   jsErrCode jerr = 0;
   natsStatus st = js_DeleteConsumer(b->js, STREAM_NAME, name, NULL, &jerr);
@@ -1214,10 +1216,10 @@ static char *kv_prune_deps(jbus *b, const char *sensor, const char *old, const c
       size_t nlen = (size_t)(tab - p);
       const char *now = keep ? deps_find(keep, p, nlen) : NULL;
       if (!now || line_len(now) != len || memcmp(now, p, len) != 0) {
-        char *dep = herald_xasprintf("%.*s", (int)nlen, p);
-        *st = kv_delete_consumer(b, sensor, dep, !keep ? "cleanup" : now ? "dependency changed" : "dependency removed");
-        if (now) herald_buf_printf(&gone, "%s\n", dep);
-        free(dep);
+        char *sub = herald_xasprintf("%.*s", (int)nlen, p);
+        *st = kv_delete_consumer(b, sensor, sub, !keep ? "cleanup" : now ? "dependency changed" : "dependency removed");
+        if (now) herald_buf_printf(&gone, "%s\n", sub);
+        free(sub);
         if (*st != NATS_OK) break;
       }
     }
@@ -1269,7 +1271,7 @@ static natsStatus kv_do_open(jbus *b, jkv_op *op) {
     herald_event *ev = NULL;
     const char *why = "no longer in the spec";
     if (j < op->nkeys) {
-      char *needle = herald_xasprintf("\n%s\n", op->key_dep[j]);
+      char *needle = herald_xasprintf("\n%s\n", op->key_sub[j]);
       if (strstr(changed, needle)) why = "dependency changed";
       free(needle);
     }
@@ -1319,7 +1321,7 @@ static natsStatus kv_do_cleanup(jbus *b, jkv_op *op) {
   } else if (st == NATS_NOT_FOUND) {
     st = NATS_OK;
   }
-  herald_buf all = HERALD_BUF_INIT; /* remembered deps + the given ones, as "name\t" lines */
+  herald_buf all = HERALD_BUF_INIT; /* remembered subscriptions + the given ones, as "name\t" lines */
   if (old) herald_buf_printf(&all, "%s\n", old);
   for (const char *p = op->deps_text; p && *p; p += line_len(p) + 1)
     herald_buf_printf(&all, "%.*s\t\n", (int)line_len(p), p);
@@ -1449,18 +1451,20 @@ static int jb_state_open(herald_bus *bus, const char *sensor, const herald_bus_s
   op->kind = KV_OPEN;
   op->sensor = herald_xstrdup(sensor);
   herald_buf deps = HERALD_BUF_INIT;
-  for (size_t i = 0; i < spec->ndeps; i++)
-    herald_buf_printf(&deps, "%s\t%s\t%s\n", spec->deps[i].name, spec->deps[i].source, spec->deps[i].subject);
+  for (size_t i = 0; i < spec->nsubs; i++)
+    herald_buf_printf(&deps, "%s\t%s\t%s\n", spec->subs[i].name, spec->subs[i].source, spec->subs[i].subject);
   herald_buf_putc(&deps, '\0');
   op->deps_text = deps.data;
   op->nkeys = spec->nkeys;
   op->keys = herald_xcalloc(spec->nkeys + 1, sizeof *op->keys);
   op->key_trig = herald_xcalloc(spec->nkeys + 1, sizeof *op->key_trig);
   op->key_dep = herald_xcalloc(spec->nkeys + 1, sizeof *op->key_dep);
+  op->key_sub = herald_xcalloc(spec->nkeys + 1, sizeof *op->key_sub);
   for (size_t i = 0; i < spec->nkeys; i++) {
     op->keys[i] = kv_key(spec->keys[i].trigger, spec->keys[i].dep);
     op->key_trig[i] = herald_xstrdup(spec->keys[i].trigger);
     op->key_dep[i] = herald_xstrdup(spec->keys[i].dep);
+    op->key_sub[i] = herald_xstrdup(spec->keys[i].sub);
   }
   op->load_cb = cb;
   op->data = data;
@@ -1487,7 +1491,7 @@ static int jb_state_set(herald_bus *bus, const char *sensor, const char *trigger
   return kv_queue(b, op);
 }
 
-static int jb_cleanup(herald_bus *bus, const char *sensor, const char *const *deps, size_t ndeps,
+static int jb_cleanup(herald_bus *bus, const char *sensor, const char *const *subs, size_t nsubs,
                       herald_bus_state_cb cb, void *data) {
   jbus *b = (jbus *)bus;
   if (b->closing) return HERALD_ECLOSED;
@@ -1495,7 +1499,7 @@ static int jb_cleanup(herald_bus *bus, const char *sensor, const char *const *de
   op->kind = KV_CLEANUP;
   op->sensor = herald_xstrdup(sensor);
   herald_buf names = HERALD_BUF_INIT;
-  for (size_t i = 0; i < ndeps; i++) herald_buf_printf(&names, "%s\n", deps[i]);
+  for (size_t i = 0; i < nsubs; i++) herald_buf_printf(&names, "%s\n", subs[i]);
   herald_buf_putc(&names, '\0');
   op->deps_text = names.data;
   op->cb = cb;

@@ -429,27 +429,29 @@ static int l_state_open(lua_State *L) {
   lua_getfield(L, 2, "deps");
   lua_getfield(L, 2, "keys");
   size_t nd = lua_objlen(L, -2), nk = lua_objlen(L, -1);
-  herald_bus_state_dep *deps = herald_xcalloc(nd + 1, sizeof *deps);
+  herald_bus_state_sub *subs = herald_xcalloc(nd + 1, sizeof *subs);
   herald_bus_state_key *keys = herald_xcalloc(nk + 1, sizeof *keys);
   for (size_t i = 0; i < nd; i++) { /* strings stay referenced by the spec table on the stack */
     lua_rawgeti(L, -2, (int)i + 1);
-    deps[i].name = herald_cfg_string(L, lua_gettop(L), "name", "");
-    deps[i].source = herald_cfg_string(L, lua_gettop(L), "source", "");
-    deps[i].subject = herald_cfg_string(L, lua_gettop(L), "subject", "");
+    subs[i].name = herald_cfg_string(L, lua_gettop(L), "name", "");
+    subs[i].source = herald_cfg_string(L, lua_gettop(L), "source", "");
+    subs[i].subject = herald_cfg_string(L, lua_gettop(L), "subject", "");
     lua_pop(L, 1);
   }
   for (size_t i = 0; i < nk; i++) {
     lua_rawgeti(L, -1, (int)i + 1);
     lua_rawgeti(L, -1, 1);
     lua_rawgeti(L, -2, 2);
-    keys[i].trigger = luaL_checkstring(L, -2);
-    keys[i].dep = luaL_checkstring(L, -1);
-    lua_pop(L, 3);
+    lua_rawgeti(L, -3, 3);
+    keys[i].trigger = luaL_checkstring(L, -3);
+    keys[i].dep = luaL_checkstring(L, -2);
+    keys[i].sub = luaL_checkstring(L, -1);
+    lua_pop(L, 4);
   }
-  herald_bus_state_spec spec = {deps, nd, keys, nk};
+  herald_bus_state_spec spec = {subs, nd, keys, nk};
   state_cb_ctx *c = state_ctx(L, sensor, 3);
   int r = bus->ops->state_open(bus, sensor, &spec, state_loaded, c);
-  free(deps), free(keys);
+  free(subs), free(keys);
   lua_pop(L, 2);
   if (r < 0) state_ctx_free(c);
   return push_result(L, r);
@@ -527,15 +529,15 @@ static int l_bus_cleanup(lua_State *L) {
     return 2;
   }
   size_t n = lua_objlen(L, 2);
-  const char **deps = herald_xcalloc(n + 1, sizeof *deps);
+  const char **subs = herald_xcalloc(n + 1, sizeof *subs);
   for (size_t i = 0; i < n; i++) {
     lua_rawgeti(L, 2, (int)i + 1);
-    deps[i] = luaL_checkstring(L, -1); /* referenced by the table */
+    subs[i] = luaL_checkstring(L, -1); /* referenced by the table */
     lua_pop(L, 1);
   }
   state_cb_ctx *c = state_ctx(L, sensor, 3);
-  int r = bus->ops->cleanup(bus, sensor, deps, n, cleanup_done, c);
-  free(deps);
+  int r = bus->ops->cleanup(bus, sensor, subs, n, cleanup_done, c);
+  free(subs);
   if (r < 0) state_ctx_free(c);
   return push_result(L, r);
 }

@@ -126,6 +126,45 @@ describe("jetstream bus", function()
     sensor:stop()
   end)
 
+  it("gives each trigger its own consumer: a stuck trigger does not hold back another", function()
+    local socket = require "socket"
+    -- a target that takes connections and never answers
+    local hang = assert(socket.bind("127.0.0.1", 0))
+    local _, hang_port = hang:getsockname()
+    local sdir, edir = H.tmpdir(), H.tmpdir()
+    H.write(sdir .. "/s.yaml", H.sensor{ deps = { { name = "d" } }, triggers = {
+      { name = "fast" },
+      { name = "stuck", body = ("        http:\n          url: http://127.0.0.1:%d/x\n" ..
+        "          method: POST\n          timeout: 120\n"):format(hang_port),
+        extra = "      atLeastOnce: true\n" },
+    } })
+    H.write(edir .. "/es.yaml", H.webhook_es{ port = hook_port })
+    local sensor = start_sensor(sdir, url, 2)
+    local es = start_es(edir, url)
+    -- more events than one consumer has in flight (256): with one subscription shared by both
+    -- triggers, the stuck one's unacknowledged events would stop the other at 256
+    local n = 300
+    for i = 1, n do assert.equal(200, (H.post_json(hook_port, "/hook", cjson.encode{ n = i }))) end
+    local firings = H.wait_firings(sensor, n, 20)
+    local seen = {}
+    for _, f in ipairs(firings) do
+      assert.equal("fast", f.triggerName)
+      seen[body_of(f).n] = true
+    end
+    for i = 1, n do assert.is_true(seen[i], "event " .. i) end
+    local c = assert(nats_sub.connect(nats_port))
+    assert(c:subscribe("_INBOX.names"))
+    c.c:send("PUB $JS.API.CONSUMER.NAMES.default _INBOX.names 0\r\n\r\n")
+    local names = {}
+    for _, name in ipairs(cjson.decode(c:wait(1, 5)[1].payload).consumers) do names[name] = true end
+    c:close()
+    assert.is_true(names[H.consumer_name("s", "fast", "d")])
+    assert.is_true(names[H.consumer_name("s", "stuck", "d")])
+    es:stop()
+    sensor:kill()
+    hang:close()
+  end)
+
   it("de-duplicates by Nats-Msg-Id on the server and by event id in the sensor", function()
     local sdir = H.tmpdir()
     H.write(sdir .. "/s.yaml", H.sensor{ deps = { { name = "d" } } })

@@ -132,7 +132,7 @@ local function check_sink(ctx, timeout)
   -- then wait until the consumer owes nothing (redeliveries of what a dead sensor had fetched
   -- come after AckWait), and count again
   H.wait_until(function()
-    local v = nats_request(ctx.nats_port, "$JS.API.CONSUMER.INFO.default.s_d-d996cd49", "")
+    local v = nats_request(ctx.nats_port, "$JS.API.CONSUMER.INFO.default." .. H.consumer_name("s", "call", "d"), "")
     return v and v.num_ack_pending == 0 and v.num_pending == 0
   end, timeout or 30, "the consumer to settle")
   seen, total = {}, 0

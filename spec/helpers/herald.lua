@@ -413,6 +413,23 @@ function H.sensor(o)
   return table.concat(parts)
 end
 
+--- The JetStream durable consumer of (sensor, trigger, dependency), named as the bus names it:
+--- "<sensor>/<trigger>/<dependency>" with bytes outside [A-Za-z0-9_-] as '_', plus "-" and the
+--- FNV-1a hash (8 hex digits) of the original when anything was replaced.
+function H.consumer_name(sensor, trigger, dep)
+  local bit = require "bit"
+  local durable = sensor .. "/" .. trigger .. "/" .. dep
+  local safe, n = durable:gsub("[^%w_%-]", "_")
+  if n == 0 then return safe end
+  local h = 2166136261
+  for i = 1, #durable do
+    h = bit.bxor(h, durable:byte(i)) % 2 ^ 32
+    h = ((bit.lshift(h, 24) % 2 ^ 32) + h * 403) % 2 ^ 32 -- h * 16777619, mod 2^32, exactly
+  end
+  return safe .. "-" .. bit.tohex(h)
+end
+
+
 -- Clean-up at exit ---------------------------------------------------------------------------
 
 local guard = newproxy(true)

@@ -78,11 +78,26 @@ local function counter(metric)
   return function() p[0] = p[0] + 1 end
 end
 
---- How dependencies meet the bus. On JetStream each (sensor, dependency) is its own durable
---- consumer, as in Argo (the server fans out, and each consumer keeps its own position). On the
---- embedded bus all dependencies on one (eventSource, event name) share one subscription whose
---- handler runs them in turn, in the order the sensors were built: with 1,000 sensors on one
---- event a delivery, a C-to-Lua call and an ack per dependency cost more than the filters.
+--- The subscriptions a sensor has on JetStream: one per (trigger, dependency it listens to),
+--- named "<trigger>/<dependency>" (the durable consumer is "<sensor>/<trigger>/<dependency>"),
+--- as Argo's per-trigger subscriptions: each trigger takes and acknowledges its events on its
+--- own, so a trigger that fails or is slow re-runs nothing of the others.
+local function subscriptions(sensor)
+  local by_name, list = {}, {}
+  for _, dep in ipairs(sensor.dependencies) do by_name[dep.name] = dep end
+  for _, trig in ipairs(sensor.triggers) do
+    for _, d in ipairs(trig.dependencies) do
+      list[#list + 1] = { name = trig.name .. "/" .. d, dep = by_name[d], trig = trig }
+    end
+  end
+  return list
+end
+
+--- How dependencies meet the bus. On JetStream the server fans out to the durable consumers of
+--- `subscriptions`, each keeping its own position. On the embedded bus all dependencies on
+--- one (eventSource, event name) share one subscription whose handler runs them in turn, in
+--- the order the sensors were built: with 1,000 sensors on one event a delivery, a C-to-Lua
+--- call and an ack per dependency cost more than the filters.
 --- The shared delivery is acknowledged once every firing it caused has finished; its window is
 --- wide (the bus's capacity bounds the events held), so a sensor whose triggers are slow does
 --- not hold back the others on the same event, as its own subscription would not have.
@@ -91,9 +106,14 @@ local SHARED_WINDOW = 1048576 -- in effect unbounded: the bus capacity (default 
 local function subscriber()
   if core.bus_kind() ~= "embedded" then
     return {
-      add = function(sensor_name, dep, on_event)
-        return core.subscribe(sensor_name, dep.name, dep.eventSourceName, dep.eventName,
-          function(event) on_event(dep, event) end)
+      add = function(sensor, on_event)
+        for _, s in ipairs(subscriptions(sensor)) do
+          local dep, trig = s.dep, s.trig
+          local ok, err = core.subscribe(sensor.name, s.name, dep.eventSourceName, dep.eventName,
+            function(event) on_event(dep, event, trig) end)
+          if not ok then return nil, err end
+        end
+        return true
       end,
       finish = function() return true end,
     }
@@ -122,16 +142,18 @@ local function subscriber()
     end
   end
   return {
-    add = function(sensor_name, dep, on_event)
-      local key = dep.eventSourceName .. "\0" .. dep.eventName
-      local g = groups[key]
-      if not g then
-        g = { source = dep.eventSourceName, subject = dep.eventName, fns = {}, deps = {}, names = {} }
-        groups[key] = g
-        order[#order + 1] = g
+    add = function(sensor, on_event)
+      for _, dep in ipairs(sensor.dependencies) do
+        local key = dep.eventSourceName .. "\0" .. dep.eventName
+        local g = groups[key]
+        if not g then
+          g = { source = dep.eventSourceName, subject = dep.eventName, fns = {}, deps = {}, names = {} }
+          groups[key] = g
+          order[#order + 1] = g
+        end
+        local n = #g.fns + 1
+        g.fns[n], g.deps[n], g.names[n] = on_event, dep, sensor.name
       end
-      local n = #g.fns + 1
-      g.fns[n], g.deps[n], g.names[n] = on_event, dep, sensor_name
       return true
     end,
     finish = function()
@@ -236,12 +258,11 @@ local function build_sensor(obj, subs)
       if not ok then return nil, ("%s: sensor %s: conditionsReset: %s"):format(obj.file, sensor.name, cerr) end
     end
   end
+  -- the state: a key per (trigger, dependency), each fed by the subscription of that name
   local spec = { deps = {}, keys = {} }
-  for _, dep in ipairs(sensor.dependencies) do
-    spec.deps[#spec.deps + 1] = { name = dep.name, source = dep.eventSourceName, subject = dep.eventName }
-  end
-  for _, trig in ipairs(sensor.triggers) do
-    for _, d in ipairs(trig.dependencies) do spec.keys[#spec.keys + 1] = { trig.name, d } end
+  for _, s in ipairs(subscriptions(sensor)) do
+    spec.deps[#spec.deps + 1] = { name = s.name, source = s.dep.eventSourceName, subject = s.dep.eventName }
+    spec.keys[#spec.keys + 1] = { s.trig.name, s.dep.name, s.name }
   end
   persist = core.state_open(sensor.name, spec, function(state, lerr)
     if lerr then return end -- logged by the bus; start with an empty state
@@ -256,12 +277,19 @@ local function build_sensor(obj, subs)
     rt.restore(state)
     if n > 0 then core.log("info", logger, ("restored %d held event(s) of the dependency state"):format(n)) end
   end) == true
-  local on_event = rt.on_event
-  for _, dep in ipairs(sensor.dependencies) do
-    local ok, serr = subs.add(sensor.name, dep, on_event)
-    if not ok then return nil, ("%s: sensor %s: %s"):format(obj.file, sensor.name, serr) end
-  end
+  local ok, serr = subs.add(sensor, rt.on_event)
+  if not ok then return nil, ("%s: sensor %s: %s"):format(obj.file, sensor.name, serr) end
   return true
+end
+
+--- The names of a Sensor object's JetStream subscriptions (for `herald sensor --cleanup`), or
+--- nil, err when it does not compile.
+function _M.subscription_names(obj)
+  local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
+  if not sensor then return nil, err end
+  local names = {}
+  for _, s in ipairs(subscriptions(sensor)) do names[#names + 1] = s.name end
+  return names
 end
 
 --- Builds every object; returns true or nil, err (nothing is started yet either way).

@@ -382,11 +382,19 @@ local function cmd_cleanup(paths, opts)
     eprint(("herald sensor: no Sensor found in %s"):format(table.concat(paths, " ")))
     return 1
   end
+  local engine = require "herald.engine"
+  local subs = {} -- the subscriptions (durable consumers) of each sensor, before deleting any
+  for i, obj in ipairs(sensors) do
+    local names, lerr = engine.subscription_names(obj)
+    if not names then
+      eprint(lerr)
+      return 1
+    end
+    subs[i] = names
+  end
   local left, code = #sensors, 0
-  for _, obj in ipairs(sensors) do
-    local deps = {}
-    for _, d in ipairs((obj.doc.spec or {}).dependencies or {}) do deps[#deps + 1] = d.name end
-    local ok, err = core.bus_cleanup(obj.name, deps, function(done, cerr)
+  for i, obj in ipairs(sensors) do
+    local ok, err = core.bus_cleanup(obj.name, subs[i], function(done, cerr)
       if done then
         core.log("info", "herald", ("sensor %s: state and consumers deleted"):format(obj.name))
       else

@@ -3,7 +3,8 @@
 -- bus and hands actions to trigger executors; `herald test` drives it from a file and prints
 -- the actions instead.
 --
---   on_event(dep, event):  transform -> filter -> for each trigger listening to dep:
+--   on_event(dep, event[, trig]):  transform -> filter -> for each trigger listening to dep
+--                          (or just trig):
 --                          state[dep] = event (latest wins) -> condition? -> action -> fire
 --                          -> the trigger's state is cleared
 local _M = {}
@@ -32,8 +33,27 @@ function _M.new(sensor, hooks)
   end
   local rt = { sensor = sensor, listeners = listeners }
 
-  --- Runs one event through dependency `dep` (an entry of sensor.dependencies).
-  function rt.on_event(dep, event)
+  -- The event of dependency `dep_name` offered to one trigger listening to it.
+  local function offer(trig, dep_name, event)
+    local state = trig.state
+    state[dep_name] = event
+    if trig.condition(state) then
+      trig.state = {}
+      if hooks.clear then hooks.clear(trig, state) end
+      local ok, action, err = pcall(trig.action, state)
+      if not ok or not action then
+        hooks.action_error(trig, tostring(ok and err or action), state)
+      else
+        hooks.fire(trig, action, state)
+      end
+    elseif hooks.store then
+      hooks.store(trig, dep_name, event)
+    end
+  end
+
+  --- Runs one event through dependency `dep` (an entry of sensor.dependencies), for every
+  --- trigger listening to it, or only for `only` (a trigger with its own subscription).
+  function rt.on_event(dep, event, only)
     local transform, filter = dep.transform, dep.filter
     if transform then
       local ok, tev, terr = pcall(transform, event)
@@ -51,25 +71,10 @@ function _M.new(sensor, hooks)
         return
       end
     end
+    if only then return offer(only, dep.name, event) end
     local ls = listeners[dep.name]
     if not ls then return end
-    for i = 1, #ls do
-      local trig = ls[i]
-      local state = trig.state
-      state[dep.name] = event
-      if trig.condition(state) then
-        trig.state = {}
-        if hooks.clear then hooks.clear(trig, state) end
-        local ok, action, err = pcall(trig.action, state)
-        if not ok or not action then
-          hooks.action_error(trig, tostring(ok and err or action), state)
-        else
-          hooks.fire(trig, action, state)
-        end
-      elseif hooks.store then
-        hooks.store(trig, dep.name, event)
-      end
-    end
+    for i = 1, #ls do offer(ls[i], dep.name, event) end
   end
 
   --- Clears a trigger's dependency state (conditionsReset).
