@@ -262,6 +262,14 @@ describe("loader", function()
     }, strip(load("unsupported.yaml").errors))
   end)
 
+  it("checks a git source's remote: a valid name and at least one URL", function()
+    if not need_yaml() then return end
+    assert.same({
+      'git-remote.yaml:20:23: spec.triggers[0].template.k8s.source.git.remote.name: not a valid git remote name: my fork',
+      "git-remote.yaml:32:23: spec.triggers[1].template.k8s.source.git.remote.urls: must not be empty",
+    }, strip(load("git-remote.yaml").errors))
+  end)
+
   it("accepts a field as soon as its one supported flag flips", function()
     if not need_yaml() then return end
     local f = schema.types.TriggerTemplate.fields.openWhisk

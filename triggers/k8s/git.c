@@ -3,10 +3,11 @@
  * with libgit2 on libuv's thread pool, since fetching blocks on the network.
  *
  *   kube.lua yields ("GIT", {url, file, branch | tag | ref, dir, username, password, ssh_key,
- *   insecure}) -> work thread: open the repository in `dir` (or make it: bare, remote "origin"),
- *   fetch every branch and tag, resolve the revision, read `file` from its tree (symbolic links
- *   refused, as Argo does) -> loop: resume(200, text), resume(404, why) when the revision or
- *   the file is not there, or resume(0, why) when the fetch failed
+ *   insecure, remote_name, remote_url}) -> work thread: open the repository in `dir` (or make
+ *   it: bare, remote "origin" = url, or the spec's remote), fetch every branch and tag of that
+ *   remote, resolve the revision, read `file` from its tree (symbolic links refused, as Argo
+ *   does) -> loop: resume(200, text), resume(404, why) when the revision or the file is not
+ *   there, or resume(0, why) when the fetch failed
  *
  * No working tree is checked out: the file is read from the commit's tree. Git work is
  * serialised (one repository directory may serve several firings at once).
@@ -25,6 +26,7 @@ typedef struct herald_kube_git {
   uv_work_t work;
   herald_kube_req *kr; /* NULL once the action was abandoned (engine stopped) */
   char *url, *file, *branch, *tag, *ref, *dir, *username, *password, *ssh_key;
+  char *remote_name, *remote_url; /* the spec's remote (Argo's GitRemoteConfig), or NULL */
   int insecure;
   int cred_attempts;
   /* result: */
@@ -53,6 +55,7 @@ static char *field(lua_State *co, int idx, const char *name) {
 static void job_free(git_job *j) {
   free(j->url), free(j->file), free(j->branch), free(j->tag), free(j->ref), free(j->dir);
   free(j->username), free(j->password), free(j->ssh_key), free(j->text);
+  free(j->remote_name), free(j->remote_url);
   free(j);
 }
 
@@ -79,13 +82,14 @@ static int on_certificate(git_cert *cert, int valid, const char *host, void *pay
 }
 
 /* The commit the spec names: ref, else tag, else branch, else the remote's default branch. */
-static git_object *resolve(git_job *j, git_repository *repo, git_remote *remote) {
+/* The revision the spec asks for, among what was fetched from `remote` (called `name`). */
+static git_object *resolve(git_job *j, git_repository *repo, git_remote *remote, const char *name) {
   char spec[512];
   git_object *obj = NULL;
   if (j->ref) {
     /* a branch ref names our copy of it; anything else (a tag, a commit id) as given */
     if (strncmp(j->ref, "refs/heads/", 11) == 0) {
-      snprintf(spec, sizeof spec, "refs/remotes/origin/%s", j->ref + 11);
+      snprintf(spec, sizeof spec, "refs/remotes/%s/%s", name, j->ref + 11);
       if (git_revparse_single(&obj, repo, spec) == 0) return obj;
     }
     if (git_revparse_single(&obj, repo, j->ref) == 0) return obj;
@@ -99,7 +103,7 @@ static git_object *resolve(git_job *j, git_repository *repo, git_remote *remote)
     return NULL;
   }
   if (j->branch) {
-    snprintf(spec, sizeof spec, "refs/remotes/origin/%s", j->branch);
+    snprintf(spec, sizeof spec, "refs/remotes/%s/%s", name, j->branch);
     if (git_revparse_single(&obj, repo, spec) == 0) return obj;
     snprintf(j->err, sizeof j->err, "branch %s not found", j->branch);
     return NULL;
@@ -110,10 +114,13 @@ static git_object *resolve(git_job *j, git_repository *repo, git_remote *remote)
     fail(j, "the remote's default branch");
     return NULL;
   }
-  snprintf(spec, sizeof spec, "refs/remotes/origin/%s", head.ptr + 11);
+  snprintf(spec, sizeof spec, "refs/remotes/%s/%s", name, head.ptr + 11);
+  if (git_revparse_single(&obj, repo, spec) == 0) {
+    git_buf_dispose(&head);
+    return obj;
+  }
+  snprintf(j->err, sizeof j->err, "default branch %.200s not found", head.ptr + 11);
   git_buf_dispose(&head);
-  if (git_revparse_single(&obj, repo, spec) == 0) return obj;
-  snprintf(j->err, sizeof j->err, "default branch %.200s not found", spec + 20);
   return NULL;
 }
 
@@ -128,16 +135,25 @@ static void read_file(git_job *j) {
   if (git_repository_open(&repo, j->dir) != 0) {
     if (git_repository_init(&repo, j->dir, 1) != 0) return fail(j, "cannot make the repository");
   }
-  if (git_remote_lookup(&remote, repo, "origin") == 0) {
-    if (strcmp(git_remote_url(remote), j->url) != 0) {
+  /* Argo clones `url`, then (with a remote) fetches every ref of the remote over its own:
+   * the revision comes from the remote, so only the remote is fetched here */
+  const char *name = j->remote_name ? j->remote_name : "origin";
+  const char *url = j->remote_name ? j->remote_url : j->url;
+  int valid = 0;
+  if (git_remote_name_is_valid(&valid, name) != 0 || !valid) {
+    snprintf(j->err, sizeof j->err, "not a valid git remote name: %.200s", name);
+    goto out;
+  }
+  if (git_remote_lookup(&remote, repo, name) == 0) {
+    if (strcmp(git_remote_url(remote), url) != 0) {
       git_remote_free(remote);
       remote = NULL;
-      if (git_remote_set_url(repo, "origin", j->url) != 0 || git_remote_lookup(&remote, repo, "origin") != 0) {
+      if (git_remote_set_url(repo, name, url) != 0 || git_remote_lookup(&remote, repo, name) != 0) {
         fail(j, "cannot set the remote");
         goto out;
       }
     }
-  } else if (git_remote_create(&remote, repo, "origin", j->url) != 0) {
+  } else if (git_remote_create(&remote, repo, name, url) != 0) {
     fail(j, "cannot add the remote");
     goto out;
   }
@@ -146,15 +162,18 @@ static void read_file(git_job *j) {
   fo.callbacks.credentials = on_credentials;
   fo.callbacks.certificate_check = on_certificate;
   fo.callbacks.payload = j;
-  fo.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_ALL;
+  /* tags forced, as Argo fetches every ref with force (a tag moved upstream moves here too) */
+  fo.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE;
   fo.prune = GIT_FETCH_PRUNE;
-  char *refspec = "+refs/heads/*:refs/remotes/origin/*";
-  git_strarray specs = {&refspec, 1};
+  char heads[300];
+  snprintf(heads, sizeof heads, "+refs/heads/*:refs/remotes/%s/*", name);
+  char *refspecs[] = {heads, "+refs/tags/*:refs/tags/*"};
+  git_strarray specs = {refspecs, 2};
   if (git_remote_fetch(remote, &specs, &fo, NULL) != 0) {
     fail(j, "fetch failed");
     goto out;
   }
-  if (!(rev = resolve(j, repo, remote))) {
+  if (!(rev = resolve(j, repo, remote, name))) {
     j->missing = 1;
     goto out;
   }
@@ -232,10 +251,12 @@ int herald__kube_git_start(herald_kube_req *kr) {
   j->username = field(co, 2, "username");
   j->password = field(co, 2, "password");
   j->ssh_key = field(co, 2, "ssh_key");
+  j->remote_name = field(co, 2, "remote_name");
+  j->remote_url = field(co, 2, "remote_url");
   lua_getfield(co, 2, "insecure");
   j->insecure = lua_toboolean(co, -1);
   lua_settop(co, 0);
-  if (!j->url || !j->file || !j->dir) {
+  if (!j->url || !j->file || !j->dir || (j->remote_name && !j->remote_url)) {
     job_free(j);
     return HERALD_EINVAL;
   }

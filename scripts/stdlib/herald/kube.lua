@@ -784,7 +784,8 @@ end
 
 --- source.git (Argo's GitArtifact): fetches the repository (into cloneDirectory, or a cache
 --- directory per URL) and reads filePath at the ref, tag, branch or the remote's default branch,
---- on the thread pool (triggers/k8s/git.c). Credentials come from the secrets named.
+--- on the thread pool (triggers/k8s/git.c). With `remote`, the revision comes from that remote
+--- (its first URL), in the same directory. Credentials come from the secrets named.
 local function fetch_git(g)
   local function secret(sel, what)
     if type(sel) ~= "table" then return nil end
@@ -803,7 +804,9 @@ local function fetch_git(g)
       dir = fmt("%s/herald/git/%s", cache, fnv32(tostring(g.url)))
     end
     local creds = type(g.creds) == "table" and g.creds or {}
+    local remote = type(g.remote) == "table" and g.remote or {}
     return { url = g.url, file = g.filePath, branch = g.branch, tag = g.tag, ref = g.ref, dir = dir,
+      remote_name = remote.name, remote_url = type(remote.urls) == "table" and remote.urls[1] or nil,
       username = secret(creds.username, "creds.username"), password = secret(creds.password, "creds.password"),
       ssh_key = secret(g.sshKeySecret, "sshKeySecret"), insecure = g.insecureIgnoreHostKey == true }
   end)

@@ -684,7 +684,16 @@ local GitArtifact = object({
   creds = object({ username = secret(), password = secret() }), sshKeySecret = secret(),
   filePath = str { required = true, doc = "the manifest's path in the repository" },
   branch = str(), tag = str(), ref = str(),
-  remote = object({ name = str(), urls = strings() }, { supported = NO, what = "git remote (the url is fetched as origin)" }),
+  remote = object({
+    name = str { required = true, doc = "the remote's name (a git remote name)",
+      check = function(v)
+        -- git's rules for a ref name component, which a remote name must also be
+        if not v:match("^[%w_][%w._-]*$") or v:find("..", 1, true) or v:match("%.lock$") or v:match("%.$") then
+          return "not a valid git remote name: " .. v
+        end
+      end },
+    urls = strings { required = true, nonempty_items = true, doc = "the remote's URLs: the first is fetched" },
+  }, { doc = "fetch the revision from this remote instead of url (Argo: url is cloned, then every ref is taken from the remote)" }),
   insecureIgnoreHostKey = bool(),
 })
 

@@ -423,7 +423,7 @@ describe("k8s trigger", function()
       return with_source("            git:\n" .. git, trigger or "t")
     end
 
-    it("reads the manifest at the default branch, a branch, a tag or a ref, fetching at each firing", function()
+    it("reads the manifest at the default branch, a branch, a tag, a ref or a remote, fetching at each firing", function()
       if os.execute("command -v git >/dev/null 2>&1") ~= 0 and os.execute("command -v git >/dev/null 2>&1") ~= true then
         pending("git is needed to make the test repository")
         return
@@ -435,6 +435,11 @@ describe("k8s trigger", function()
       sh(repo, "git checkout -q -b feature")
       H.write(repo .. "/manifests/cm.yaml", MANIFEST:format("feature"))
       sh(repo, GIT .. " commit -q -am two && git checkout -q trunk")
+      -- a fork whose trunk has a commit of its own: with `remote`, the revision comes from it
+      local fork = H.tmpdir()
+      sh(fork, ("git clone -q file://%s ."):format(repo))
+      H.write(fork .. "/manifests/cm.yaml", MANIFEST:format("forked"))
+      sh(fork, GIT .. " commit -q -am forked")
       local url = "file://" .. repo
       local function t(name, extra)
         return { name = name, body = git_body(("              url: %s\n              filePath: manifests/%s\n%s"):format(
@@ -446,15 +451,17 @@ describe("k8s trigger", function()
         t("tag", "              tag: v1\n"),
         t("ref", "              ref: refs/heads/feature\n              cloneDirectory: " .. cache .. "/clone\n"),
         t("link"),
+        t("fork", ("              remote:\n                name: fork\n                urls: [\"file://%s\"]\n"):format(fork)),
       }, nil, nil, { env = { XDG_CACHE_HOME = cache } })
       K.post(port, { name = "one" })
-      for _, name in ipairs{ "default", "branch", "tag", "ref" } do K.wait_metric(p, "triggered", name, 1) end
+      for _, name in ipairs{ "default", "branch", "tag", "ref", "fork" } do K.wait_metric(p, "triggered", name, 1) end
       K.wait_metric(p, "failed", "link", 1)
       p:wait_for("manifests/link.yaml is a symbolic link, which is not allowed")
       assert.truthy(srv:get(CM:format("default", "default-trunk-one"))) -- the default branch: trunk
       assert.truthy(srv:get(CM:format("default", "branch-feature-one")))
       assert.truthy(srv:get(CM:format("default", "tag-trunk-one")))
       assert.truthy(srv:get(CM:format("default", "ref-feature-one")))
+      assert.truthy(srv:get(CM:format("default", "fork-forked-one")))
       -- a new commit on trunk is fetched at the next firing; the tag stays where it was
       H.write(repo .. "/manifests/cm.yaml", MANIFEST:format("trunk2"))
       sh(repo, GIT .. " commit -q -am three")
@@ -466,6 +473,11 @@ describe("k8s trigger", function()
       assert.is_true(r == 0 or r == true)
       assert.truthy(srv:get(CM:format("default", "default-trunk2-two")))
       assert.truthy(srv:get(CM:format("default", "tag-trunk-two")))
+      -- a tag moved upstream is followed
+      sh(repo, "git tag -f v1")
+      K.post(port, { name = "three" })
+      K.wait_metric(p, "triggered", "tag", 3)
+      assert.truthy(srv:get(CM:format("default", "tag-trunk2-three")))
       assert.equal(0, p:stop())
     end)
 
