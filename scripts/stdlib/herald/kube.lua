@@ -12,6 +12,7 @@
 local _M = {}
 
 local core = require "herald.core"
+local argo_cli = require "herald.argo_cli"
 local null = require("cjson").null -- lightuserdata NULL, as the YAML loader uses it too
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
@@ -581,12 +582,14 @@ local GROUP_NODES = { Steps = true, StepGroup = true, DAG = true, TaskGroup = tr
 
 local OPS = {}
 
--- argo submit: create the Workflow as given, with the Argo Events labels.
+-- argo submit: create the Workflow as given (with the trigger's `args` applied), with the Argo
+-- Events labels.
 function OPS.submit(ctx, obj, ns)
   if obj.kind ~= "Workflow" then
     return "failed", fmt("submit needs a Workflow object, not kind %s (use submit-from for templates)", tostring(obj.kind))
   end
   obj.apiVersion = obj.apiVersion or WF_API
+  if ctx.submit_opts then argo_cli.apply(obj, ctx.submit_opts) end
   local md = map_of(obj, "metadata")
   md.namespace = ns
   if not md.name and not md.generateName then return "failed", "the Workflow has neither metadata.name nor generateName" end
@@ -627,6 +630,7 @@ OPS["submit-from"] = function(ctx, obj, ns, name)
     return "failed", fmt("submit-from needs a WorkflowTemplate, ClusterWorkflowTemplate or CronWorkflow, not kind %s", tostring(obj.kind))
   end
   if next(wf.metadata.annotations) == nil then wf.metadata.annotations = nil end
+  if ctx.submit_opts then argo_cli.apply(wf, ctx.submit_opts) end
   return create(ctx, wf_path(ns), wf, ns)
 end
 
@@ -748,6 +752,12 @@ local function argo(ctx)
   local name = md.name
   if op ~= "submit" and (type(name) ~= "string" or name == "") then
     return "failed", fmt("operation %s needs metadata.name on the object", op)
+  end
+  local args = ctx.spec.args
+  if type(args) == "table" and #args > 0 and (op == "submit" or op == "submit-from") then
+    local opts, err = argo_cli.parse(args) -- checked at load already
+    if not opts then return "failed", "args: " .. err end
+    ctx.submit_opts = opts
   end
   return fn(ctx, obj, ns, name)
 end

@@ -404,6 +404,14 @@ function validate(ctx, s, parent, key, path)
         end
       end
     end
+    if s.check then -- on the whole list: message[, the index of the element at fault]
+      local msg, at = s.check(v, parent)
+      if msg and at and v[at] ~= nil then
+        err_key(ctx, v, at, child_path(path, at - 1), msg)
+      elseif msg then
+        err_value(ctx, parent, key, path, msg)
+      end
+    end
     return
   end
   error("herald.schema: unknown kind " .. tostring(kind) .. " at " .. path)

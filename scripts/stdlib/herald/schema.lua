@@ -27,6 +27,9 @@
 --              nothing when Herald runs locally; accepted and reported at debug level.
 --   exactly_one_of / at_least_one_of  (objects) lists of field names
 --   nonempty_items (arrays) every element must be a non-empty string
+--   check      function(value, parent) -> nil | message: a check of the value once its type is
+--              right (strings and numbers; on an array, of the whole list, and a second result,
+--              the index of the element at fault, puts the error there)
 --
 -- Types are shared tables; `use(T, overrides)` makes a use site with its own flags.
 
@@ -718,7 +721,16 @@ local ArgoWorkflowTrigger = object({
   source = use(ArtifactLocation, { required = true }),
   operation = str { enum = { "submit", "submit-from", "suspend", "resubmit", "retry", "resume",
                              "terminate", "stop" }, default = "submit" },
-  parameters = params(), args = strings(),
+  parameters = params(),
+  args = strings { doc = "`argo submit` flags: their changes are made to the Workflow (docs/compat.md)",
+    check = function(v, parent)
+      local op = parent.operation
+      if op ~= nil and op ~= "submit" and op ~= "submit-from" then
+        return "args apply to operation submit and submit-from only (Herald uses the Kubernetes API, not the argo CLI)"
+      end
+      local ok, err, at = require("herald.argo_cli").parse(v)
+      if not ok then return err, at end
+    end },
 })
 
 local AWSLambdaTrigger = object({
@@ -797,7 +809,7 @@ local TriggerTemplate = object({
     byTime = object({ cron = str(), timezone = str() }),
   }), { doc = "times at which the dependency state of this trigger is cleared" }),
   k8s = use(K8sTrigger, { fields = use(K8sTrigger.fields, { source = use(ArtifactLocation, { required = true }) }) }),
-  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true }), args = strings { supported = NO, what = "argoWorkflow.args (Herald uses the Kubernetes API, not the argo CLI)" } }) }),
+  argoWorkflow = use(ArgoWorkflowTrigger, { fields = use(ArgoWorkflowTrigger.fields, { source = use(ArtifactLocation, { required = true }) }) }),
   http = use(HTTPTrigger),
   awsLambda = use(AWSLambdaTrigger),
   custom = use(CustomTrigger, { supported = NO, what = "custom (gRPC) triggers" }),

@@ -89,6 +89,75 @@ describe("argoWorkflow trigger", function()
     end
   end)
 
+  it("submit and submit-from with args: the changes `argo submit` makes with those flags", function()
+    local args = [[
+          args: ["--serviceaccount", "runner", "-p", "message=from args", "--parameter=extra=1",
+                 "--labels=team=a,env=dev", "-l", "tier=x", "--entrypoint", "alt", "--generate-name", "custom-",
+                 "--instanceid", "i1", "--priority=5", "-o", "name", "--strict=false"]
+]]
+    local srv, p, port = start({
+      { name = "sub", body = argo_body("submit", [[
+              apiVersion: argoproj.io/v1alpha1
+              kind: Workflow
+              metadata:
+                generateName: hello-
+                labels: {team: b, keep: "yes"}
+              spec:
+                entrypoint: main
+                arguments:
+                  parameters:
+                    - name: other
+                      value: kept
+                    - name: message
+                      value: none
+]], false, args) },
+      { name = "from", body = argo_body("submit-from", [[
+              apiVersion: argoproj.io/v1alpha1
+              kind: WorkflowTemplate
+              metadata:
+                name: placeholder
+]], nil, [[
+          args: ["-p", "message=hi", "--name", "fixed-name"]
+]]) },
+    })
+    srv:create("/apis/argoproj.io/v1alpha1/namespaces/default/workflowtemplates", { apiVersion = "argoproj.io/v1alpha1",
+      kind = "WorkflowTemplate", metadata = { name = "build" }, spec = { entrypoint = "main" } })
+    K.post(port, { name = "build" })
+    K.wait_metric(p, "triggered", "sub", 1)
+    K.wait_metric(p, "triggered", "from", 1)
+    local wf = list(srv, "events.argoproj.io/trigger=sub")[1]
+    assert.truthy(wf.metadata.name:match("^custom%-"), wf.metadata.name)
+    assert.equal("runner", wf.spec.serviceAccountName)
+    assert.equal("alt", wf.spec.entrypoint)
+    assert.equal(5, wf.spec.priority)
+    -- the parameters given first, then the Workflow's own not given
+    assert.same({ { name = "message", value = "from args" }, { name = "extra", value = "1" },
+      { name = "other", value = "kept" } }, wf.spec.arguments.parameters)
+    local l = wf.metadata.labels
+    assert.same({ "a", "dev", "x", "yes", "i1" }, { l.team, l.env, l.tier, l.keep, l["workflows.argoproj.io/controller-instanceid"] })
+    local from = list(srv, "events.argoproj.io/trigger=from")[1]
+    assert.equal("fixed-name", from.metadata.name)
+    assert.same({ name = "build" }, from.spec.workflowTemplateRef)
+    assert.same({ { name = "message", value = "hi" } }, from.spec.arguments.parameters)
+    assert.equal(0, p:stop())
+  end)
+
+  it("args are checked at load: each unknown or unsupported flag named at its position", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } }, triggers = {
+      { name = "a", body = argo_body("submit", NAMED_WF, false, '          args: ["--serviceaccount", "x", "--wait"]\n') },
+      { name = "b", body = argo_body("submit", NAMED_WF, false, '          args: ["-p", "novalue"]\n') },
+      { name = "c", body = argo_body("submit", NAMED_WF, false, '          args: ["--bogus"]\n') },
+      { name = "e", body = argo_body("resume", NAMED_WF, false, '          args: ["--name", "x"]\n') },
+    } })
+    local code, _, err = H.run{ "lint", dir }
+    assert.equal(1, code)
+    assert.matches("s.yaml:%d+:%d+: spec.triggers%[0%].template.argoWorkflow.args%[2%]: %-%-wait is not supported: Herald does not wait", err)
+    assert.matches('spec.triggers%[1%].template.argoWorkflow.args%[1%]: expected a parameter of the form NAME=VALUE, got "novalue"', err)
+    assert.matches('spec.triggers%[2%].template.argoWorkflow.args%[0%]: "%-%-bogus" is not an `argo submit` flag Herald knows', err)
+    assert.matches("spec.triggers%[3%].template.argoWorkflow.args: args apply to operation submit and submit%-from only", err)
+  end)
+
   it("submit: a Workflow from source.url, fetched at each firing", function()
     local sink = require("helpers.sink_client").start{ body = "apiVersion: argoproj.io/v1alpha1\n"
       .. "kind: Workflow\nmetadata:\n  generateName: fetched-\nspec:\n  entrypoint: main\n" }
