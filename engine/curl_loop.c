@@ -5,6 +5,12 @@
  *   curl_multi_socket_action(fd) ; curl asks for a timeout (CURLMOPT_TIMERFUNCTION) -> uv_timer
  *   -> curl_multi_socket_action(TIMEOUT) ; after each action, finished transfers are read with
  *   curl_multi_info_read and handed to their done callback.
+ *
+ * Lanes: transfers to one origin (scheme://authority) beyond HERALD_CURL_PER_ORIGIN (also
+ * libcurl's per-host connection cap) wait in the origin's FIFO here, not in libcurl: libcurl
+ * parks such a transfer as pending and, for each one, scans the host's connection cache again
+ * when a connection frees up, which made the HTTP trigger ~45% slower at 256 actions in flight.
+ * A finished transfer starts the next one of its lane.
  */
 #include "curl_loop.h"
 #include "buf.h"
@@ -15,8 +21,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_HOST_CONNECTIONS 64
-#define POOL_SIZE 64
+#define MAX_HOST_CONNECTIONS HERALD_CURL_PER_ORIGIN
+#define POOL_SIZE 256 /* a trigger's actions in flight (delivery.c) */
+
+typedef struct herald_curl_lane {
+  struct herald_curl_lane *next;
+  int active;                    /* its transfers in the multi */
+  herald_curl_xfer *head, *tail; /* waiting */
+  char origin[];
+} lane;
 
 typedef struct sock_ctx {
   uv_poll_t poll;
@@ -36,7 +49,66 @@ static struct {
    * HTTP trigger's CPU. */
   sock_ctx **socks;
   int nsocks;
+  lane *lanes;
 } G;
+
+static lane *lane_get(const char *origin) {
+  for (lane *l = G.lanes; l; l = l->next)
+    if (strcmp(l->origin, origin) == 0) return l;
+  size_t n = strlen(origin) + 1;
+  lane *l = calloc(1, sizeof *l + n);
+  if (!l) return NULL;
+  memcpy(l->origin, origin, n);
+  l->next = G.lanes;
+  G.lanes = l;
+  return l;
+}
+
+static void lane_drop_if_idle(lane *l) {
+  if (l->active || l->head) return;
+  for (lane **pp = &G.lanes; *pp; pp = &(*pp)->next) {
+    if (*pp == l) {
+      *pp = l->next;
+      free(l);
+      return;
+    }
+  }
+}
+
+static void lane_unqueue(lane *l, herald_curl_xfer *x) {
+  if (x->qprev) x->qprev->qnext = x->qnext;
+  else l->head = x->qnext;
+  if (x->qnext) x->qnext->qprev = x->qprev;
+  else l->tail = x->qprev;
+  x->qprev = x->qnext = NULL;
+}
+
+/* A transfer of lane l left the multi: the next waiting one goes in. One the multi refuses
+ * finishes with CURLE_OUT_OF_MEMORY, its done called once the lane is settled (a done may
+ * release transfers of this lane, and the lane may be gone by then). */
+static void lane_next(lane *l) {
+  herald_curl_xfer *failed = NULL;
+  l->active--;
+  while (l->head && l->active < MAX_HOST_CONNECTIONS) {
+    herald_curl_xfer *x = l->head;
+    lane_unqueue(l, x);
+    if (curl_multi_add_handle(G.multi, x->easy) == CURLM_OK) {
+      x->active = 1;
+      l->active++;
+    } else {
+      x->lane = NULL;
+      x->qnext = failed;
+      failed = x;
+    }
+  }
+  lane_drop_if_idle(l);
+  while (failed) {
+    herald_curl_xfer *x = failed;
+    failed = x->qnext;
+    x->qnext = NULL;
+    x->done(x, CURLE_OUT_OF_MEMORY);
+  }
+}
 
 static void check_done(void) {
   CURLMsg *msg;
@@ -50,6 +122,9 @@ static void check_done(void) {
     curl_multi_remove_handle(G.multi, easy); /* invalidates msg */
     if (HERALD_FAILS(x != NULL)) continue;
     x->active = 0;
+    lane *l = x->lane;
+    x->lane = NULL;
+    if (l) lane_next(l);
     x->done(x, rc);
   }
 }
@@ -190,6 +265,9 @@ int herald_curl_xfer_init(herald_curl_xfer *x) {
   if (!x->easy) return HERALD_ENOMEM;
   x->active = 0;
   x->errbuf[0] = '\0';
+  x->origin[0] = '\0';
+  x->lane = NULL;
+  x->qprev = x->qnext = NULL;
   curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
   curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
@@ -197,16 +275,50 @@ int herald_curl_xfer_init(herald_curl_xfer *x) {
   return 0;
 }
 
+void herald_curl_xfer_url(herald_curl_xfer *x, const char *url) {
+  curl_easy_setopt(x->easy, CURLOPT_URL, url);
+  /* scheme://authority; a longer one is cut, which at worst puts two origins in one lane */
+  const char *p = strstr(url, "://");
+  size_t n = p ? strcspn(p + 3, "/?#") + (size_t)(p + 3 - url) : strlen(url);
+  if (n >= sizeof x->origin) n = sizeof x->origin - 1;
+  memcpy(x->origin, url, n);
+  x->origin[n] = '\0';
+}
+
 int herald_curl_xfer_start(herald_curl_xfer *x, herald_curl_done_cb done) {
   x->done = done;
-  if (curl_multi_add_handle(G.multi, x->easy) != CURLM_OK) return HERALD_EIO;
+  lane *l = lane_get(x->origin);
+  if (!l) return HERALD_EIO;
+  if (l->active >= MAX_HOST_CONNECTIONS) {
+    x->lane = l;
+    x->qnext = NULL;
+    x->qprev = l->tail;
+    if (l->tail) l->tail->qnext = x;
+    else l->head = x;
+    l->tail = x;
+    return 0;
+  }
+  if (curl_multi_add_handle(G.multi, x->easy) != CURLM_OK) {
+    lane_drop_if_idle(l);
+    return HERALD_EIO;
+  }
   x->active = 1;
+  x->lane = l;
+  l->active++;
   return 0;
 }
 
 void herald_curl_xfer_release(herald_curl_xfer *x) {
   if (!x->easy) return;
-  if (x->active) curl_multi_remove_handle(G.multi, x->easy);
+  lane *l = x->lane;
+  x->lane = NULL;
+  if (x->active) {
+    curl_multi_remove_handle(G.multi, x->easy);
+    if (l) lane_next(l);
+  } else if (l) {
+    lane_unqueue(l, x);
+    lane_drop_if_idle(l);
+  }
   x->active = 0;
   if (G.npool < POOL_SIZE) {
     curl_easy_reset(x->easy);

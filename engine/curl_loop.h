@@ -30,6 +30,10 @@ struct herald_curl_xfer {
   void *data;               /* the user's */
   char errbuf[CURL_ERROR_SIZE];
   int active;               /* in the multi */
+  /* curl_loop's: the origin (scheme://authority of the URL) and its lane while started */
+  char origin[128];
+  struct herald_curl_lane *lane;
+  herald_curl_xfer *qprev, *qnext; /* waiting in the lane for a connection */
 };
 
 /* Takes a reference on the process-wide multi, creating it on loop with the first one.
@@ -42,11 +46,18 @@ void herald_curl_loop_unref(void);
 /* Gives x a reset easy handle (pooled) with CURLOPT_PRIVATE, CURLOPT_ERRORBUFFER and
  * CURLOPT_NOSIGNAL set. Returns 0 or HERALD_ENOMEM. */
 int herald_curl_xfer_init(herald_curl_xfer *x);
-/* Adds x to the multi; done(x, rc) runs later on the loop. Returns 0, or HERALD_EIO without
- * calling done (x stays initialised: release it). */
+/* Sets the transfer's URL (CURLOPT_URL) and notes its origin: use it instead of setting
+ * CURLOPT_URL directly. */
+void herald_curl_xfer_url(herald_curl_xfer *x, const char *url);
+/* Starts x: into the multi when its origin has fewer than HERALD_CURL_PER_ORIGIN transfers
+ * there, else it waits its turn in the origin's queue (so libcurl never holds transfers waiting
+ * for a connection, which costs it a connection-cache scan each: bench/RESULTS.md). done(x, rc)
+ * runs later on the loop. Returns 0, or HERALD_EIO without calling done (x stays initialised:
+ * release it). */
+#define HERALD_CURL_PER_ORIGIN 64
 int herald_curl_xfer_start(herald_curl_xfer *x, herald_curl_done_cb done);
-/* Removes x from the multi if it is still there (no callback) and returns its handle to the
- * pool. Safe to call from done and on an x that was never initialised (easy NULL). */
+/* Removes x from the multi or its queue if it is still there (no callback) and returns its
+ * handle to the pool. Safe to call from done and on an x that was never initialised (easy NULL). */
 void herald_curl_xfer_release(herald_curl_xfer *x);
 
 /* A CURLOPT_WRITEFUNCTION keeping the first HERALD_CURL_KEEP bytes of a response in the

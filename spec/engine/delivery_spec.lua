@@ -116,6 +116,46 @@ describe("delivery", function()
     sink.stop()
   end)
 
+  -- engine/curl_loop.c: past 64 transfers to one origin, the rest wait in that origin's queue;
+  -- every one is sent in the end, over at most 64 connections, and another origin's transfers
+  -- do not wait behind them.
+  it("queues transfers past 64 per origin, sends them all, and does not hold back other origins", function()
+    local slow, fast = sink_client.start{ delay_ms = 400 }, sink_client.start{}
+    local dir = H.tmpdir()
+    local port = H.free_port()
+    H.write(dir .. "/es.yaml", H.webhook_es{ port = port })
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d" } }, triggers = {
+      { name = "slow", body = ("        http:\n          url: http://127.0.0.1:%d/x\n          payload:\n" ..
+        "            - src: {dependencyName: d, dataKey: body.n}\n              dest: n\n"):format(slow.port) },
+      { name = "fast", body = ("        http:\n          url: http://127.0.0.1:%d/y\n"):format(fast.port) },
+    } })
+    local p = H.start{ "run", dir }
+    p:wait_for("herald started")
+    local N = 200 -- 64 at once to the slow sink: it needs at least four rounds of 400 ms
+    local t0 = H.now()
+    for i = 1, N do assert.equal(200, (H.post_json(port, "/hook", ('{"n":%d}'):format(i)))) end
+    fast.wait_requests(N, 10)
+    local fast_took = H.now() - t0
+    assert.is_true(#slow.requests() < N, "the slow origin is still working through its queue")
+    local reqs = slow.wait_requests(N, 20)
+    local conns, seen = {}, {}
+    for _, r in ipairs(reqs) do
+      conns[r.conn] = true
+      assert.is_true(r.open <= 64, "open connections: " .. r.open)
+      seen[tonumber(require("cjson").decode(r.body).n)] = true -- Argo's parameters are strings
+    end
+    local nconns = 0
+    for _ in pairs(conns) do nconns = nconns + 1 end
+    assert.is_true(nconns <= 64, nconns .. " connections")
+    for i = 1, N do assert.is_true(seen[i], "event " .. i) end
+    assert.is_true(fast_took < 1.6, ("the fast origin took %.2f s"):format(fast_took))
+    H.wait_until(function() return metric(p, "argo_events_action_triggered_total", "slow") == N end, 5, "all triggered")
+    assert.equal(0, metric(p, "argo_events_action_failed_total", "slow"))
+    p:kill()
+    slow.stop()
+    fast.stop()
+  end)
+
   -- On the embedded bus the sensors on one event share a delivery (herald/engine.lua); a slow
   -- sensor must still not hold back the others, as its own subscription would not have.
   it("a sensor whose triggers are slow does not hold back another on the same event", function()

@@ -5,7 +5,8 @@
 --
 -- Serves many keep-alive connections at once from one non-blocking socket.select loop.
 -- Each complete request is appended to FILE as one JSON line
---   {"method":..., "path":..., "headers":{lowercase name: value}, "body":..., "t": arrival time}
+--   {"method":..., "path":..., "headers":{lowercase name: value}, "body":..., "t": arrival time,
+--    "conn": the connection's number (1, 2, ... in accept order), "open": connections open then}
 -- (flushed per line, written when the request has been read), and answered with the
 -- configured status after --delay-ms; a delayed answer holds only its own connection. The
 -- first K requests (--fail-first) get --fail-status instead; the answer's body is "ok", or the
@@ -52,8 +53,8 @@ local REASONS = { [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "
   [400] = "Bad Request", [404] = "Not Found", [429] = "Too Many Requests",
   [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable" }
 
-local conns = {}  -- socket -> state {buf=, pending = {due=, data=, close=}[], out=}
-local nrequests = 0
+local conns = {}  -- socket -> state {id=, buf=, pending = {due=, data=, close=}[], out=}
+local nrequests, naccepted, nopen = 0, 0, 0
 
 -- Parses one request from st.buf; returns it (and consumes its bytes) or nil if incomplete.
 local function parse_request(st)
@@ -107,6 +108,7 @@ end
 local function on_request(st, req)
   nrequests = nrequests + 1
   req.t = socket.gettime() -- arrival time, for specs about retry and rate-limit timing
+  req.conn, req.open = st.id, nopen
   out:write(cjson.encode(req), "\n")
   out:flush()
   local status = nrequests <= opts.fail_first and opts.fail_status or opts.status
@@ -119,6 +121,7 @@ end
 
 local function drop(c)
   conns[c] = nil
+  nopen = nopen - 1
   c:close()
 end
 
@@ -145,7 +148,8 @@ while true do
         if not nc then break end
         nc:settimeout(0)
         nc:setoption("tcp-nodelay", true)
-        conns[nc] = { buf = "", pending = {}, out = "" }
+        naccepted, nopen = naccepted + 1, nopen + 1
+        conns[nc] = { id = naccepted, buf = "", pending = {}, out = "" }
       end
     elseif conns[c] then
       local st = conns[c]

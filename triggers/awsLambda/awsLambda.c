@@ -343,7 +343,7 @@ static int invoke(lambda_req *r) {
                     lt->region, "lambda", &c);
   free(itype);
   CURL *e = r->x.easy;
-  curl_easy_setopt(e, CURLOPT_URL, url.data);
+  herald_curl_xfer_url(&r->x, url.data);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->payload);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->payload_len);
@@ -491,7 +491,7 @@ static int sts_start(lambda_trigger *lt) {
   lt->sts_headers = sign(NULL, "POST", url, *path ? path : "/", extra, 1, lt->sts_body, blen,
                          lt->region, "sts", &c);
   CURL *e = lt->sts.easy;
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  herald_curl_xfer_url(&lt->sts, url);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, lt->sts_headers);
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, lt->sts_body);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);

@@ -315,7 +315,7 @@ static int email_execute(herald_trigger *t, herald_trigger_req *req, lua_State *
     }
     ex->x.data = ex;
     CURL *e = ex->x.easy;
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    herald_curl_xfer_url(&ex->x, url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
     curl_easy_setopt(e, CURLOPT_MAIL_FROM, mail_from);
     curl_easy_setopt(e, CURLOPT_MAIL_RCPT, ex->rcpt);

@@ -195,7 +195,7 @@ static int http_execute(herald_trigger *t, herald_trigger_req *req, lua_State *L
   if (herald_curl_xfer_init(&hr->x) != 0) return HERALD_ENOMEM;
   hr->x.data = hr;
   CURL *e = hr->x.easy;
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  herald_curl_xfer_url(&hr->x, url);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, herald_curl_keep_head);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &hr->response);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout > 0 ? timeout * 1000 : 60000));

@@ -96,7 +96,7 @@ static CURL *xfer_begin(herald_kube_req *kr, const char *url) {
   if (herald_curl_xfer_init(&kr->x) != 0) return NULL;
   kr->x.data = kr;
   CURL *e = kr->x.easy;
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  herald_curl_xfer_url(&kr->x, url);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, kr);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, REQUEST_TIMEOUT_MS);

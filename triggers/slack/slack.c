@@ -293,7 +293,7 @@ static int slack_execute(herald_trigger *t, herald_trigger_req *req, lua_State *
   r->headers = curl_slist_append(r->headers, "Content-Type: application/json; charset=utf-8");
   r->headers = curl_slist_append(r->headers, "Expect:");
   CURL *e = r->x.easy;
-  curl_easy_setopt(e, CURLOPT_URL, st->url);
+  herald_curl_xfer_url(&r->x, st->url);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
   curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
   curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
