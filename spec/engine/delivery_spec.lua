@@ -120,7 +120,7 @@ describe("delivery", function()
   -- every one is sent in the end, over at most 64 connections, and another origin's transfers
   -- do not wait behind them.
   it("queues transfers past 64 per origin, sends them all, and does not hold back other origins", function()
-    local slow, fast = sink_client.start{ delay_ms = 400 }, sink_client.start{}
+    local slow, fast = sink_client.start{ delay_ms = 1000 }, sink_client.start{}
     local dir = H.tmpdir()
     local port = H.free_port()
     H.write(dir .. "/es.yaml", H.webhook_es{ port = port })
@@ -131,7 +131,7 @@ describe("delivery", function()
     } })
     local p = H.start{ "run", dir }
     p:wait_for("herald started")
-    local N = 200 -- 64 at once to the slow sink: it needs at least four rounds of 400 ms
+    local N = 200 -- 64 at once to the slow sink: it needs four rounds of 1 s
     local t0 = H.now()
     for i = 1, N do assert.equal(200, (H.post_json(port, "/hook", ('{"n":%d}'):format(i)))) end
     fast.wait_requests(N, 10)
@@ -148,7 +148,7 @@ describe("delivery", function()
     for _ in pairs(conns) do nconns = nconns + 1 end
     assert.is_true(nconns <= 64, nconns .. " connections")
     for i = 1, N do assert.is_true(seen[i], "event " .. i) end
-    assert.is_true(fast_took < 1.6, ("the fast origin took %.2f s"):format(fast_took))
+    assert.is_true(fast_took < 3.5, ("the fast origin took %.2f s"):format(fast_took))
     H.wait_until(function() return metric(p, "argo_events_action_triggered_total", "slow") == N end, 5, "all triggered")
     assert.equal(0, metric(p, "argo_events_action_failed_total", "slow"))
     p:kill()

@@ -581,8 +581,11 @@ function Compiler:trigger(trig, i, target, tpath)
     self:comment("    -- %s.parameters apply to the whole template", tpath)
     self:emit("    template = apply_params(copy(%s), %s, events)", tconst, tparams)
     self:emit("    local spec = template.%s", ttype)
-  else
+  elseif type_params or dyn_headers or RESOURCE_TYPES[ttype] or ttype == "lua" or self.explain then
     self:emit("    local spec = copy(%s.config)", target)
+  else
+    -- nothing here changes the spec and the executor (C) only reads it: no copy per firing
+    self:emit("    local spec = %s.config", target)
   end
   if type_params and not RESOURCE_TYPES[ttype] then
     self:emit("    spec = apply_params(spec, %s, events)", type_params)
