@@ -83,6 +83,8 @@ typedef struct herald_bus_state_entry {
 } herald_bus_state_entry;
 typedef void (*herald_bus_state_load_cb)(void *data, int status, const herald_bus_state_entry *entries);
 typedef void (*herald_bus_state_cb)(void *data, int status);
+/* status 0 and the lease's new revision, HERALD_EHELD (holder: who has it) or HERALD_EIO */
+typedef void (*herald_bus_lease_cb)(void *data, int status, uint64_t revision, const char *holder);
 
 typedef struct herald_bus_ops {
   const char *name;
@@ -108,6 +110,11 @@ typedef struct herald_bus_ops {
    * the bucket remembers). */
   int (*cleanup)(herald_bus *bus, const char *sensor, const char *const *subs, size_t nsubs,
                  herald_bus_state_cb cb, void *data);
+  /* Optional (NULL: one process owns the bus, nothing to elect). A lease for leader election:
+   * takes `name` for `holder` when revision is 0 and nobody holds it, or renews the one taken
+   * at `revision`; an unrenewed lease lapses after ttl_ms (the same for every caller). */
+  int (*lease)(herald_bus *bus, const char *name, const char *holder, uint64_t revision,
+               uint64_t ttl_ms, herald_bus_lease_cb cb, void *data);
 } herald_bus_ops;
 
 struct herald_bus {

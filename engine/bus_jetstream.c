@@ -148,6 +148,7 @@ struct jbus {
   jkv_op *kv_head, *kv_tail, *kv_done_head, *kv_done_tail;
   int kv_gate; /* state loads not yet handed to the loop: fetch workers wait (under mu) */
   jkv_bucket *kv_buckets;
+  kvStore *lease_kv;             /* the leases bucket, once opened (conn worker) */
 };
 
 /* ---- helpers usable from any thread ---- */
@@ -1071,8 +1072,9 @@ static void jb_close(herald_bus *bus, herald_bus_close_cb cb) {
 
 #define KV_TRIES 8
 #define KV_DEPS_KEY "Deps"
+#define LEASE_BUCKET "herald_leases"
 
-enum { KV_OPEN, KV_SET, KV_CLEANUP };
+enum { KV_OPEN, KV_SET, KV_CLEANUP, KV_LEASE };
 
 struct jkv_op {
   int kind;
@@ -1087,6 +1089,9 @@ struct jkv_op {
   herald_bus_state_entry *entries; /* KV_OPEN result */
   herald_bus_state_load_cb load_cb;
   herald_bus_state_cb cb;
+  uint64_t rev, ttl_ms;            /* KV_LEASE: the revision held (0: none) -> the new one */
+  int lease_status;                /* KV_LEASE: 0 or HERALD_EHELD */
+  herald_bus_lease_cb lease_cb;    /* KV_LEASE; `value` is the holder, `key` the lease */
   void *data;
   jkv_op *next;
 };
@@ -1338,8 +1343,56 @@ static natsStatus kv_do_cleanup(jbus *b, jkv_op *op) {
   return st;
 }
 
+/* (worker) Leader election: the leases bucket (TTL = the lease time: a lease not renewed
+ * lapses) holds one key per elected thing, whose value names the holder. Create takes a lapsed
+ * or free lease; Update renews ours only if nobody took it since (revision check). The outcome
+ * is NATS_OK with lease_status 0 (op->rev the new revision) or HERALD_EHELD (op->value the
+ * holder); anything else is a server error. */
+static natsStatus kv_do_lease(jbus *b, jkv_op *op) {
+  natsStatus st = NATS_OK;
+  if (!b->lease_kv) {
+    st = js_KeyValue(&b->lease_kv, b->js, LEASE_BUCKET);
+    if (st == NATS_NOT_FOUND) {
+      kvConfig kc;
+      kvConfig_Init(&kc);
+      kc.Bucket = LEASE_BUCKET;
+      kc.History = 1;
+      kc.TTL = (int64_t)op->ttl_ms * 1000000; /* the stream's MaxAge, in nanoseconds */
+      kc.StorageType = js_FileStorage;
+      kc.Replicas = 1;
+      st = js_CreateKeyValue(&b->lease_kv, b->js, &kc);
+      if (st != NATS_OK) st = js_KeyValue(&b->lease_kv, b->js, LEASE_BUCKET); /* made meanwhile */
+    }
+    if (st != NATS_OK) return st;
+  }
+  int len = (int)strlen(op->value);
+  uint64_t rev = 0;
+  st = op->rev ? kvStore_Update(&rev, b->lease_kv, op->key, op->value, len, op->rev)
+               : kvStore_Create(&rev, b->lease_kv, op->key, op->value, len);
+  if (st != NATS_OK) {
+    kvEntry *e = NULL;
+    natsStatus gs = kvStore_Get(&e, b->lease_kv, op->key);
+    if (gs == NATS_NOT_FOUND && op->rev) { /* ours lapsed and nobody took it: take it again */
+      st = kvStore_Create(&rev, b->lease_kv, op->key, op->value, len);
+      if (st != NATS_OK) gs = kvStore_Get(&e, b->lease_kv, op->key);
+    }
+    if (st != NATS_OK && gs == NATS_OK) {
+      free(op->value);
+      op->value = herald_xasprintf("%.*s", kvEntry_ValueLen(e), (const char *)kvEntry_Value(e));
+      kvEntry_Destroy(e);
+      op->lease_status = HERALD_EHELD;
+      return NATS_OK;
+    }
+    if (st != NATS_OK) return st;
+  }
+  op->rev = rev;
+  op->lease_status = 0;
+  return NATS_OK;
+}
+
 static natsStatus kv_do(jbus *b, jkv_op *op) {
   if (op->kind == KV_OPEN) return kv_do_open(b, op);
+  if (op->kind == KV_LEASE) return kv_do_lease(b, op);
   if (op->kind == KV_CLEANUP) return kv_do_cleanup(b, op);
   natsStatus st;
   kvStore *kv = kv_bucket(b, op->sensor, 1, &st);
@@ -1377,7 +1430,7 @@ static void kv_worker_run(jbus *b) {
       uv_mutex_unlock(&b->mu);
       return;
     }
-    if (st != NATS_OK && ++op->tries < KV_TRIES) {
+    if (st != NATS_OK && op->kind != KV_LEASE && ++op->tries < KV_TRIES) { /* a lease is asked again anyway */
       uv_mutex_unlock(&b->mu);
       if (op->tries == 1) note(b, HLOG_WARN, "sensor %s: state: %s: retrying", op->sensor, status_text(st));
       uv_mutex_lock(&b->mu);
@@ -1389,7 +1442,8 @@ static void kv_worker_run(jbus *b) {
     if (!b->kv_head) b->kv_tail = NULL;
     kv_finish(b, op, st == NATS_OK ? 0 : HERALD_EIO);
     uv_mutex_unlock(&b->mu);
-    if (st != NATS_OK) note(b, HLOG_ERROR, "sensor %s: state: %s: giving up", op->sensor, status_text(st));
+    if (st != NATS_OK && op->kind != KV_LEASE)
+      note(b, HLOG_ERROR, "sensor %s: state: %s: giving up", op->sensor, status_text(st));
     uv_async_send(&b->async);
   }
 }
@@ -1405,6 +1459,8 @@ static void kv_worker_close(jbus *b) {
   b->kv_tail = NULL;
   uv_mutex_unlock(&b->mu);
   while (b->kv_buckets) kv_forget_bucket(b, b->kv_buckets->sensor);
+  if (b->lease_kv) kvStore_Destroy(b->lease_kv);
+  b->lease_kv = NULL;
 }
 
 /* (loop) Runs the callbacks of finished ops, in order. */
@@ -1424,6 +1480,8 @@ static void kv_loop_drain(jbus *b) {
       b->kv_gate--;
       for (jsub *s = b->subs; s; s = s->next) uv_cond_signal(&s->cond);
       uv_mutex_unlock(&b->mu);
+    } else if (op->kind == KV_LEASE) {
+      op->lease_cb(op->data, op->status < 0 ? op->status : op->lease_status, op->rev, op->value);
     } else if (op->cb) {
       op->cb(op->data, op->status);
     }
@@ -1507,6 +1565,25 @@ static int jb_cleanup(herald_bus *bus, const char *sensor, const char *const *su
   return kv_queue(b, op);
 }
 
+static int jb_lease(herald_bus *bus, const char *name, const char *holder, uint64_t revision,
+                    uint64_t ttl_ms, herald_bus_lease_cb cb, void *data) {
+  jbus *b = (jbus *)bus;
+  if (b->closing) return HERALD_ECLOSED;
+  jkv_op *op = herald_xcalloc(1, sizeof *op);
+  op->kind = KV_LEASE;
+  op->sensor = herald_xstrdup(name); /* for logs */
+  herald_buf k = HERALD_BUF_INIT;
+  kv_encode(&k, name);
+  herald_buf_putc(&k, '\0');
+  op->key = k.data;
+  op->value = herald_xstrdup(holder);
+  op->rev = revision;
+  op->ttl_ms = ttl_ms;
+  op->lease_cb = cb;
+  op->data = data;
+  return kv_queue(b, op);
+}
+
 static const herald_bus_ops jetstream_ops = {
     .name = "jetstream",
     .publish = jb_publish,
@@ -1519,6 +1596,7 @@ static const herald_bus_ops jetstream_ops = {
     .state_open = jb_state_open,
     .state_set = jb_state_set,
     .cleanup = jb_cleanup,
+    .lease = jb_lease,
 };
 
 /* The URL without its user:password@ part, for logs. */

@@ -27,6 +27,7 @@ const char *herald_strerror(int err) {
   case HERALD_ESPEC: return "invalid spec";
   case HERALD_ETIMEDOUT: return "timed out";
   case HERALD_ELUA: return "lua error";
+  case HERALD_EHELD: return "held by another process";
   default: return "unknown error";
   }
 }

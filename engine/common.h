@@ -22,6 +22,7 @@ enum {
   HERALD_ESPEC = -7,     /* a spec failed validation */
   HERALD_ETIMEDOUT = -8, /* a deadline passed */
   HERALD_ELUA = -9,      /* a Lua call raised an error */
+  HERALD_EHELD = -10,    /* held by someone else (a lease) */
 };
 
 /* Returns a static string describing err. */

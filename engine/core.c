@@ -567,6 +567,7 @@ int herald_lua_open_core(lua_State *L) {
       {"tz_check", l_tz_check},
       {"state_open", l_state_open}, {"state_put", l_state_put},
       {"bus_cleanup", l_bus_cleanup}, {"shutdown", l_shutdown},
+      {"leader_elect", herald__lua_leader_elect},
       {NULL, NULL},
   };
   lua_newtable(L);

@@ -226,6 +226,7 @@ static void bus_closed(herald_bus *bus) {
 static void finish_close(herald_engine *eng) {
   herald_runtime_unsubscribe_all(eng);
   herald__cron_timers_close();
+  herald__leader_close();
   herald__source_defer_close();
   while (eng->triggers) {
     trigger_node *n = eng->triggers;

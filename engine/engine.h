@@ -80,5 +80,8 @@ void herald__engine_add_source(herald_engine *eng, herald_source *src);
 void herald__engine_add_trigger(herald_engine *eng, herald_trigger *t);
 /* Reports pending filtered-event completions and closes their handle (source.c). */
 void herald__source_defer_close(void);
+/* leader.c: core.leader_elect, and its timer closed at shutdown. */
+int herald__lua_leader_elect(lua_State *L);
+void herald__leader_close(void);
 
 #endif

@@ -57,10 +57,7 @@ describe("jetstream dependency state", function()
   end
 
   before_each(function()
-    nats_port = H.free_port()
-    url = "nats://127.0.0.1:" .. nats_port
-    srv = H.spawn("nats-server", { "-a", "127.0.0.1", "-p", tostring(nats_port), "-js", "-sd", H.tmpdir() })
-    H.wait_port(nats_port, 10)
+    srv, nats_port, url = H.nats_server()
     hook_port = H.free_port()
     sdir = H.tmpdir()
     local edir = H.tmpdir()

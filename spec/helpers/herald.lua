@@ -413,6 +413,17 @@ function H.sensor(o)
   return table.concat(parts)
 end
 
+--- Starts nats-server with JetStream (a temp store) on a free loopback port, plus `args`;
+--- returns the process, the port and the nats:// URL once it listens.
+function H.nats_server(args)
+  local port = H.free_port()
+  local argv = { "-a", "127.0.0.1", "-p", tostring(port), "-js", "-sd", H.tmpdir() }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  local srv = H.spawn("nats-server", argv)
+  H.wait_port(port, 10)
+  return srv, port, "nats://127.0.0.1:" .. port
+end
+
 --- The JetStream durable consumer of (sensor, trigger, dependency), named as the bus names it:
 --- "<sensor>/<trigger>/<dependency>" with bytes outside [A-Za-z0-9_-] as '_', plus "-" and the
 --- FNV-1a hash (8 hex digits) of the original when anything was replaced.

@@ -282,6 +282,42 @@ local function build_sensor(obj, subs)
   return true
 end
 
+--- The leases the objects need for active/passive replicas, as Argo elects a leader: a Sensor
+--- with replicas > 1 ("sensor-<name>"), and an EventSource with replicas > 1 that has a source
+--- only one replica may run (a calendar, ...: "eventsource-<name>").
+function _M.leases(objects)
+  local names = {}
+  for _, obj in ipairs(objects) do
+    local spec = obj.doc.spec or {}
+    if type(spec.replicas) == "number" and spec.replicas > 1 then
+      if obj.kind == "Sensor" then
+        names[#names + 1] = "sensor-" .. obj.name
+      elseif obj.kind == "EventSource" then
+        local fields = require("herald.schema").event_source_spec.fields
+        for _, t in ipairs(SOURCE_TYPES) do
+          if spec[t] and not fields[t].active_active then -- Argo's "AP" types
+            names[#names + 1] = "eventsource-" .. obj.name
+            break
+          end
+        end
+      end
+    end
+  end
+  return names
+end
+
+--- Compiles every Sensor without building anything (a standby replica reports a broken spec
+--- at once, not when it is elected). Returns true or nil, err.
+function _M.check(objects)
+  for _, obj in ipairs(objects) do
+    if obj.kind == "Sensor" then
+      local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
+      if not sensor then return nil, err end
+    end
+  end
+  return true
+end
+
 --- The names of a Sensor object's JetStream subscriptions (for `herald sensor --cleanup`), or
 --- nil, err when it does not compile.
 function _M.subscription_names(obj)

@@ -292,6 +292,46 @@ local function bus_from_specs(objects)
   end
 end
 
+--- Replicas > 1 on JetStream: this process builds and starts its objects only once it holds
+--- their leases (herald/engine.lua `leases`, engine/leader.c); until then it stands by.
+local function elect_then_run(name, objects, leases)
+  local engine = require "herald.engine"
+  local ok, err = engine.check(objects)
+  if not ok then
+    eprint(err)
+    eprint(("herald %s: nothing started"):format(name))
+    return 1
+  end
+  local lease_ms = 5000 -- Argo's LEADER_ELECTION_LEASE_DURATION default, which it also reads
+  local d = os.getenv("LEADER_ELECTION_LEASE_DURATION")
+  if d and d ~= "" then
+    local ns, derr = core.duration_check(d)
+    if not ns or ns < 1e9 then
+      eprint(("herald %s: LEADER_ELECTION_LEASE_DURATION=%s: %s"):format(name, d, derr or "at least 1s"))
+      return 2
+    end
+    lease_ms = ns / 1e6
+  end
+  local started, serr = core.leader_elect(leases, lease_ms, function()
+    local built, berr = engine.build(objects)
+    if not built then
+      eprint(berr)
+      eprint(("herald %s: nothing started"):format(name))
+      return core.shutdown(1)
+    end
+    local ok2, err2 = core.start()
+    if not ok2 then
+      eprint(("herald %s: failed to start: "):format(name), err2)
+      core.shutdown(1)
+    end
+  end)
+  if not started then
+    eprint(("herald %s: leader election: %s"):format(name, tostring(serr)))
+    return 1
+  end
+  return 0, true
+end
+
 local function cmd_run(paths, opts, kind)
   local name = kind and (kind == "Sensor" and "sensor" or "eventsource") or "run"
   if #paths == 0 then
@@ -346,6 +386,10 @@ local function cmd_run(paths, opts, kind)
     result.objects = kept
   end
   local engine = require "herald.engine"
+  local leases = engine.leases(result.objects)
+  if #leases > 0 and core.bus_kind() == "jetstream" then
+    return elect_then_run(name, result.objects, leases)
+  end
   local ok, err = engine.build(result.objects)
   core.log("debug", "herald", ("loaded %d object(s) in %.1f ms, built them in %.1f ms"):format(
     #result.objects, (t1 - t0) * 1e3, (core.now() - t1) * 1e3))

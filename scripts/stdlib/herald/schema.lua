@@ -531,7 +531,7 @@ _M.event_source_spec = object({
   eventBusName = str { default = "default", doc = "EventBus to publish to" },
   template = use(Template, { deployment = true }),
   service = use(Service, { deployment = true }),
-  replicas = int { min = 0, default = 1, deployment = true, doc = "Deployment replicas" },
+  replicas = int { min = 0, default = 1, doc = "replicas: above 1 on JetStream, one leads and the others stand by (except webhook-only EventSources, whose replicas all run)" },
   webhook = source(WebhookEventSource, "webhook event source", true, AA),
   calendar = source(CalendarEventSource, "calendar event source", true),
   minio = source(S3Artifact, "minio event source", NO),
@@ -857,7 +857,7 @@ _M.sensor_spec = object({
   template = use(Template, { deployment = true }),
   errorOnFailedRound = bool { doc = "declared by Argo, unused there too" },
   eventBusName = str { default = "default", doc = "EventBus to read from" },
-  replicas = int { min = 0, default = 1, deployment = true, doc = "Deployment replicas" },
+  replicas = int { min = 0, default = 1, doc = "replicas: above 1 on JetStream, one leads and the others stand by" },
   revisionHistoryLimit = int { min = 0, deployment = true, doc = "Deployment revision history" },
   loggingFields = strmap { doc = "extra fields on every log line" },
 }, { doc = "Sensor spec" })
