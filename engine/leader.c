@@ -33,7 +33,8 @@ typedef struct lease {
 static struct {
   herald_engine *eng;
   uv_timer_t timer;
-  int active, closing;
+  int active, closing, timer_closed;
+  int asking; /* ops in flight: the leases are freed only once they have all come back */
   lease *leases;
   size_t n;
   uint64_t ttl_ms;
@@ -61,10 +62,23 @@ static void maybe_elected(void) {
   herald_lua_pcall(L, 0, 0, &G.log, "leader elected");
 }
 
+static void free_if_done(void) {
+  if (!G.timer_closed || G.asking) return;
+  for (size_t i = 0; i < G.n; i++) free(G.leases[i].name), free(G.leases[i].seen_holder);
+  free(G.leases);
+  G.leases = NULL;
+  G.n = 0;
+  G.active = G.closing = G.timer_closed = 0;
+}
+
 static void on_lease(void *data, int status, uint64_t rev, const char *holder) {
   lease *l = data;
   l->asking = 0;
-  if (!G.active || G.closing) return;
+  G.asking--;
+  if (G.closing) {
+    free_if_done();
+    return;
+  }
   if (status == 0) {
     l->rev = rev;
     l->renewed_ms = l->asked_ms; /* the server counts the lease from when it wrote it: later */
@@ -101,17 +115,17 @@ static void tick(uv_timer_t *t) {
     }
     if (l->asking) continue;
     l->asked_ms = now;
-    if (bus->ops->lease(bus, l->name, G.holder, l->rev, G.ttl_ms, on_lease, l) == 0) l->asking = 1;
+    if (bus->ops->lease(bus, l->name, G.holder, l->rev, G.ttl_ms, on_lease, l) == 0) {
+      l->asking = 1;
+      G.asking++;
+    }
   }
 }
 
 static void timer_closed(uv_handle_t *h) {
   (void)h;
-  for (size_t i = 0; i < G.n; i++) free(G.leases[i].name), free(G.leases[i].seen_holder);
-  free(G.leases);
-  G.leases = NULL;
-  G.n = 0;
-  G.active = G.closing = 0;
+  G.timer_closed = 1;
+  free_if_done(); /* else when the last op comes back (the bus completes them all as it closes) */
 }
 
 void herald__leader_close(void) {
