@@ -5,9 +5,10 @@
  *   core.leader_elect({names}, ttl_ms, on_elected)
  *     every ttl/5: each lease not held -> take (revision 0); each held -> renew (its revision)
  *     all held the first time -> on_elected() in Lua (which builds and starts the objects)
- *     a held lease taken by another, or not renewed for ttl_ms -> "lost": log, exit 1 (as
- *     Argo, whose process exits when it stops leading; the orchestrator restarts it as a
- *     standby)
+ *     a held lease taken by another, or not renewed for 4/5 of ttl_ms (the server lets it
+ *     lapse only ttl_ms after it wrote the renewal, so no standby can lead before we stop) ->
+ *     "lost": log, exit 1 (as Argo, whose process exits when it stops leading; the
+ *     orchestrator restarts it, as a standby)
  *
  * A standby logs who leads, once per change. Leases are not given back on shutdown: a
  * standby takes over when the lease lapses (ttl_ms after the last renewal).
