@@ -36,7 +36,7 @@ typedef void (*herald_bus_close_cb)(herald_bus *bus);
 
 struct herald_bus_sub {
   void *data;                    /* for the caller */
-  const char *durable;           /* consumer name, e.g. "<sensor>/<dependency>"; not owned */
+  const char *durable;           /* consumer name, e.g. "<sensor>/<trigger>/<dependency>"; not owned */
   const char *source;            /* EventSource name to match; not owned */
   const char *subject;           /* event name to match; not owned */
   uint32_t max_inflight;         /* unacked deliveries allowed at once (0 = bus default) */

@@ -207,15 +207,16 @@ static int l_trigger_dlq(lua_State *L) {
   return 0;
 }
 
-/* core.subscribe(sensor, dependency, es_name, event_name, handler [, window]) -> true | nil, err */
+/* core.subscribe(sensor, name, es_name, event_name, handler [, window]) -> true | nil, err:
+ * the subscription (durable consumer) "<sensor>/<name>" (herald_runtime_subscribe) */
 static int l_subscribe(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
-  const char *sensor = luaL_checkstring(L, 1), *dep = luaL_checkstring(L, 2);
+  const char *sensor = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
   const char *es = luaL_checkstring(L, 3), *ev = luaL_checkstring(L, 4);
   luaL_checktype(L, 5, LUA_TFUNCTION);
   lua_Number window = luaL_optnumber(L, 6, 0);
   luaL_argcheck(L, window >= 0 && window <= UINT32_MAX, 6, "window out of range");
-  return push_result(L, herald_runtime_subscribe(eng, L, sensor, dep, es, ev, 5, (uint32_t)window));
+  return push_result(L, herald_runtime_subscribe(eng, L, sensor, name, es, ev, 5, (uint32_t)window));
 }
 
 /* Pushes s (then frees it), or nil and the error when s is NULL. stack: -> s | nil err */

@@ -114,11 +114,11 @@ static void on_deliver(herald_bus_sub *bsub, herald_bus_delivery *d, herald_even
 }
 
 int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *sensor,
-                             const char *dependency, const char *es_name, const char *event_name,
+                             const char *name, const char *es_name, const char *event_name,
                              int handler_idx, uint32_t window) {
   herald_event_set_release_hook(event_release_hook);
   sensor_sub *s = herald_xcalloc(1, sizeof *s);
-  s->durable = herald_xasprintf("%s/%s", sensor, dependency);
+  s->durable = herald_xasprintf("%s/%s", sensor, name);
   s->source = herald_xstrdup(es_name);
   s->subject = herald_xstrdup(event_name);
   s->eng = eng;

@@ -13,10 +13,11 @@
 #include "engine.h"
 
 /* Subscribes the Lua function at handler_idx (called as handler(event)) to events from
- * es_name/event_name, as consumer "<sensor>/<dependency>", with at most `window` deliveries
- * unacknowledged (0 = the bus's default). Returns 0 or a negative error. */
+ * es_name/event_name, as consumer "<sensor>/<name>" (herald/engine.lua names a JetStream
+ * subscription "<trigger>/<dependency>"), with at most `window` deliveries unacknowledged
+ * (0 = the bus's default). Returns 0 or a negative error. */
 int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *sensor,
-                             const char *dependency, const char *es_name, const char *event_name,
+                             const char *name, const char *es_name, const char *event_name,
                              int handler_idx, uint32_t window);
 
 /* Pushes the Lua table for ev: {context = {id, source, subject, type, time, datacontenttype,
