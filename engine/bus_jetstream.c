@@ -1141,23 +1141,35 @@ static void kv_op_free(jkv_op *op) {
   free(op);
 }
 
+/* (worker) Opens the key-value bucket `name` or, when it is missing and `create`, makes it
+ * (history 1, file storage, one replica; entries lapse after ttl_ns when it is not 0). Another
+ * process making it at the same time is fine. *created tells whether this call made it. */
+static natsStatus kv_open(jbus *b, const char *name, int create, int64_t ttl_ns, kvStore **kv, int *created) {
+  *created = 0;
+  natsStatus st = js_KeyValue(kv, b->js, name);
+  if (st != NATS_NOT_FOUND || !create) return st;
+  kvConfig kc;
+  kvConfig_Init(&kc);
+  kc.Bucket = name;
+  kc.History = 1;
+  kc.TTL = ttl_ns; /* the stream's MaxAge */
+  kc.StorageType = js_FileStorage;
+  kc.Replicas = 1;
+  st = js_CreateKeyValue(kv, b->js, &kc);
+  if (st == NATS_OK) *created = 1;
+  else st = js_KeyValue(kv, b->js, name); /* made meanwhile */
+  return st;
+}
+
 /* (worker) The sensor's bucket, opened (or created when `create`) once and kept. */
 static kvStore *kv_bucket(jbus *b, const char *sensor, int create, natsStatus *st) {
   for (jkv_bucket *k = b->kv_buckets; k; k = k->next)
     if (strcmp(k->sensor, sensor) == 0) return k->kv;
   char *name = consumer_name(sensor);
   kvStore *kv = NULL;
-  *st = js_KeyValue(&kv, b->js, name);
-  if (*st == NATS_NOT_FOUND && create) {
-    kvConfig kc;
-    kvConfig_Init(&kc);
-    kc.Bucket = name;
-    kc.History = 1;
-    kc.StorageType = js_FileStorage;
-    kc.Replicas = 1;
-    *st = js_CreateKeyValue(&kv, b->js, &kc);
-    if (*st == NATS_OK) note(b, HLOG_INFO, "sensor %s: created state bucket %s", sensor, name);
-  }
+  int created;
+  *st = kv_open(b, name, create, 0, &kv, &created);
+  if (created) note(b, HLOG_INFO, "sensor %s: created state bucket %s", sensor, name);
   free(name);
   if (*st != NATS_OK) return NULL;
   jkv_bucket *k = herald_xcalloc(1, sizeof *k);
@@ -1351,18 +1363,8 @@ static natsStatus kv_do_cleanup(jbus *b, jkv_op *op) {
 static natsStatus kv_do_lease(jbus *b, jkv_op *op) {
   natsStatus st = NATS_OK;
   if (!b->lease_kv) {
-    st = js_KeyValue(&b->lease_kv, b->js, LEASE_BUCKET);
-    if (st == NATS_NOT_FOUND) {
-      kvConfig kc;
-      kvConfig_Init(&kc);
-      kc.Bucket = LEASE_BUCKET;
-      kc.History = 1;
-      kc.TTL = (int64_t)op->ttl_ms * 1000000; /* the stream's MaxAge, in nanoseconds */
-      kc.StorageType = js_FileStorage;
-      kc.Replicas = 1;
-      st = js_CreateKeyValue(&b->lease_kv, b->js, &kc);
-      if (st != NATS_OK) st = js_KeyValue(&b->lease_kv, b->js, LEASE_BUCKET); /* made meanwhile */
-    }
+    int created;
+    st = kv_open(b, LEASE_BUCKET, 1, (int64_t)op->ttl_ms * 1000000, &b->lease_kv, &created);
     if (st != NATS_OK) return st;
   }
   int len = (int)strlen(op->value);

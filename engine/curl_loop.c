@@ -83,6 +83,15 @@ static void lane_unqueue(lane *l, herald_curl_xfer *x) {
   x->qprev = x->qnext = NULL;
 }
 
+/* x goes into the multi as one of lane l's transfers; -1 if the multi refuses it. */
+static int lane_admit(lane *l, herald_curl_xfer *x) {
+  if (curl_multi_add_handle(G.multi, x->easy) != CURLM_OK) return -1;
+  x->active = 1;
+  x->lane = l;
+  l->active++;
+  return 0;
+}
+
 /* A transfer of lane l left the multi: the next waiting one goes in. One the multi refuses
  * finishes with CURLE_OUT_OF_MEMORY, its done called once the lane is settled (a done may
  * release transfers of this lane, and the lane may be gone by then). */
@@ -92,10 +101,7 @@ static void lane_next(lane *l) {
   while (l->head && l->active < MAX_HOST_CONNECTIONS) {
     herald_curl_xfer *x = l->head;
     lane_unqueue(l, x);
-    if (curl_multi_add_handle(G.multi, x->easy) == CURLM_OK) {
-      x->active = 1;
-      l->active++;
-    } else {
+    if (lane_admit(l, x) != 0) {
       x->lane = NULL;
       x->qnext = failed;
       failed = x;
@@ -298,13 +304,10 @@ int herald_curl_xfer_start(herald_curl_xfer *x, herald_curl_done_cb done) {
     l->tail = x;
     return 0;
   }
-  if (curl_multi_add_handle(G.multi, x->easy) != CURLM_OK) {
+  if (lane_admit(l, x) != 0) {
     lane_drop_if_idle(l);
     return HERALD_EIO;
   }
-  x->active = 1;
-  x->lane = l;
-  l->active++;
   return 0;
 }
 

@@ -26,6 +26,11 @@ local function locate_with(obj)
   return function() return 0, 0 end
 end
 
+--- Compiles a Sensor object for the engine: the compiled sensor, or nil, err.
+local function compile(obj)
+  return compiler.load(obj, { locate = locate_with(obj), engine = true })
+end
+
 --- Compiles an EventSource `filter.expression` (expr-lang) into fn(data_json) -> pass [, err].
 local function source_filter(expr)
   local exprlang = require "herald.exprlang"
@@ -168,7 +173,7 @@ local function subscriber()
 end
 
 local function build_sensor(obj, subs)
-  local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
+  local sensor, err = compile(obj)
   if not sensor then return nil, err end
   local logger = "sensor:" .. sensor.name
   local debug_on = core.log_enabled("debug") -- the level is set before sensors are built
@@ -311,7 +316,7 @@ end
 function _M.check(objects)
   for _, obj in ipairs(objects) do
     if obj.kind == "Sensor" then
-      local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
+      local sensor, err = compile(obj)
       if not sensor then return nil, err end
     end
   end
@@ -321,7 +326,7 @@ end
 --- The names of a Sensor object's JetStream subscriptions (for `herald sensor --cleanup`), or
 --- nil, err when it does not compile.
 function _M.subscription_names(obj)
-  local sensor, err = compiler.load(obj, { locate = locate_with(obj), engine = true })
+  local sensor, err = compile(obj)
   if not sensor then return nil, err end
   local names = {}
   for _, s in ipairs(subscriptions(sensor)) do names[#names + 1] = s.name end

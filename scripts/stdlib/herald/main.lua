@@ -292,6 +292,30 @@ local function bus_from_specs(objects)
   end
 end
 
+--- Builds the objects and starts the engine: 0, true (run the loop), or 1 after saying why.
+--- Once built, the specs, positions and generated sources are garbage and are collected before
+--- starting, so a caller passes `objects` in a tail call and keeps no reference to them.
+local function build_and_start(name, objects)
+  local t, n = core.now(), #objects
+  local ok, err = require("herald.engine").build(objects)
+  core.log("debug", "herald", ("built %d object(s) in %.1f ms"):format(n, (core.now() - t) * 1e3))
+  if not ok then
+    eprint(err)
+    eprint(("herald %s: nothing started"):format(name))
+    return 1
+  end
+  core.log("debug", "herald", ("Lua heap before collect: %d KB"):format(collectgarbage("count")))
+  objects = nil -- dropped for the collection below
+  collectgarbage()
+  core.log("debug", "herald", ("Lua heap after start-up: %d KB"):format(collectgarbage("count")))
+  local started, serr = core.start()
+  if not started then
+    eprint(("herald %s: failed to start: "):format(name), serr)
+    return 1
+  end
+  return 0, true
+end
+
 --- Replicas > 1 on JetStream: this process builds and starts its objects only once it holds
 --- their leases (herald/engine.lua `leases`, engine/leader.c); until then it stands by.
 local function elect_then_run(name, objects, leases)
@@ -313,17 +337,8 @@ local function elect_then_run(name, objects, leases)
     lease_ms = ns / 1e6
   end
   local started, serr = core.leader_elect(leases, lease_ms, function()
-    local built, berr = engine.build(objects)
-    if not built then
-      eprint(berr)
-      eprint(("herald %s: nothing started"):format(name))
-      return core.shutdown(1)
-    end
-    local ok2, err2 = core.start()
-    if not ok2 then
-      eprint(("herald %s: failed to start: "):format(name), err2)
-      core.shutdown(1)
-    end
+    local code = build_and_start(name, objects)
+    if code ~= 0 then core.shutdown(code) end
   end)
   if not started then
     eprint(("herald %s: leader election: %s"):format(name, tostring(serr)))
@@ -390,24 +405,8 @@ local function cmd_run(paths, opts, kind)
   if #leases > 0 and core.bus_kind() == "jetstream" then
     return elect_then_run(name, result.objects, leases)
   end
-  local ok, err = engine.build(result.objects)
-  core.log("debug", "herald", ("loaded %d object(s) in %.1f ms, built them in %.1f ms"):format(
-    #result.objects, (t1 - t0) * 1e3, (core.now() - t1) * 1e3))
-  if not ok then
-    eprint(err)
-    eprint(("herald %s: nothing started"):format(name))
-    return 1
-  end
-  core.log("debug", "herald", ("Lua heap before collect: %d KB"):format(collectgarbage("count")))
-  result = nil
-  collectgarbage() -- the specs, positions and generated sources are garbage from here on
-  core.log("debug", "herald", ("Lua heap after start-up: %d KB"):format(collectgarbage("count")))
-  local started, serr = core.start()
-  if not started then
-    eprint(("herald %s: failed to start: "):format(name), serr)
-    return 1
-  end
-  return 0, true
+  core.log("debug", "herald", ("loaded %d object(s) in %.1f ms"):format(#result.objects, (t1 - t0) * 1e3))
+  return build_and_start(name, result.objects) -- a tail call: `result` is garbage once built
 end
 
 --- herald sensor PATH... --bus URL --cleanup: deletes each Sensor's state bucket and its durable
