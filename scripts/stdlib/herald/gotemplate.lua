@@ -1648,10 +1648,13 @@ function Gen:predeclare(pipe)
   self:emit("local " .. concat(ls, ", "))
 end
 
-local function comment_text(s)
-  s = gsub(s, "[\r\n]", " ")
+local luagen = require "herald.luagen"
+
+--- A comment line of generated code naming template text (any bytes): shortened, then made
+--- safe by luagen.comment, the one place that does (no newline can end the comment).
+local function comment_line(s, line, col)
   if #s > 80 then s = sub(s, 1, 77) .. "..." end
-  return s
+  return luagen.comment(fmt("-- %s (%d:%d)", s, line, col))
 end
 
 function Gen:list(list)
@@ -1668,7 +1671,7 @@ function Gen:node(n)
     self:out(lua_str(n.v))
   elseif t == "action" then
     local line, col = line_col(self.text, n.s)
-    self:emit(fmt("-- %s (%d:%d)", comment_text(n.text), line, col))
+    self:emit(comment_line(n.text, line, col))
     local pipe = n.pipe
     if #pipe.decl > 0 then
       if pipe.is_assign then
@@ -1702,7 +1705,7 @@ function Gen:node(n)
     end
   elseif t == "if" or t == "with" then
     local line, col = line_col(self.text, n.s)
-    self:emit(fmt("-- %s (%d:%d)", comment_text(n.text or ("{{" .. t .. "}}")), line, col))
+    self:emit(comment_line(n.text or ("{{" .. t .. "}}"), line, col))
     self:emit("do")
     self.depth = self.depth + 1
     self:push_scope()
@@ -1734,7 +1737,7 @@ function Gen:node(n)
     self:emit("end")
   elseif t == "range" then
     local line, col = line_col(self.text, n.s)
-    self:emit(fmt("-- %s (%d:%d)", comment_text(n.text or "{{range}}"), line, col))
+    self:emit(comment_line(n.text or "{{range}}", line, col))
     self:emit("do")
     self.depth = self.depth + 1
     self:push_scope()
@@ -1807,7 +1810,7 @@ function Gen:node(n)
     self:emit(fmt("goto continue%d", L))
   elseif t == "template" then
     local line, col = line_col(self.text, n.s)
-    self:emit(fmt("-- %s (%d:%d)", comment_text(n.text or "{{template}}"), line, col))
+    self:emit(comment_line(n.text or "{{template}}", line, col))
     self:emit("do")
     self.depth = self.depth + 1
     local arg = "nil"
@@ -1834,7 +1837,7 @@ function Gen:template_fn(name, list)
   self.tmpl = name
   self.scopes = { {} }
   self:emit("")
-  self:emit("-- template " .. lua_str(name))
+  self:emit(luagen.comment("-- template " .. lua_str(name)))
   self:emit("T[" .. lua_str(name) .. "] = function(dot, n)")
   self.depth = 1
   self:emit("local root = dot")
@@ -1909,7 +1912,7 @@ function _M.compile(text, opts)
     if p.defs[name] == nil or not is_empty_tree(main) then
       p.defs[name] = main
     end
-    g:emit(fmt("-- herald.gotemplate: compiled from template %q", name))
+    g:emit(luagen.comment("-- herald.gotemplate: compiled from template " .. lua_str(name)))
     g:emit("local R, F = ...")
     g:emit("local fld, pr, truth, fail, rng, concat = R.fld, R.pr, R.truth, R.fail, R.rng, R.concat")
     g:emit("local buf, T, P = {}, {}, 0")

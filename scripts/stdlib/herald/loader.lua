@@ -45,6 +45,26 @@ function _M.format_error(file, line, col, path, msg)
   return where .. ": " .. msg
 end
 
+--- Text from a spec for a message: on one line, control characters shown as escapes (a name
+--- with a newline must not split the message, nor a terminal escape reach the terminal).
+function _M.show(s)
+  return (tostring(s):gsub("%c", function(c)
+    return ({ ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" })[c] or ("\\x%02X"):format(c:byte())
+  end))
+end
+
+local CONTROL_NAMES = { ["\n"] = "a newline", ["\r"] = "a carriage return", ["\t"] = "a tab",
+  ["\0"] = "a NUL byte", ["\127"] = "DEL" }
+
+--- nil when name holds no control character, else the message saying which and where.
+function _M.name_problem(name)
+  local at = name:find("%c")
+  if not at then return nil end
+  local c = name:sub(at, at)
+  return fmt("a name must not contain control characters: %s at byte %d of \"%s\"",
+    CONTROL_NAMES[c] or fmt("control character 0x%02X", c:byte()), at, _M.show(name))
+end
+
 --- Position of a field in a loaded document. With key: where the key (or sequence item)
 --- starts; without: where the table itself starts. Returns line, col, or nil.
 ---@param doc_pos table the `pos` of a loaded object
@@ -325,6 +345,10 @@ function validate(ctx, s, parent, key, path)
     if s.prefix and v:sub(1, #s.prefix) ~= s.prefix then
       return err_value(ctx, parent, key, path, "must start with \"" .. s.prefix .. "\" (got \"" .. v .. "\")")
     end
+    if s.name then
+      local msg = _M.name_problem(v)
+      if msg then return err_value(ctx, parent, key, path, msg) end
+    end
     if s.check then -- a value check the engine owns (cron, duration, time zone ...)
       local msg = s.check(v, parent)
       if msg then return err_value(ctx, parent, key, path, msg) end
@@ -509,9 +533,12 @@ local function check_event_source(ctx, doc)
       if fs.active_active then aa = aa or t else ap = ap or t end
       for _, ev in ipairs(keys_in_order(ctx.pos, m)) do
         n_sources = n_sources + 1
-        local path = "spec." .. t .. "." .. ev
-        if seen[ev] then
-          err_key(ctx, m, ev, path, fmt("event name \"%s\" is already used by %s (event names must be unique across all types in one EventSource)", ev, seen[ev]))
+        local path = "spec." .. t .. "." .. _M.show(ev)
+        local bad = _M.name_problem(ev)
+        if bad then
+          err_key(ctx, m, ev, path, bad)
+        elseif seen[ev] then
+          err_key(ctx, m, ev, path, fmt("event name \"%s\" is already used by %s (event names must be unique across all types in one EventSource)", _M.show(ev), seen[ev]))
         else
           seen[ev] = path
         end
@@ -538,7 +565,7 @@ local function check_sensor(ctx, doc)
       if type(d) == "table" and type(d.name) == "string" and d.name ~= "" then
         local path = "spec.dependencies[" .. (i - 1) .. "].name"
         if deps[d.name] then
-          err_value(ctx, d, "name", path, fmt("duplicate dependency name \"%s\" (also %s)", d.name, deps[d.name]))
+          err_value(ctx, d, "name", path, fmt("duplicate dependency name \"%s\" (also %s)", _M.show(d.name), deps[d.name]))
         else
           deps[d.name] = "spec.dependencies[" .. (i - 1) .. "]"
           dep_list[#dep_list + 1] = d.name
@@ -557,7 +584,7 @@ local function check_sensor(ctx, doc)
         ctx.warnings[#ctx.warnings + 1] = _M.format_error(ctx.file, line, col,
           base .. "[" .. (j - 1) .. "].src.dependencyName",
           fmt("no dependency named \"%s\"%s (the parameter will only use its value)",
-              src.dependencyName, hint and ("; did you mean " .. hint .. "?") or ""))
+              _M.show(src.dependencyName), hint and ("; did you mean " .. hint .. "?") or ""))
       end
     end
   end
@@ -570,7 +597,7 @@ local function check_sensor(ctx, doc)
       if type(tpl.name) == "string" and tpl.name ~= "" then
         if names[tpl.name] then
           err_value(ctx, tpl, "name", base .. ".template.name",
-                    fmt("duplicate trigger name \"%s\" (also %s)", tpl.name, names[tpl.name]))
+                    fmt("duplicate trigger name \"%s\" (also %s)", _M.show(tpl.name), names[tpl.name]))
         else
           names[tpl.name] = base
         end
@@ -650,7 +677,7 @@ local function load_document(ctx, doc, index)
   local md = doc.metadata
   local name = type(md) == "table" and md.name
   if type(name) == "string" and name ~= "" and not valid_k8s_name(name) then
-    err_value(ctx, md, "name", "metadata.name", K8S_NAME_MSG .. " (got \"" .. name .. "\")")
+    err_value(ctx, md, "name", "metadata.name", K8S_NAME_MSG .. " (got \"" .. _M.show(name) .. "\")")
   end
   if CHECKS[kind] then CHECKS[kind](ctx, doc) end
   if type(name) ~= "string" or name == "" then return nil end
@@ -792,7 +819,7 @@ function _M.load(paths, io_funcs)
             result.warnings[#result.warnings + 1] = _M.format_error(o.file, line, col,
               "spec.dependencies[" .. (i - 1) .. "]",
               fmt("no loaded EventSource \"%s\" defines event \"%s\" (it may run elsewhere)",
-                  d.eventSourceName, d.eventName))
+                  _M.show(d.eventSourceName), _M.show(d.eventName)))
           end
         end
       end

@@ -12,6 +12,33 @@ function _M.string(s)
   return (fmt("%q", s):gsub("\\\n", "\\n"))
 end
 
+-- Lua's reserved words: a table key that is one must be written ["end"], not end.
+local KEYWORDS = {}
+for w in ([[and break do else elseif end false for function goto if in local nil not or
+  repeat return then true until while]]):gmatch("%a+") do KEYWORDS[w] = true end
+
+--- Whether s can be written as a bare name in Lua source (t.s, { s = ... }).
+---@param s any
+function _M.is_name(s)
+  return type(s) == "string" and s:match("^[%a_][%w_]*$") ~= nil and not KEYWORDS[s]
+end
+
+local COMMENT_ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+
+--- The one way generated code carries text in a comment: the line made safe to end a `--`
+--- comment. Spec text (names, paths, expressions, templates) may hold anything; here every
+--- control character (the newline and carriage return that would end the comment first)
+--- becomes a visible escape, and `[[`, `]]`, `[=`, `]=` get a space so no long bracket can
+--- open or close. Comments are for readers; nothing in them ever runs.
+---@param text string the comment line, `--` included
+---@return string
+function _M.comment(text)
+  text = tostring(text):gsub("%c", function(c)
+    return COMMENT_ESCAPES[c] or ("\\%03d"):format(c:byte())
+  end)
+  return (text:gsub("([%[%]])([%[%]=])", "%1 %2"):gsub("([%[%]])([%[%]=])", "%1 %2"))
+end
+
 --- A literal for a scalar: nil, string, boolean or number (NaN and infinities included).
 function _M.scalar(v)
   if v == nil then return "nil" end
@@ -40,7 +67,7 @@ function _M.value(v, indent)
   for k in pairs(v) do keys[#keys + 1] = k end
   sort(keys, function(a, b) return tostring(a) < tostring(b) end)
   for _, k in ipairs(keys) do
-    local key = (type(k) == "string" and k:match("^[%a_][%w_]*$")) and k or ("[" .. _M.scalar(k) .. "]")
+    local key = _M.is_name(k) and k or ("[" .. _M.scalar(k) .. "]")
     parts[#parts + 1] = indent .. "  " .. key .. " = " .. _M.value(v[k], indent .. "  ")
   end
   return "{\n" .. concat(parts, ",\n") .. ",\n" .. indent .. "}"
@@ -51,7 +78,7 @@ end
 --- nil, err ("expression too complex" when Lua's limits are hit).
 ---@param name string chunk name, and the first line's comment tag
 function _M.evaluator(name, expr, prelude, header, arg, body)
-  local src = { "-- " .. name .. ": " .. expr:gsub("[\r\n]", " ") }
+  local src = { _M.comment("-- " .. name .. ": " .. expr) }
   for _, l in ipairs(prelude) do src[#src + 1] = l end
   for _, h in ipairs(header) do src[#src + 1] = h end
   src[#src + 1] = "return function(" .. arg .. ")"

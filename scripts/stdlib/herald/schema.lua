@@ -27,6 +27,9 @@
 --              nothing when Herald runs locally; accepted and reported at debug level.
 --   exactly_one_of / at_least_one_of  (objects) lists of field names
 --   nonempty_items (arrays) every element must be a non-empty string
+--   name       true: a name (of a dependency, trigger, event, Secret ...): besides its own rules
+--              it must not hold control characters (a newline, a tab, DEL ...); names reach
+--              generated code, logs and headers, and no real name has them
 --   check      function(value, parent) -> nil | message: a check of the value once its type is
 --              right (strings and numbers; on an array, of the whole list, and a second result,
 --              the index of the element at fault, puts the error there)
@@ -91,13 +94,13 @@ local NO = false -- readability: `supported = NO`
 ---------------------------------------------------------------------------------------------
 
 local SecretKeySelector = object({
-  name = str { required = true, doc = "name of the Secret" },
+  name = str { required = true, name = true, doc = "name of the Secret" },
   key = str { required = true, doc = "key in the Secret" },
   optional = bool { doc = "do not fail when the Secret or key is missing" },
 }, { doc = "a key of a Kubernetes Secret (read from $HERALD_SECRETS_DIR/<name>/<key>)" })
 
 local ConfigMapKeySelector = object({
-  name = str { required = true, doc = "name of the ConfigMap" },
+  name = str { required = true, name = true, doc = "name of the ConfigMap" },
   key = str { required = true, doc = "key in the ConfigMap" },
   optional = bool { doc = "do not fail when the ConfigMap or key is missing" },
 }, { doc = "a key of a Kubernetes ConfigMap" })
@@ -528,7 +531,7 @@ end
 local AA = true
 
 _M.event_source_spec = object({
-  eventBusName = str { default = "default", doc = "EventBus to publish to" },
+  eventBusName = str { default = "default", name = true, doc = "EventBus to publish to" },
   template = use(Template, { deployment = true }),
   service = use(Service, { deployment = true }),
   replicas = int { min = 0, default = 1, doc = "replicas: above 1 on JetStream, one leads and the others stand by (except webhook-only EventSources, whose replicas all run)" },
@@ -587,7 +590,7 @@ local ExprFilter = object({
   expr = str { required = true, doc = "govaluate expression over the fields" },
   fields = array(object({
     path = str { required = true, doc = "gjson path into the event data" },
-    name = str { required = true, doc = "name the expression uses" },
+    name = str { required = true, name = true, doc = "name the expression uses" },
   }), { required = true }),
 })
 
@@ -616,9 +619,9 @@ local EventDependencyFilter = object({
 }, { doc = "filters on the dependency's events" })
 
 local EventDependency = object({
-  name = str { required = true, doc = "dependency name, used in conditions and parameters" },
-  eventSourceName = str { required = true, doc = "name of the EventSource" },
-  eventName = str { required = true, doc = "event name (the key under the source type)" },
+  name = str { required = true, name = true, doc = "dependency name, used in conditions and parameters" },
+  eventSourceName = str { required = true, name = true, doc = "name of the EventSource" },
+  eventName = str { required = true, name = true, doc = "event name (the key under the source type)" },
   filters = use(EventDependencyFilter),
   transform = object({
     jq = str { doc = "jq program applied to the event data" },
@@ -629,7 +632,7 @@ local EventDependency = object({
 }, { doc = "an event the sensor waits for" })
 
 local TriggerParameterSource = object({
-  dependencyName = str { required = true, doc = "dependency whose event is used" },
+  dependencyName = str { required = true, name = true, doc = "dependency whose event is used" },
   contextKey = str { doc = "gjson path into the event context" },
   contextTemplate = str { doc = "Go template over the event context" },
   dataKey = str { doc = "gjson path into the event data" },
@@ -658,7 +661,7 @@ end)() })
 local function params(o) return array(TriggerParameter, o) end
 
 local SecureHeader = object({
-  name = str { required = true },
+  name = str { required = true, name = true },
   valueFrom = object({ secretKeyRef = secret(), configMapKeyRef = use(ConfigMapKeySelector) }),
 })
 
@@ -803,7 +806,7 @@ local TRIGGER_TYPES = { "k8s", "argoWorkflow", "http", "awsLambda", "custom", "k
 _M.TRIGGER_TYPES = TRIGGER_TYPES
 
 local TriggerTemplate = object({
-  name = str { required = true, doc = "trigger name, unique in the sensor" },
+  name = str { required = true, name = true, doc = "trigger name, unique in the sensor" },
   conditions = str { doc = "boolean expression over dependency names, e.g. (a || b) && c" },
   conditionsReset = array(object({
     byTime = object({ cron = str(), timezone = str() }),
@@ -856,7 +859,7 @@ _M.sensor_spec = object({
   triggers = array(Trigger, { required = true, doc = "actions" }),
   template = use(Template, { deployment = true }),
   errorOnFailedRound = bool { doc = "declared by Argo, unused there too" },
-  eventBusName = str { default = "default", doc = "EventBus to read from" },
+  eventBusName = str { default = "default", name = true, doc = "EventBus to read from" },
   replicas = int { min = 0, default = 1, doc = "replicas: above 1 on JetStream, one leads and the others stand by" },
   revisionHistoryLimit = int { min = 0, deployment = true, doc = "Deployment revision history" },
   loggingFields = strmap { doc = "extra fields on every log line" },

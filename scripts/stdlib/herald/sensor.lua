@@ -109,9 +109,19 @@ local Compiler = {}
 Compiler.__index = Compiler
 
 --- Emits a comment line only for readers (herald compile, herald test and the REPL): the
---- engine loads thousands of sensors and skips them (less to generate and to parse).
+--- engine loads thousands of sensors and skips them (less to generate and to parse). Every
+--- comment goes through luagen.comment, the one place that makes spec text safe in a comment
+--- (a newline in a name would otherwise end it and the rest would run as code); spec strings
+--- are passed as arguments, quoted with show().
 function Compiler:comment(line, ...)
-  if self.readable then self:emit(line, ...) end
+  if self.readable then
+    self.out[#self.out + 1] = luagen.comment(select("#", ...) > 0 and fmt(line, ...) or line)
+  end
+end
+
+--- Spec text shown in a comment: quoted, escapes visible (see Compiler:comment).
+local function show(s)
+  return luagen.string(tostring(s))
 end
 
 --- Emits a line only when compiling for explanation (herald test --explain, the REPL): the
@@ -192,7 +202,7 @@ function Compiler:emit_get(indent, root, path, where, tbl, key)
   end
   self:emit("%slocal r = %s", indent, root)
   for _, k in ipairs(keys) do
-    local idx = k:match("^[%a_][%w_]*$") and ("." .. k) or ("[" .. self:lit(k) .. "]")
+    local idx = luagen.is_name(k) and ("." .. k) or ("[" .. self:lit(k) .. "]")
     self:emit("%sif type(r) == \"table\" then r = r%s else r = nil end", indent, idx)
   end
 end
@@ -202,7 +212,7 @@ function Compiler:data_filter(dpath, f, idx, var)
   local typ = f.type
   if not DATA_TYPES[typ] then self:fail(path .. ".type", f, "type", "unsupported type " .. tostring(typ)) end
   local cmp = f.comparator or ""
-  self:comment("    -- %s: %s is a %s%s", path, f.path, typ, cmp ~= "" and (" " .. cmp) or "")
+  self:comment("    -- %s: %s is a %s%s", path, show(f.path), typ, cmp ~= "" and (" " .. show(cmp)) or "")
   self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
   self:emit_get("      ", "event.data", f.path, path .. ".path", f, "path")
@@ -273,7 +283,7 @@ function Compiler:expr_filter(dpath, e, idx, var)
   local fn, err, col = rt.govaluate(e.expr)
   if not fn then self:fail(path .. ".expr", e, "expr", "invalid expression: " .. tostring(err)) end
   local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", self:lit(e.expr)))
-  self:comment("    -- %s: %s", path, e.expr)
+  self:comment("    -- %s: %s", path, show(e.expr))
   self:emit("    local %s, %s_err = false, nil", var, var)
   self:emit("    do")
   self:emit("      local params, missing = {}, nil")
@@ -309,7 +319,7 @@ end
 function Compiler:dependency(dep, i)
   local dpath = fmt("spec.dependencies[%d]", i - 1)
   self:emit("")
-  self:comment("-- %s %q: events from %s/%s", dpath, dep.name, dep.eventSourceName, dep.eventName)
+  self:comment("-- %s %s: events from %s/%s", dpath, show(dep.name), show(dep.eventSourceName), show(dep.eventName))
   self:emit("sensor.dependencies[%d] = {", i)
   self:emit("  name = %s, eventSourceName = %s, eventName = %s,", self:lit(dep.name), self:lit(dep.eventSourceName),
     self:lit(dep.eventName))
@@ -402,7 +412,7 @@ function Compiler:dependency(dep, i)
     if core.tz_open and not tz then self:fail(tpath .. ".timezone", tf, "timezone", tostring(err)) end
     local zone = self:const("ZONE", fmt("assert(core.tz_open(%s))", self:lit(tf.timezone or "UTC")))
     local test = start <= stop and fmt("sod >= %d and sod < %d", start, stop) or fmt("sod >= %d or sod < %d", start, stop)
-    self:comment("    -- %s: %s to %s in %s%s", tpath, tf.start, tf.stop, tf.timezone or "UTC", start > stop and " (wraps midnight)" or "")
+    self:comment("    -- %s: %s to %s in %s%s", tpath, show(tf.start), show(tf.stop), show(tf.timezone or "UTC"), start > stop and " (wraps midnight)" or "")
     self:emit("    local time_ok, time_err")
     self:emit("    do")
     self:emit("      local t = parse_time(event.context.time)")
@@ -536,7 +546,7 @@ function Compiler:trigger(trig, i, target, tpath)
     cond_lua = concat(parts, " and ")
   end
   self:emit("")
-  self:comment("-- %s %q (%s)", tpath, tmpl.name, ttype)
+  self:comment("-- %s %s (%s)", tpath, show(tmpl.name), ttype)
   self:emit("%s = {", target)
   self:emit("  name = %s, type = %s,", self:lit(tmpl.name), self:lit(ttype))
   self:comment("  -- %s: retryStrategy, rateLimit, atLeastOnce", tpath)
@@ -544,7 +554,7 @@ function Compiler:trigger(trig, i, target, tpath)
   local allow = trig.policy and trig.policy.status and trig.policy.status.allow
   if allow then self:comment("  -- %s.policy.status.allow", tpath) end
   self:emit("  dependencies = %s,", self:lit(deps))
-  self:comment("  -- %s.template.conditions: %s", tpath, tmpl.conditions or "(all dependencies)")
+  self:comment("  -- %s.template.conditions: %s", tpath, tmpl.conditions and show(tmpl.conditions) or "(all dependencies)")
   self:emit("  condition = function(s) return %s end,", cond_lua)
   if tmpl.conditionsReset and #tmpl.conditionsReset > 0 then
     local resets = {}
@@ -668,7 +678,6 @@ local run_script, transform_jq, transform_script = rt.run_script, rt.transform_j
 local load_resource, lua_trigger = rt.load_resource, rt.lua_trigger
 ]]
 local HEADER = [[
--- Sensor %q, compiled by Herald from %s.
 -- Generated code: edit the Sensor spec, not this.
 local rt = ...
 ]]
@@ -698,7 +707,9 @@ function _M.compile(obj, opts)
     error(err, 0)
   end
   -- for the engine the code names nothing of this sensor: its literals are in K
-  local source = (c.K and "local rt, K = ...\n" or fmt(HEADER, obj.name, obj.file or "?")) .. PRELUDE
+  local source = (c.K and "local rt, K = ...\n"
+    or luagen.comment(fmt("-- Sensor %s, compiled by Herald from %s.", show(obj.name), show(obj.file or "?")))
+       .. "\n" .. HEADER) .. PRELUDE
   if #c.consts > 0 then source = source .. "\n" .. concat(c.consts, "\n") .. "\n" end
   source = source .. "\n" .. concat(c.out, "\n") .. "\n"
   return { name = obj.name, source = source, K = c.K }
