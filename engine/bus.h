@@ -115,6 +115,16 @@ typedef struct herald_bus_ops {
    * at `revision`; an unrenewed lease lapses after ttl_ms (the same for every caller). */
   int (*lease)(herald_bus *bus, const char *name, const char *holder, uint64_t revision,
                uint64_t ttl_ms, herald_bus_lease_cb cb, void *data);
+  /* ---- the drain's deadline (engine.c) ----
+   * Optional (NULL: nothing to stop). Hands out no more deliveries; acks and naks still work,
+   * and a nak'd delivery waits in its subscription for the next process. */
+  void (*pause)(herald_bus *bus);
+  /* Optional (NULL: the server keeps what was not acked, as JetStream does). Called once no
+   * delivery is outstanding, just before unsubscribing and closing: calls lose(data, ev) for
+   * each event the bus holds and would lose when closed (the in-memory bus: each one not acked
+   * by every subscription; a durable bus: none, it keeps them), and returns how many events it
+   * holds in all, lost or kept. */
+  uint64_t (*leftover)(herald_bus *bus, void (*lose)(void *data, herald_event *ev), void *data);
 } herald_bus_ops;
 
 struct herald_bus {

@@ -30,6 +30,7 @@ struct emsg {
   uint32_t pending; /* deliveries not yet acked */
   herald_bus_publish_cb cb;
   void *cbdata;
+  int lost; /* already handed to leftover's lose() */
   emsg *next;
 };
 
@@ -40,7 +41,8 @@ struct herald_bus_delivery {
 };
 
 struct esub {
-  herald_bus_sub *pub;
+  herald_bus_sub *pub;              /* NULL once unsubscribed (the caller may free it) */
+  uint32_t bucket;                  /* in routes[] */
   uint32_t inflight, max_inflight;
   herald_bus_delivery *head, *tail; /* waiting to be delivered */
   esub *route_next;                 /* chain in the route bucket */
@@ -60,6 +62,8 @@ typedef struct ebus {
   herald_bus_stats stats;
   herald_bus_close_cb close_cb;
   int closing;
+  int paused;                       /* the drain's deadline: no more deliveries */
+  struct nak_timer *naks;           /* delayed naks, closed with the bus */
 } ebus;
 
 static uint32_t route_hash(const char *source, const char *subject) {
@@ -79,7 +83,7 @@ static void wake(ebus *b) {
 }
 
 static void mark_ready(ebus *b, esub *s) {
-  if (s->ready || s->closed) return;
+  if (s->ready || s->closed || b->paused) return;
   s->ready = 1;
   s->ready_next = NULL;
   if (b->ready_tail) b->ready_tail->ready_next = s;
@@ -106,6 +110,7 @@ static int eb_publish(herald_bus *bus, herald_event *ev, herald_bus_publish_cb c
   herald_event_ref(ev);
   m->ev = ev;
   m->pending = 0;
+  m->lost = 0;
   m->cb = cb;
   m->cbdata = data;
   m->next = NULL;
@@ -186,14 +191,16 @@ static int eb_subscribe(herald_bus *bus, herald_bus_sub *sub) {
   s->max_inflight = sub->max_inflight ? sub->max_inflight : DEFAULT_INFLIGHT;
   sub->priv = s;
   uint32_t h = route_hash(sub->source, sub->subject) % ROUTE_BUCKETS;
+  s->bucket = h;
   s->route_next = b->routes[h];
   b->routes[h] = s;
   return 0;
 }
 
+/* Frees an unsubscribed subscription once nothing of it is in flight. s->pub is not touched:
+ * the caller may have freed it right after unsubscribing. */
 static void sub_free(ebus *b, esub *s) {
-  uint32_t h = route_hash(s->pub->source, s->pub->subject) % ROUTE_BUCKETS;
-  for (esub **pp = &b->routes[h]; *pp; pp = &(*pp)->route_next) {
+  for (esub **pp = &b->routes[s->bucket]; *pp; pp = &(*pp)->route_next) {
     if (*pp == s) {
       *pp = s->route_next;
       break;
@@ -209,7 +216,6 @@ static void sub_free(ebus *b, esub *s) {
       break;
     }
   }
-  s->pub->priv = NULL;
   free(s);
 }
 
@@ -225,6 +231,8 @@ static void eb_unsubscribe(herald_bus *bus, herald_bus_sub *sub) {
   esub *s = sub->priv;
   if (!s) return;
   s->closed = 1;
+  sub->priv = NULL;
+  s->pub = NULL;
   while (s->head) { /* undelivered events are released for this subscription */
     herald_bus_delivery *d = s->head;
     s->head = d->next;
@@ -250,6 +258,7 @@ typedef struct nak_timer {
   uv_timer_t timer;
   ebus *bus;
   herald_bus_delivery *d;
+  struct nak_timer *next, *prev;
 } nak_timer;
 
 static void nak_requeue(ebus *b, herald_bus_delivery *d) {
@@ -270,8 +279,15 @@ static void nak_timer_close(uv_handle_t *h) {
   free(h->data);
 }
 
+static void nak_timer_unlink(ebus *b, nak_timer *nt) {
+  if (nt->prev) nt->prev->next = nt->next;
+  else b->naks = nt->next;
+  if (nt->next) nt->next->prev = nt->prev;
+}
+
 static void nak_timer_fire(uv_timer_t *t) {
   nak_timer *nt = t->data;
+  nak_timer_unlink(nt->bus, nt);
   nak_requeue(nt->bus, nt->d);
   uv_close((uv_handle_t *)t, nak_timer_close);
 }
@@ -285,6 +301,10 @@ static void eb_nak(herald_bus *bus, herald_bus_delivery *d, uint64_t delay_ms) {
   }
   nt->bus = b;
   nt->d = d;
+  nt->prev = NULL;
+  nt->next = b->naks;
+  if (b->naks) b->naks->prev = nt;
+  b->naks = nt;
   uv_timer_init(b->base.loop, &nt->timer);
   nt->timer.data = nt;
   uv_timer_start(&nt->timer, nak_timer_fire, delay_ms, 0);
@@ -313,7 +333,7 @@ static void eb_closed(uv_handle_t *h) {
         s->head = d->next;
         delivery_done(b, d);
       }
-      s->pub->priv = NULL;
+      if (s->pub) s->pub->priv = NULL;
       free(s);
     }
   }
@@ -325,9 +345,39 @@ static void eb_closed(uv_handle_t *h) {
 static void eb_close(herald_bus *bus, herald_bus_close_cb cb) {
   ebus *b = (ebus *)bus;
   b->closing = 1;
+  while (b->naks) { /* a delayed nak's delivery goes back to its queue, freed with it below */
+    nak_timer *nt = b->naks;
+    nak_timer_unlink(b, nt);
+    uv_timer_stop(&nt->timer);
+    nak_requeue(b, nt->d);
+    uv_close((uv_handle_t *)&nt->timer, nak_timer_close);
+  }
   uv_idle_stop(&b->idle);
   b->close_cb = cb;
   uv_close((uv_handle_t *)&b->idle, eb_closed);
+}
+
+static void eb_pause(herald_bus *bus) {
+  ebus *b = (ebus *)bus;
+  b->paused = 1;
+  for (esub *s = b->ready_head; s; s = s->ready_next) s->ready = 0;
+  b->ready_head = b->ready_tail = NULL;
+}
+
+static uint64_t eb_leftover(herald_bus *bus, void (*lose)(void *data, herald_event *ev), void *data) {
+  ebus *b = (ebus *)bus;
+  uint64_t n = 0;
+  /* Events still waiting in a subscription (never delivered, or nak'd back at the deadline);
+   * those not yet routed have not been confirmed to their producer (it gets HERALD_ECLOSED). */
+  for (int i = 0; i < ROUTE_BUCKETS; i++)
+    for (esub *s = b->routes[i]; s; s = s->route_next)
+      for (herald_bus_delivery *d = s->head; d; d = d->next)
+        if (!d->msg->lost) {
+          d->msg->lost = 1;
+          n++;
+          if (lose) lose(data, d->msg->ev);
+        }
+  return n;
 }
 
 static const herald_bus_ops embedded_ops = {
@@ -339,6 +389,8 @@ static const herald_bus_ops embedded_ops = {
     .nak = eb_nak,
     .stats = eb_stats,
     .close = eb_close,
+    .pause = eb_pause,
+    .leftover = eb_leftover,
 };
 
 herald_bus *herald_bus_embedded_new(uv_loop_t *loop, uint32_t capacity) {

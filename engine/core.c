@@ -110,6 +110,8 @@ static int l_configure(lua_State *L) {
   if ((s = herald_cfg_string(L, 1, "metrics_addr", NULL))) eng->opts.metrics_addr = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "admin_addr", NULL))) eng->opts.admin_addr = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "admin_token_file", NULL))) eng->opts.admin_token_file = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "bus_dir", NULL))) eng->opts.bus_dir = herald_xstrdup(s);
+  if ((s = herald_cfg_string(L, 1, "spill_file", NULL))) eng->opts.spill_file = herald_xstrdup(s);
   if ((s = herald_cfg_string(L, 1, "bus", NULL)) && strcmp(s, "embedded") != 0) { /* JetStream */
     if (!((strncmp(s, "nats://", 7) == 0 && s[7]) || (strncmp(s, "tls://", 6) == 0 && s[6])))
       return luaL_error(L, "--bus %s: expected nats://HOST:PORT or tls://HOST:PORT (or \"embedded\")", s);

@@ -26,6 +26,7 @@
 #include "lua_host.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "spill.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -44,7 +45,9 @@ typedef struct trigger_rt {
   uint32_t executing;
   herald_trigger *dlq;
   int dlq_builder_ref;
+  int is_dlq;           /* another trigger's dlqTrigger (closed last at the drain's deadline) */
   int closing;
+  int abandoning;       /* 0; 1: give up unfinished actions; 2: hand them to the dlqTrigger */
   struct herald_metric *m_dead_lettered;
 } trigger_rt;
 
@@ -127,6 +130,7 @@ herald_trigger *herald_trigger_new(herald_engine *eng, lua_State *L, const char 
 void herald_trigger_set_dlq(herald_trigger *t, herald_trigger *dlq, lua_State *L, int builder_idx) {
   trigger_rt *rt = t->data;
   rt->dlq = dlq;
+  ((trigger_rt *)dlq->data)->is_dlq = 1;
   lua_pushvalue(L, builder_idx);
   rt->dlq_builder_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
@@ -272,8 +276,9 @@ static uint64_t backoff_ms(const herald_delivery_policy *p, uint32_t attempt) {
   return (uint64_t)d;
 }
 
-/* Hands the job's events to the dead-letter trigger; the job's hold passes to it. */
-static void dead_letter(herald_trigger *t, job *j) {
+/* Hands the job's events to the dead-letter trigger; the job's hold passes to it. Returns 0,
+ * or a negative error when the dead-letter action could not be queued. */
+static int dead_letter(herald_trigger *t, job *j) {
   trigger_rt *rt = t->data;
   herald_engine *eng = t->engine;
   lua_State *L = eng->L;
@@ -283,12 +288,12 @@ static void dead_letter(herald_trigger *t, job *j) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, j->action_ref);
   lua_getfield(L, -1, "events");
   lua_remove(L, -2);
-  if (herald_lua_pcall(L, 1, 2, &t->log, "dlqTrigger") != 0) return;
+  if (herald_lua_pcall(L, 1, 2, &t->log, "dlqTrigger") != 0) return HERALD_ELUA;
   if (!lua_istable(L, -2)) {
     herald_log(&t->log, HLOG_ERROR, "dlqTrigger %s: cannot build the action: %s", rt->dlq->name,
                lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
     lua_pop(L, 2);
-    return;
+    return HERALD_ELUA;
   }
   struct herald_delivery_ctx *prev = eng->current;
   eng->current = j->hold; /* the dead letter now holds the delivery */
@@ -296,6 +301,28 @@ static void dead_letter(herald_trigger *t, job *j) {
   eng->current = prev;
   if (r < 0) herald_log(&t->log, HLOG_ERROR, "dlqTrigger %s: %s", rt->dlq->name, herald_strerror(r));
   lua_pop(L, 2);
+  return r;
+}
+
+/* The drain's deadline: j will not finish here. Hands it to the dlqTrigger when allowed, else
+ * leaves its event on the bus (nak) or, its delivery already acked, spills its events. Frees j. */
+static void abandon(herald_trigger *t, job *j) {
+  trigger_rt *rt = t->data;
+  herald_engine *eng = t->engine;
+  if (rt->abandoning == 2 && rt->dlq && dead_letter(t, j) == 0) {
+    eng->drain_dead_lettered++;
+    job_free(j);
+    return;
+  }
+  if (j->hold) {
+    herald__delivery_abandon(j->hold);
+    j->hold = NULL;
+  } else {
+    lua_rawgeti(eng->L, LUA_REGISTRYINDEX, j->action_ref);
+    eng->drain_spilled_actions += herald__spill_action(eng, eng->L, lua_gettop(eng->L));
+    lua_pop(eng->L, 1);
+  }
+  job_free(j);
 }
 
 static void finish(herald_trigger_req *req, herald_trigger_result res, const char *reason) {
@@ -309,6 +336,10 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
   free(req);
   rt->executing--;
   t->inflight--;
+  if (res != HERALD_TRIGGER_DONE && rt->abandoning) { /* ended by the executor's close */
+    abandon(t, j);
+    return;
+  }
   if (res == HERALD_TRIGGER_DONE) {
     herald_metric_inc(t->m_triggered);
     if (herald_log_enabled(HLOG_DEBUG))
@@ -341,15 +372,18 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
   pump(t);
 }
 
-void herald__trigger_delivery_close(herald_trigger *t) {
+void herald__trigger_delivery_abandon(herald_trigger *t, int to_dlq) {
   trigger_rt *rt = t->data;
   if (!rt || rt->closing) return;
   rt->closing = 1;
+  rt->abandoning = to_dlq ? 2 : 1;
+  uint32_t n = 0;
   while (rt->head) {
     job *j = rt->head;
     rt->head = j->next;
-    herald_log(&t->log, HLOG_WARN, "engine stopping: an action that had not started is dropped");
-    job_free(j);
+    if (!rt->head) rt->tail = NULL;
+    abandon(t, j);
+    n++;
   }
   rt->tail = NULL;
   for (job *j = all_jobs, *next; j; j = next) {
@@ -358,17 +392,25 @@ void herald__trigger_delivery_close(herald_trigger *t) {
       uv_timer_stop(j->retry_timer);
       uv_close((uv_handle_t *)j->retry_timer, (uv_close_cb)free);
       j->retry_timer = NULL;
-      herald_log(&t->log, HLOG_WARN, "engine stopping: an action waiting for a retry is dropped");
-      job_free(j);
+      abandon(t, j); /* frees j only; a dead-letter job goes to the list's head */
+      n++;
     }
   }
-  if (rt->dlq_builder_ref != LUA_NOREF) luaL_unref(t->engine->L, LUA_REGISTRYINDEX, rt->dlq_builder_ref);
-  rt->dlq_builder_ref = LUA_NOREF;
+  if (n || rt->executing)
+    herald_log(&t->log, HLOG_WARN, "engine stopping: %u action(s) not started and %u executing are %s",
+               n, rt->executing, rt->abandoning == 2 && rt->dlq ? "handed to the dlqTrigger" : "given up (kept on the bus or spilled)");
+}
+
+int herald__trigger_is_dlq(herald_trigger *t) {
+  trigger_rt *rt = t->data;
+  return rt && rt->is_dlq;
 }
 
 void herald__trigger_delivery_free(herald_trigger *t) {
   trigger_rt *rt = t->data;
   if (!rt) return;
+  if (rt->dlq_builder_ref != LUA_NOREF) luaL_unref(t->engine->L, LUA_REGISTRYINDEX, rt->dlq_builder_ref);
+  rt->dlq_builder_ref = LUA_NOREF;
   uv_timer_stop(&rt->timer);
   uv_close((uv_handle_t *)&rt->timer, (uv_close_cb)free);
   t->data = NULL;

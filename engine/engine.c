@@ -2,16 +2,30 @@
  * engine.c: the engine's lifecycle.
  *
  *   init: Lua state + stdlib, signals        configure (from the CLI): options, the bus
- *   start: every source, /metrics            SIGINT/SIGTERM -> shutdown:
- *     1. stop sources (no new events produced; connections already open may still post)
- *     2. drain: wait until the bus is empty and no trigger action is in flight (bounded)
- *     3. unsubscribe, close triggers, HTTP servers, bus, signals; uv_run returns; exit 0
+ *   start: every source, /metrics, replay    SIGINT/SIGTERM -> shutdown:
+ *     of the spill file (spill.h)
+ *     1. stop sources (no new events produced; connections already open may still post) and
+ *        wait for their stop to call back (a webhook's: every publish it made answered)
+ *     2. drain: wait until the sources stopped, the bus is empty and no trigger action is in
+ *        flight, for at most --drain-timeout T. If that happens: go to 4.
+ *     3. at 0.8 T (the deadline): the bus hands out nothing more; each trigger that is not a
+ *        dlqTrigger is closed and its unfinished actions go to its dlqTrigger, or are given up
+ *        (their delivery nak'd: the event stays on the bus; or, already acked under at most
+ *        once, their events spilled). The dlqTriggers get until T, then are closed the same way.
+ *     4. once every executor's close called back (no action holds a bus delivery any more):
+ *        what the bus still holds is spilled (in-memory bus) or kept (durable bus, JetStream);
+ *        the spill file is written; unsubscribe; close the bus, and once it has answered every
+ *        publish, the HTTP servers and signals; uv_run returns; exit 0, or 3
+ *        (HERALD_EXIT_LEFTOVER) when anything was dead-lettered, spilled or kept.
+ * The bus is closed only after every trigger (an action's end acks its delivery on the bus),
+ * and the servers only after the bus (a publish answered late answers an open request).
  */
 #include "engine.h"
 #include "common.h"
 #include "lua_host.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "spill.h"
 
 #include <lauxlib.h>
 #include <stddef.h>
@@ -198,44 +212,68 @@ int herald_engine_start(herald_engine *eng) {
                                         "eventsource_name", src->es_name, NULL),
                       1);
   }
+  herald__spill_replay_start(eng); /* what the last stop could not deliver */
   herald_log(&eng->log, HLOG_INFO, "herald started");
   return 0;
 }
 
 /* ---- shutdown ---- */
 
-static void finish_close(herald_engine *eng);
+enum { DRAIN_WAIT, DRAIN_DLQ_GRACE, DRAIN_CLOSING, DRAIN_CLOSED };
 
 static void server_closed(void *data) {
   (void)data;
 }
 
 static void trigger_closed(herald_trigger *t) {
+  herald_engine *eng = t->engine;
   herald__trigger_delivery_free(t);
   free(t->priv);
   free(t->sensor_name);
   free(t->name);
   free((char *)t->log.name);
   free(t);
+  eng->triggers_closing--;
 }
 
+/* Closes the triggers still open (only those that are not a dlqTrigger when dlq_grace): their
+ * unfinished actions are handed to their dlqTrigger (dlq_grace) or given up (runtime.h). */
+static void close_triggers(herald_engine *eng, int dlq_grace) {
+  trigger_node **pp = &eng->triggers;
+  while (*pp) {
+    trigger_node *n = *pp;
+    if (dlq_grace && herald__trigger_is_dlq(n->t)) {
+      pp = &n->next;
+      continue;
+    }
+    *pp = n->next;
+    herald_trigger *t = n->t;
+    free(n);
+    herald__trigger_delivery_abandon(t, dlq_grace);
+    eng->triggers_closing++;
+    if (t->type->close) t->type->close(t, trigger_closed);
+    else trigger_closed(t);
+  }
+}
+
+typedef struct leftover_ctx {
+  herald_engine *eng;
+  uint64_t lost;
+} leftover_ctx;
+
+static void lose_event(void *data, herald_event *ev) {
+  leftover_ctx *c = data;
+  herald__spill_event(c->eng, ev);
+  c->lost++;
+}
+
+static herald_engine *closing_eng; /* for bus_closed (one engine per process) */
+
+/* The bus has answered every publish: now the servers, signals and timers. */
 static void bus_closed(herald_bus *bus) {
   (void)bus;
-}
-
-static void finish_close(herald_engine *eng) {
-  herald_runtime_unsubscribe_all(eng);
-  herald__cron_timers_close();
-  herald__leader_close();
-  herald__source_defer_close();
-  while (eng->triggers) {
-    trigger_node *n = eng->triggers;
-    eng->triggers = n->next;
-    herald__trigger_delivery_close(n->t);
-    if (n->t->type->close) n->t->type->close(n->t, trigger_closed);
-    else trigger_closed(n->t);
-    free(n);
-  }
+  herald_engine *eng = closing_eng;
+  herald__spill_close();
   while (eng->servers) {
     server_entry *e = eng->servers;
     eng->servers = e->next;
@@ -246,34 +284,96 @@ static void finish_close(herald_engine *eng) {
   eng->metrics_server = NULL;
   if (eng->admin_server) herald_http_server_close(eng->admin_server, server_closed, NULL);
   eng->admin_server = NULL;
-  if (eng->bus) eng->bus->ops->close(eng->bus, bus_closed);
-  eng->bus = NULL;
   uv_close((uv_handle_t *)&eng->drain_timer, NULL);
   uv_close((uv_handle_t *)&eng->sigint, NULL);
   uv_close((uv_handle_t *)&eng->sigterm, NULL);
 }
 
+/* Every trigger is closed, so no action holds a bus delivery: account for what is left, write
+ * the spill file, and close the bus. */
+static void finish_close(herald_engine *eng) {
+  uint64_t held = 0;
+  leftover_ctx lc = {eng, 0};
+  if (eng->bus) {
+    if (eng->bus->ops->leftover) {
+      held = eng->bus->ops->leftover(eng->bus, lose_event, &lc);
+    } else { /* JetStream: the server redelivers what was not acked */
+      herald_bus_stats st = {0};
+      eng->bus->ops->stats(eng->bus, &st);
+      held = st.in_bus;
+    }
+  }
+  uint64_t kept = held - lc.lost;
+  int64_t spilled = herald__spill_write(eng);
+  uint64_t dlq = eng->drain_dead_lettered;
+  if (kept)
+    herald_log(&eng->log, HLOG_WARN, "drain: %llu event(s) stay on the %s bus and are delivered after the restart",
+               (unsigned long long)kept, eng->bus->ops->name);
+  if (dlq || spilled || kept) {
+    herald_log(&eng->log, HLOG_WARN, "drain incomplete: %llu action(s) dead-lettered, %lld event(s) spilled, %llu kept on the bus",
+               (unsigned long long)dlq, (long long)(spilled < 0 ? -spilled : spilled), (unsigned long long)kept);
+    if (eng->exit_code == 0) eng->exit_code = spilled < 0 ? 1 : HERALD_EXIT_LEFTOVER;
+  }
+  herald_runtime_unsubscribe_all(eng);
+  herald__cron_timers_close();
+  herald__leader_close();
+  herald__source_defer_close();
+  closing_eng = eng;
+  if (eng->bus) {
+    herald_bus *bus = eng->bus;
+    eng->bus = NULL; /* sources publishing from now on are told the bus is closed */
+    bus->ops->close(bus, bus_closed);
+  } else {
+    bus_closed(NULL);
+  }
+}
+
 static void drain_check(uv_timer_t *t) {
   herald_engine *eng = t->data;
-  herald_bus_stats st = {0};
-  if (eng->bus) eng->bus->ops->stats(eng->bus, &st);
   uint32_t inflight = herald_runtime_inflight(eng);
   uint64_t waited = uv_now(eng->loop) - eng->drain_start_ms;
-  if ((st.in_bus == 0 && inflight == 0) || waited >= eng->opts.drain_timeout_ms) {
-    if (st.in_bus || inflight)
-      herald_log(&eng->log, HLOG_WARN, "drain timed out with %llu events on the bus and %u actions in flight",
-                 (unsigned long long)st.in_bus, inflight);
+  uint64_t limit = eng->opts.drain_timeout_ms;
+  switch (eng->drain_phase) {
+  case DRAIN_WAIT: {
+    herald_bus_stats st = {0};
+    if (eng->bus) eng->bus->ops->stats(eng->bus, &st);
+    if (eng->sources_stopping == 0 && st.in_bus == 0 && inflight == 0 &&
+        herald__spill_replay_pending() == 0) {
+      close_triggers(eng, 0); /* nothing left to abandon */
+      eng->drain_phase = DRAIN_CLOSING;
+    } else if (waited >= limit - limit / 5) {
+      herald_log(&eng->log, HLOG_WARN,
+                 "drain timed out with %llu events on the bus, %u actions in flight and %u sources stopping; "
+                 "in-flight actions go to their dlqTrigger, the rest is %s",
+                 (unsigned long long)st.in_bus, inflight, eng->sources_stopping,
+                 eng->bus && eng->bus->ops->leftover ? "spilled or kept on the bus" : "left on the bus");
+      if (eng->bus && eng->bus->ops->pause) eng->bus->ops->pause(eng->bus);
+      close_triggers(eng, 1);
+      eng->drain_phase = DRAIN_DLQ_GRACE;
+    }
+    break;
+  }
+  case DRAIN_DLQ_GRACE:
+    if (inflight == 0 || waited >= limit) {
+      close_triggers(eng, 0);
+      eng->drain_phase = DRAIN_CLOSING;
+    }
+    break;
+  case DRAIN_CLOSING:
+    break;
+  }
+  if (eng->drain_phase == DRAIN_CLOSING && eng->triggers_closing == 0) {
+    if (herald_runtime_inflight(eng))
+      herald_log(&eng->log, HLOG_ERROR, "drain: %u action(s) outlived their trigger", herald_runtime_inflight(eng));
+    eng->drain_phase = DRAIN_CLOSED;
     uv_timer_stop(t);
     finish_close(eng);
   }
 }
 
-static uint32_t sources_stopping;
-
 static void source_stopped(herald_source *src) {
   herald_engine *eng = src->engine;
-  (void)eng;
-  sources_stopping--;
+  eng->sources_stopping--;
 }
 
 void herald_engine_shutdown(herald_engine *eng) {
@@ -282,7 +382,7 @@ void herald_engine_shutdown(herald_engine *eng) {
   eng->drain_start_ms = uv_now(eng->loop);
   for (source_node *n = eng->sources; n; n = n->next) {
     if (n->src->type->stop) {
-      sources_stopping++;
+      eng->sources_stopping++;
       n->src->type->stop(n->src, source_stopped);
     }
   }

@@ -4,7 +4,9 @@
  *
  *   main.c --herald_engine_init--> Lua: herald.run loads + validates specs, compiles sensors,
  *   creates sources/triggers through herald.core, subscribes --> uv_run --> signal -->
- *   herald_engine_shutdown: stop sources, drain bus and triggers (bounded), close, exit 0.
+ *   herald_engine_shutdown: stop sources, drain bus and triggers (bounded), close, exit 0
+ *   (or HERALD_EXIT_LEFTOVER when the drain ran out of time and left events behind: see
+ *   engine.c for where they went).
  */
 #ifndef HERALD_ENGINE_H
 #define HERALD_ENGINE_H
@@ -26,7 +28,13 @@ typedef struct herald_engine_opts {
   uint32_t bus_capacity;   /* embedded bus: events held at once; default 16384 */
   herald_jetstream_config js; /* js.url set: the JetStream bus; else the embedded bus */
   uint64_t drain_timeout_ms;/* on shutdown; default 10000 */
+  const char *bus_dir;     /* embedded bus: keep events on disk there (bus_log.c); NULL = memory */
+  const char *spill_file;  /* where a timed-out drain leaves events (spill.h); NULL = default */
 } herald_engine_opts;
+
+/* Exit code of a drain that ran out of time and left events behind (dead-lettered, spilled,
+ * or kept on a durable bus); 0 is a clean drain. */
+#define HERALD_EXIT_LEFTOVER 3
 
 struct herald_engine {
   uv_loop_t *loop;
@@ -41,7 +49,12 @@ struct herald_engine {
   uv_signal_t sigint, sigterm;
   uv_timer_t drain_timer;
   int draining;
+  int drain_phase;              /* engine.c: waiting, dead-letter grace, closing triggers */
   uint64_t drain_start_ms;
+  uint32_t sources_stopping;    /* sources whose stop has not called back yet */
+  uint32_t triggers_closing;    /* executors whose close has not called back yet */
+  uint64_t drain_dead_lettered; /* actions handed to a dlqTrigger at the deadline */
+  uint64_t drain_spilled_actions; /* events of abandoned at-most-once actions spilled */
   int exit_code;
   struct herald_source_node *sources;
   struct herald_trigger_node *triggers;

@@ -14,6 +14,7 @@ typedef struct herald_delivery_ctx {
   herald_bus *bus;
   herald_bus_delivery *d;
   uint32_t holds; /* the handler itself + each firing not yet finished */
+  int abandoned;  /* a firing was given up at the drain's deadline: nak, do not ack */
 } delivery_ctx;
 
 typedef struct sensor_sub {
@@ -31,7 +32,10 @@ static lua_State *event_L; /* the state holding cached decoded events */
 
 static void release(delivery_ctx *c) {
   if (--c->holds) return;
-  herald_bus_ack(c->bus, c->d);
+  /* An abandoned delivery stays on the bus (paused by then): spilled by the in-memory bus,
+   * kept by a durable one or the JetStream server, and delivered again after the restart. */
+  if (c->abandoned) herald_bus_nak(c->bus, c->d, 0);
+  else herald_bus_ack(c->bus, c->d);
   free(c);
 }
 
@@ -42,6 +46,12 @@ struct herald_delivery_ctx *herald__delivery_hold(herald_engine *eng) {
 
 void herald__delivery_release(struct herald_delivery_ctx *c) {
   if (c) release(c);
+}
+
+void herald__delivery_abandon(struct herald_delivery_ctx *c) {
+  if (!c) return;
+  c->abandoned = 1;
+  release(c);
 }
 
 static void event_release_hook(herald_event *ev) {
@@ -104,6 +114,7 @@ static void on_deliver(herald_bus_sub *bsub, herald_bus_delivery *d, herald_even
   c->bus = eng->bus;
   c->d = d;
   c->holds = 1;
+  c->abandoned = 0;
   delivery_ctx *prev = eng->current;
   eng->current = c;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->handler_ref);

@@ -33,6 +33,9 @@ void herald_runtime_unsubscribe_all(herald_engine *eng);
 struct herald_delivery_ctx *herald__delivery_hold(herald_engine *eng);
 /* Drops a hold; the last one acks the delivery. NULL is a no-op. */
 void herald__delivery_release(struct herald_delivery_ctx *c);
+/* Drops a hold of a firing given up at the drain's deadline: the last hold then naks the
+ * delivery instead of acking it, so the event stays on the bus. NULL is a no-op. */
+void herald__delivery_abandon(struct herald_delivery_ctx *c);
 
 /* ---- triggers and delivery (delivery.c) ---- */
 
@@ -64,9 +67,14 @@ int herald_trigger_fire(herald_engine *eng, herald_trigger *t, lua_State *L, int
 
 /* Actions queued, executing or waiting for a retry, across the engine (the drain waits for 0). */
 uint32_t herald_runtime_inflight(herald_engine *eng);
-/* Cancels t's queued and retry-waiting actions (their deliveries are released); called at
- * shutdown before the executor's close (which finishes or abandons what is executing). */
-void herald__trigger_delivery_close(herald_trigger *t);
+/* At shutdown, before the executor's close: t takes no more actions, and each of its actions
+ * not finished (queued, waiting for a retry, or executing: the executor's close ends those as
+ * failed) is given up: with `to_dlq` and a dlqTrigger, handed to it (counted in
+ * eng->drain_dead_lettered); else its bus delivery is nak'd so the event stays on the bus, or,
+ * when that delivery was already acked (at most once), its events are spilled (spill.h). */
+void herald__trigger_delivery_abandon(herald_trigger *t, int to_dlq);
+/* 1 if t is another trigger's dlqTrigger. */
+int herald__trigger_is_dlq(herald_trigger *t);
 /* Releases the delivery state once the executor has closed. */
 void herald__trigger_delivery_free(herald_trigger *t);
 

@@ -287,6 +287,32 @@ local function build_sensor(obj, subs)
   return true
 end
 
+--- Where a drain that runs out of time writes what it could not deliver, for the next start to
+--- replay: DIR/spill.jsonl for --state-dir DIR, else for --bus-dir DIR, else
+--- $XDG_STATE_HOME/herald/spill-<FNV-1a of the absolute PATHs>.jsonl, so that two deployments
+--- on one machine never replay each other's events.
+function _M.spill_file(paths, opts)
+  local dir = opts.state_dir or opts.bus_dir
+  if dir then return (dir:gsub("/+$", "")) .. "/spill.jsonl" end
+  local bit = require "bit"
+  local cwd = os.getenv("PWD") or ""
+  local h = 2166136261
+  for i, p in ipairs(paths) do
+    local abs = (p:sub(1, 1) == "/" and p or (cwd .. "/" .. p)):gsub("/+$", "")
+    local key = (i > 1 and "\0" or "") .. abs
+    for j = 1, #key do -- h = (h ^ byte) * 16777619 mod 2^32, exact in doubles
+      h = bit.bxor(h, key:byte(j)) % 2 ^ 32
+      h = (bit.lshift(h, 24) % 2 ^ 32 + h * 403) % 2 ^ 32
+    end
+  end
+  local state = os.getenv("XDG_STATE_HOME")
+  if not state or state == "" then
+    local home = os.getenv("HOME")
+    state = (home and home ~= "" and home or "/tmp") .. "/.local/state"
+  end
+  return ("%s/herald/spill-%s.jsonl"):format(state, bit.tohex(h))
+end
+
 --- The leases the objects need for active/passive replicas, as Argo elects a leader: a Sensor
 --- with replicas > 1 ("sensor-<name>"), and an EventSource with replicas > 1 that has a source
 --- only one replica may run (a calendar, ...: "eventsource-<name>").

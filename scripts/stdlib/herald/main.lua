@@ -42,7 +42,14 @@ options (run):
                            Events) instead of the embedded bus
   --cleanup                (sensor) delete the sensors' dependency state bucket and bus
                            consumers instead of running them, then exit
-  --drain-timeout MS       how long SIGINT/SIGTERM waits for in-flight work (default 10000)
+  --drain-timeout MS       how long SIGINT/SIGTERM waits for in-flight work (default 10000);
+                           at 80% of it, unfinished actions go to their dlqTrigger, the rest
+                           is kept (--bus-dir, JetStream) or written to the spill file, which
+                           the next start replays; exit code 3 says something was left
+  --bus-dir DIR            keep the embedded bus's events on disk in DIR: an event answered
+                           200 survives a crash (kill -9) and is delivered after the restart
+  --state-dir DIR          where the spill file goes: DIR/spill.jsonl (default --bus-dir, else
+                           $XDG_STATE_HOME/herald/spill-<hash of the PATHs>.jsonl)
   --http-header-timeout MS, --http-body-timeout MS, --http-idle-timeout MS
                            webhook connection limits (defaults 10000, 10000, 60000)
 options (lint):
@@ -57,6 +64,7 @@ local VALUE_FLAGS = {
   ["--events"] = "events", ["--expect"] = "expect", ["-e"] = "eval",
   ["--admin-addr"] = "admin_addr", ["--admin-token-file"] = "admin_token_file",
   ["--source"] = "source", ["--event"] = "event", ["--data"] = "data",
+  ["--bus-dir"] = "bus_dir", ["--state-dir"] = "state_dir",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true }
@@ -354,6 +362,7 @@ local function cmd_run(paths, opts, kind)
     return 2
   end
   opts.log_level = opts.log_level or os.getenv("LOG_LEVEL")
+  opts.spill_file = require("herald.engine").spill_file(paths, opts)
   core.configure(opts)
   local t0 = core.now()
   local result = load(paths)
