@@ -100,7 +100,8 @@ static void configure_jetstream(lua_State *L, int idx, herald_jetstream_config *
 }
 
 /* core.configure{secrets_dir=, listen_host=, metrics_addr=, bus_capacity=, bus=, bus_options=,
- *                log_level=, http_header_timeout=, http_body_timeout=, http_idle_timeout=} */
+ *                log_level=, http_header_timeout=, http_body_timeout=, http_idle_timeout=,
+ *                http_body_deadline=, http_max_connections=, http_max_client_connections=} */
 static int l_configure(lua_State *L) {
   herald_engine *eng = herald_engine_from_lua(L);
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -126,6 +127,9 @@ static int l_configure(lua_State *L) {
   if ((n = herald_cfg_number(L, 1, "http_header_timeout", 0)) > 0) eng->http_limits.header_timeout_ms = (uint64_t)n;
   if ((n = herald_cfg_number(L, 1, "http_body_timeout", 0)) > 0) eng->http_limits.body_timeout_ms = (uint64_t)n;
   if ((n = herald_cfg_number(L, 1, "http_idle_timeout", 0)) > 0) eng->http_limits.keepalive_ms = (uint64_t)n;
+  if ((n = herald_cfg_number(L, 1, "http_body_deadline", 0)) > 0) eng->http_limits.body_deadline_ms = (uint64_t)n;
+  if ((n = herald_cfg_number(L, 1, "http_max_connections", 0)) > 0) eng->http_limits.max_connections = (size_t)n;
+  if ((n = herald_cfg_number(L, 1, "http_max_client_connections", 0)) > 0) eng->http_limits.max_client_connections = (size_t)n;
   if ((s = herald_cfg_string(L, 1, "log_level", NULL))) {
     herald_log_level lvl;
     if (herald_log_parse_level(s, &lvl) != 0) return luaL_error(L, "invalid log level %s", s);

@@ -23,7 +23,20 @@
  * in request order and a slow handler applies backpressure to its client.
  *
  * Timeouts use one uv_timer per connection with a lazily moved deadline: pushing the
- * deadline later is a store, and the timer re-arms itself when it fires early.
+ * deadline later is a store, and the timer re-arms itself when it fires early. Each phase of
+ * a request has a total deadline (req_deadline) that no amount of trickled input moves: the
+ * header block, then the body (whose idle deadline, pushed on each read, never passes it).
+ * A deadline missed with bytes of a request in hand is answered 408 (RFC 9110 15.5.9); an
+ * idle connection is closed silently, as RFC 9112 9.5 suggests.
+ *
+ * http_parser 2.9 lets sloppy chunk framing through (any two bytes where the CRLF after chunk
+ * data belongs, control bytes and bare LFs in chunk extensions, unbounded extensions and
+ * leading zeros), so a chunked body is also scanned here by a strict framing check that runs
+ * one step ahead of the parser over the same bytes (chunk_scan); both must agree on where the
+ * message ends. Trailer fields are counted against the header limit and dropped.
+ *
+ * Connections are counted per client address (an IPv4 address, or the /64 of an IPv6 one) in
+ * a small hash table, so one client can hold only its share of the connection cap.
  */
 #include "http_server.h"
 
@@ -42,6 +55,9 @@
 #define POOL_MAX 64u        /* closed connections kept for reuse per server */
 #define MAX_PENDING_INPUT (64 * 1024) /* pipelined input held while a response is pending */
 #define KEEP_BODY_CAP 65536 /* larger body buffers are released after their request */
+#define MIN_BODY_RATE (64u * 1024u) /* bytes/s a large declared body is given time for */
+#define MAX_CHUNK_EXT 4096u  /* chunk-extension bytes per request (nobody sends any) */
+#define MAX_CHUNK_DIGITS 16u /* hex digits of a chunk size, leading zeros included */
 
 typedef struct route {
   struct route *next; /* hash chain, or the dead list once removed */
@@ -70,6 +86,40 @@ typedef struct hdr_off {
   uint32_t name_off, name_len, value_off, value_len;
 } hdr_off;
 
+/* States of the strict chunk-framing check (RFC 9112 7.1). */
+typedef enum {
+  CK_OFF,         /* not a chunked body, or its end has been seen */
+  CK_SKIP_LF,     /* the header block's last LF, which the parser paused on and re-reads */
+  CK_SIZE_FIRST,  /* first hex digit of a chunk size */
+  CK_SIZE,        /* more hex digits, ';' (extension), BWS or CR */
+  CK_BWS,         /* whitespace after the size: only ';' may follow */
+  CK_EXT,         /* chunk extensions, up to CR */
+  CK_SIZE_LF,     /* LF ending the chunk-size line */
+  CK_DATA,        /* chunk data */
+  CK_DATA_CR,     /* CR after chunk data */
+  CK_DATA_LF,     /* LF after chunk data */
+  CK_TRAILER_START, /* start of a trailer line, or CR of the empty line ending the message */
+  CK_TRAILER,     /* inside a trailer line */
+  CK_TRAILER_LF,  /* LF ending a trailer line */
+  CK_END_LF,      /* LF of the empty line ending the message */
+} chunk_state;
+
+typedef struct chunk_check {
+  chunk_state st;
+  unsigned digits;   /* hex digits of the current size */
+  uint64_t left;     /* chunk-data bytes still to come (the size while it is being read) */
+  size_t ext_bytes;  /* chunk-extension bytes in this request */
+  size_t trailer_bytes;
+} chunk_check;
+
+/* Connections held by one client address. */
+typedef struct client {
+  struct client *next;
+  uint8_t key[16]; /* IPv4 as ::ffff:a.b.c.d; IPv6 as its /64 prefix, the rest zero */
+  uint64_t hash;
+  size_t n;
+} client;
+
 typedef struct conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
@@ -88,6 +138,9 @@ typedef struct conn {
   int health;
   int keep_alive;
   int last_was_value; /* header callback bookkeeping */
+  int hdrs_done;      /* headers complete: header callbacks now see trailer fields */
+  int hdr_pause;      /* the parser paused at headers complete to start the chunk check */
+  chunk_check ck;
   size_t hdr_bytes;   /* size of the header block so far */
   size_t discarded;   /* body bytes dropped for a rejected request */
   size_t url_len;
@@ -104,6 +157,9 @@ typedef struct conn {
   herald_buf out;
 
   uint64_t deadline; /* uv_now() ms; 0 = none */
+  uint64_t req_deadline; /* total deadline of the current header block or body (uv_now ms) */
+  unsigned long nreq;    /* requests begun on this connection */
+  client *client;        /* this connection's entry in srv->clients, or NULL */
   uint64_t timer_at; /* when the timer is armed to fire; 0 = not armed */
   int handles_open;
   int handler_pending; /* the handler has req and has not responded */
@@ -125,6 +181,9 @@ struct herald_http_server {
   size_t nconns;
   conn *pool;
   size_t npool;
+  client **clients; /* per-address connection counts: hash chains */
+  size_t nclient_buckets, nclients;
+  uint64_t client_seed;
   int port;
   int closing;
   int close_called;
@@ -141,6 +200,8 @@ const herald_http_limits herald_http_default_limits = {
     .body_timeout_ms = 10000,
     .keepalive_ms = 60000,
     .max_connections = 10000,
+    .body_deadline_ms = 60000,
+    .max_client_connections = 0, /* max_connections / 4 */
 };
 
 static http_parser_settings parser_settings;
@@ -280,15 +341,27 @@ static int token_equal(const route *r, const char *cand, size_t cand_len) {
 
 static void on_timer(uv_timer_t *t);
 
-static void conn_set_deadline(conn *c, uint64_t ms) {
+/* Sets the deadline to the absolute time d (uv_now() ms). */
+static void conn_set_deadline_at(conn *c, uint64_t d) {
   uint64_t now = uv_now(c->srv->loop);
-  uint64_t d = now + ms;
   c->deadline = d;
   if (c->timer_at == 0 || c->timer_at > d) {
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+    uv_timer_start(&c->timer, on_timer, d > now ? d - now : 0, 0);
     c->timer_at = d;
   }
 }
+
+static void conn_set_deadline(conn *c, uint64_t ms) {
+  conn_set_deadline_at(c, uv_now(c->srv->loop) + ms);
+}
+
+/* While a body is read: the idle deadline, but never past the body's total deadline. */
+static void conn_body_deadline(conn *c) {
+  uint64_t d = uv_now(c->srv->loop) + c->srv->lim.body_timeout_ms;
+  conn_set_deadline_at(c, d < c->req_deadline ? d : c->req_deadline);
+}
+
+static void conn_fail(conn *c, int status);
 
 static void conn_clear_deadline(conn *c) {
   c->deadline = 0; /* the armed timer, if any, fires and finds nothing to do */
@@ -304,10 +377,109 @@ static void on_timer(uv_timer_t *t) {
     c->timer_at = c->deadline;
     return;
   }
-  if (c->state == C_HEADERS || c->state == C_BODY)
-    herald_log_limited(&c->srv->log, HLOG_DEBUG, "closing a connection: %s timeout",
-                       c->state == C_HEADERS ? "header read" : "body read");
-  conn_close(c);
+  if (c->state == C_HEADERS || c->state == C_BODY) {
+    /* Part of a request came in and the rest did not in time: say so (408), then close. */
+    herald_log_limited(&c->srv->log, HLOG_DEBUG, "request timeout: %s",
+                       c->state == C_HEADERS ? "header block" : "body");
+    conn_fail(c, 408);
+    return;
+  }
+  conn_close(c); /* idle (no bytes of a request), or a response or linger that took too long */
+}
+
+/* ---- connections per client address ---- */
+
+/* The key of the peer's address (see client.key); returns 0, or -1 if it has none. */
+static int client_key(uv_tcp_t *tcp, uint8_t key[16]) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0) return -1;
+  memset(key, 0, 16);
+  if (ss.ss_family == AF_INET) {
+    key[10] = key[11] = 0xff;
+    memcpy(key + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    return 0;
+  }
+  if (ss.ss_family == AF_INET6) {
+    const uint8_t *a = ((struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr;
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, v4mapped, 12) == 0) memcpy(key, a, 16);
+    else memcpy(key, a, 8); /* one host usually owns a whole /64 */
+    return 0;
+  }
+  return -1;
+}
+
+/* Keyed with a per-server seed so that colliding addresses cannot be picked in advance. */
+static uint64_t client_hash(const herald_http_server *srv, const uint8_t key[16]) {
+  uint64_t a, b;
+  memcpy(&a, key, 8);
+  memcpy(&b, key + 8, 8);
+  uint64_t h = srv->client_seed ^ a;
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h ^= b;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
+static void clients_grow(herald_http_server *srv) {
+  size_t nb = srv->nclient_buckets ? srv->nclient_buckets * 2 : 64;
+  client **b = herald_xcalloc(nb, sizeof *b);
+  for (size_t i = 0; i < srv->nclient_buckets; i++) {
+    client *e = srv->clients[i];
+    while (e) {
+      client *next = e->next;
+      size_t k = e->hash & (nb - 1);
+      e->next = b[k];
+      b[k] = e;
+      e = next;
+    }
+  }
+  free(srv->clients);
+  srv->clients = b;
+  srv->nclient_buckets = nb;
+}
+
+/* The entry for key, created (with n = 0) if missing. */
+static client *client_get(herald_http_server *srv, const uint8_t key[16]) {
+  uint64_t h = client_hash(srv, key);
+  if (srv->nclient_buckets) {
+    for (client *e = srv->clients[h & (srv->nclient_buckets - 1)]; e; e = e->next)
+      if (e->hash == h && memcmp(e->key, key, 16) == 0) return e;
+  }
+  if (srv->nclients + 1 > srv->nclient_buckets) clients_grow(srv);
+  client *e = herald_xcalloc(1, sizeof *e);
+  memcpy(e->key, key, 16);
+  e->hash = h;
+  size_t k = h & (srv->nclient_buckets - 1);
+  e->next = srv->clients[k];
+  srv->clients[k] = e;
+  srv->nclients++;
+  return e;
+}
+
+/* One connection of e's address is gone; the entry goes with the last one. */
+static void client_release(herald_http_server *srv, client *e) {
+  if (--e->n > 0) return;
+  for (client **pp = &srv->clients[e->hash & (srv->nclient_buckets - 1)]; *pp; pp = &(*pp)->next) {
+    if (*pp == e) {
+      *pp = e->next;
+      srv->nclients--;
+      free(e);
+      return;
+    }
+  }
+}
+
+static void client_describe(const uint8_t key[16], char *out, size_t n) {
+  static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (memcmp(key, v4mapped, 12) == 0) {
+    uv_inet_ntop(AF_INET, key + 12, out, n);
+  } else {
+    uv_inet_ntop(AF_INET6, key, out, n);
+    size_t l = strlen(out);
+    if (l + 4 <= n) memcpy(out + l, "/64", 4);
+  }
 }
 
 /* ---- connection lifetime ---- */
@@ -325,6 +497,10 @@ static void conn_destroy(conn *c) {
 
 static void conn_free(conn *c) {
   herald_http_server *srv = c->srv;
+  if (c->client) {
+    client_release(srv, c->client);
+    c->client = NULL;
+  }
   if (c->prev) c->prev->next = c->next;
   else srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -401,7 +577,7 @@ static void conn_linger(conn *c) {
 
 static void save_leftover(conn *c, const char *data, size_t len) {
   if (len == 0) return;
-  if (data >= c->in && data < c->in + c->in_cap) {
+  if (c->in && data >= c->in && data < c->in + c->in_cap) { /* no arithmetic on NULL */
     memmove(c->in, data, len); /* a suffix of the buffer itself */
   } else {
     if (c->in_len + len > c->in_cap) {
@@ -524,6 +700,7 @@ static void conn_fail(conn *c, int status) {
   case 401: text = "unauthorized\n"; break;
   case 404: text = "404 page not found\n"; break;
   case 405: text = "method not allowed\n"; break;
+  case 408: text = "request timeout\n"; break;
   default: text = "bad request\n"; break;
   }
   herald_log_limited(&c->srv->log, HLOG_DEBUG, "answering %d and closing the connection",
@@ -539,6 +716,9 @@ static int on_message_begin(http_parser *p) {
   c->route = NULL;
   c->reject = c->fail = c->health = 0;
   c->last_was_value = 0;
+  c->hdrs_done = 0;
+  c->hdr_pause = 0;
+  c->ck.st = CK_OFF;
   c->hdr_bytes = 0;
   c->discarded = 0;
   c->url_len = 0;
@@ -546,7 +726,12 @@ static int on_message_begin(http_parser *p) {
   c->body_len = 0;
   herald_buf_reset(&c->hb);
   c->req.received_ns = uv_hrtime();
-  conn_set_deadline(c, c->srv->lim.header_timeout_ms);
+  /* The first request's headers are due header_timeout after the accept (set there), so
+   * waiting before the first byte buys no extra time; a later one's from its first byte. */
+  if (c->nreq++ > 0) {
+    c->req_deadline = uv_now(c->srv->loop) + c->srv->lim.header_timeout_ms;
+    conn_set_deadline_at(c, c->req_deadline);
+  }
   return 0;
 }
 
@@ -570,6 +755,9 @@ static int on_url(http_parser *p, const char *at, size_t n) {
 static int on_header_field(http_parser *p, const char *at, size_t n) {
   conn *c = p->data;
   if (header_bytes_add(c, n)) return -1;
+  /* A trailer field (after a chunked body): counted, not kept. Keeping it would grow the
+   * header buffers that req->headers and req->path already point into. */
+  if (c->hdrs_done) return 0;
   if (c->nhdrs == 0 || c->last_was_value) {
     if (c->nhdrs >= c->srv->lim.max_headers) {
       c->fail = 431;
@@ -602,6 +790,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
 static int on_header_value(http_parser *p, const char *at, size_t n) {
   conn *c = p->data;
   if (header_bytes_add(c, n)) return -1;
+  if (c->hdrs_done) return 0; /* a trailer field */
   hdr_off *o = &c->offs[c->nhdrs - 1];
   if (!c->last_was_value) {
     herald_buf_putc(&c->hb, '\0');
@@ -733,9 +922,25 @@ static int on_headers_complete(http_parser *p) {
     c->body = nb;
     c->body_cap = p->content_length + 1;
   }
+  c->hdrs_done = 1;
   if (has_body) {
     c->state = C_BODY;
-    conn_set_deadline(c, srv->lim.body_timeout_ms);
+    /* The whole body is due body_deadline_ms from now, or, for a declared body too large for
+     * that at MIN_BODY_RATE, the time it takes at that rate (a chunked body may be as large
+     * as the route allows). */
+    uint64_t want = (p->flags & F_CHUNKED) ? (c->route ? c->route->max_body : DEFAULT_MAX_BODY)
+                                             : p->content_length;
+    uint64_t total = srv->lim.body_deadline_ms;
+    if (want / MIN_BODY_RATE * 1000u > total) total = want / MIN_BODY_RATE * 1000u;
+    c->req_deadline = uv_now(srv->loop) + total;
+    conn_body_deadline(c);
+  }
+  if (p->flags & F_CHUNKED) {
+    /* Pause so that conn_feed starts the framing check exactly where the body starts: the
+     * parser stops on the header block's last LF (and reads it again when resumed). */
+    c->ck = (chunk_check){.st = CK_SKIP_LF};
+    c->hdr_pause = 1;
+    http_parser_pause(p, 1);
   }
   return 0;
 }
@@ -776,6 +981,134 @@ static int on_message_complete(http_parser *p) {
   c->keep_alive = http_should_keep_alive(p) && !p->upgrade;
   http_parser_pause(p, 1);
   return 0;
+}
+
+/* ---- strict chunk framing ---- */
+
+static int hexval(unsigned char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+/* Scans the next bytes of a chunked body. Returns how many belong to this message (len, or
+ * fewer when its end is among them; the check is then CK_OFF), or -1 when the framing breaks
+ * RFC 9112 7.1 (*why says how). */
+static ptrdiff_t chunk_scan(conn *c, const char *data, size_t len, const char **why) {
+  chunk_check *k = &c->ck;
+  size_t i = 0;
+  while (i < len) {
+    unsigned char ch = (unsigned char)data[i];
+    switch (k->st) {
+    case CK_OFF:
+      return (ptrdiff_t)i;
+    case CK_SKIP_LF:
+      k->st = CK_SIZE_FIRST;
+      if (ch == '\n') break;
+      continue; /* a parser that consumed the LF itself: this byte is the size */
+    case CK_SIZE_FIRST:
+      if (hexval(ch) < 0) {
+        *why = "chunk size expected";
+        return -1;
+      }
+      k->st = CK_SIZE;
+      k->digits = 0;
+      k->left = 0;
+      continue;
+    case CK_SIZE: {
+      int v = hexval(ch);
+      if (v >= 0) {
+        if (++k->digits > MAX_CHUNK_DIGITS) {
+          *why = "chunk size too long";
+          return -1;
+        }
+        k->left = k->left * 16 + (uint64_t)v;
+      } else if (ch == ';') {
+        k->st = CK_EXT;
+      } else if (ch == ' ' || ch == '\t') {
+        k->st = CK_BWS;
+      } else if (ch == '\r') {
+        k->st = CK_SIZE_LF;
+      } else {
+        *why = "bad character in chunk size";
+        return -1;
+      }
+      break;
+    }
+    case CK_BWS:
+      if (ch == ';') k->st = CK_EXT;
+      else if (ch != ' ' && ch != '\t') {
+        *why = "whitespace after a chunk size not followed by an extension";
+        return -1;
+      }
+      break;
+    case CK_EXT:
+      if (ch == '\r') {
+        k->st = CK_SIZE_LF;
+      } else if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+        *why = "control character in a chunk extension";
+        return -1;
+      } else if (++k->ext_bytes > MAX_CHUNK_EXT) {
+        *why = "chunk extensions too long";
+        return -1;
+      }
+      break;
+    case CK_SIZE_LF:
+      if (ch != '\n') {
+        *why = "chunk-size line not ended by CRLF";
+        return -1;
+      }
+      k->st = k->left ? CK_DATA : CK_TRAILER_START;
+      break;
+    case CK_DATA: {
+      size_t take = len - i;
+      if (take > k->left) take = (size_t)k->left;
+      k->left -= take;
+      i += take;
+      if (k->left == 0) k->st = CK_DATA_CR;
+      continue;
+    }
+    case CK_DATA_CR:
+    case CK_DATA_LF:
+      if (ch != (k->st == CK_DATA_CR ? '\r' : '\n')) {
+        *why = "chunk data not followed by CRLF";
+        return -1;
+      }
+      k->st = k->st == CK_DATA_CR ? CK_DATA_LF : CK_SIZE_FIRST;
+      break;
+    case CK_TRAILER_START:
+    case CK_TRAILER:
+      if (ch == '\r') {
+        k->st = k->st == CK_TRAILER_START ? CK_END_LF : CK_TRAILER_LF;
+        break;
+      }
+      if (ch == '\n' || (k->st == CK_TRAILER_START && (ch == ' ' || ch == '\t'))) {
+        *why = ch == '\n' ? "bare LF in the trailer section" : "folded trailer line";
+        return -1;
+      }
+      if (++k->trailer_bytes > c->srv->lim.max_header_bytes) {
+        *why = "trailer section too large";
+        return -1;
+      }
+      k->st = CK_TRAILER;
+      break;
+    case CK_TRAILER_LF:
+    case CK_END_LF:
+      if (ch != '\n') {
+        *why = "trailer line not ended by CRLF";
+        return -1;
+      }
+      if (k->st == CK_END_LF) {
+        k->st = CK_OFF;
+        return (ptrdiff_t)(i + 1);
+      }
+      k->st = CK_TRAILER_START;
+      break;
+    }
+    i++;
+  }
+  return (ptrdiff_t)len;
 }
 
 /* A complete request: answer it or give it to its handler. */
@@ -819,12 +1152,40 @@ static void conn_feed(conn *c, const char *data, size_t len) {
   c->in_feed = 1;
   while (len > 0 && !c->closing && c->state != C_LINGER && c->state != C_WRITING &&
          c->state != C_HANDLER) {
-    size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
+    /* A chunked body: the framing check sees the bytes first and says how many of them are
+     * this message's; the parser then gets just those and must end the message where the
+     * check did. */
+    size_t feed = len;
+    int checked = c->ck.st != CK_OFF;
+    if (checked) {
+      const char *why = NULL;
+      ptrdiff_t m = chunk_scan(c, data, len, &why);
+      if (m < 0) {
+        herald_log_limited(&c->srv->log, HLOG_DEBUG, "malformed chunked body: %s", why);
+        conn_fail(c, 400);
+        break;
+      }
+      feed = (size_t)m;
+    }
+    size_t n = http_parser_execute(&c->parser, &parser_settings, data, feed);
     data += n;
     len -= n;
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
     if (c->fail) {
       conn_fail(c, c->fail);
+      break;
+    }
+    if (e == HPE_PAUSED && c->hdr_pause) {
+      c->hdr_pause = 0; /* headers complete on a chunked request: the check starts here */
+      http_parser_pause(&c->parser, 0);
+      continue;
+    }
+    if (checked && e != HPE_OK && e != HPE_PAUSED) {
+      /* the parser's own error (below) */
+    } else if (checked && (e == HPE_PAUSED) != (c->ck.st == CK_OFF && n == feed)) {
+      herald_log_limited(&c->srv->log, HLOG_DEBUG,
+                         "malformed chunked body: the parser and the framing check disagree");
+      conn_fail(c, 400);
       break;
     }
     if (e == HPE_PAUSED) {
@@ -866,7 +1227,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0 || c->state == C_LINGER) return;
   conn_feed(c, buf->base, (size_t)nread);
-  if (!c->closing && c->state == C_BODY) conn_set_deadline(c, c->srv->lim.body_timeout_ms);
+  if (!c->closing && c->state == C_BODY) conn_body_deadline(c);
 }
 
 /* ---- public API ---- */
@@ -947,12 +1308,30 @@ static void on_connection(uv_stream_t *ls, int status) {
     conn_close(c);
     return;
   }
+  uint8_t key[16];
+  if (client_key(&c->tcp, key) != 0) {
+    conn_close(c);
+    return;
+  }
+  client *cl = client_get(srv, key);
+  if (cl->n >= srv->lim.max_client_connections) {
+    char addr[INET6_ADDRSTRLEN + 4];
+    client_describe(key, addr, sizeof addr);
+    herald_log_limited(&srv->log, HLOG_WARN,
+                       "client %s holds its share of connections (%zu): refusing one", addr,
+                       srv->lim.max_client_connections);
+    conn_close(c);
+    return;
+  }
+  cl->n++;
+  c->client = cl;
   uv_tcp_nodelay(&c->tcp, 1);
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
   c->state = C_IDLE;
   c->req.query = "";
-  conn_set_deadline(c, srv->lim.header_timeout_ms);
+  c->req_deadline = uv_now(srv->loop) + srv->lim.header_timeout_ms;
+  conn_set_deadline_at(c, c->req_deadline);
   conn_read_start(c);
 }
 
@@ -987,6 +1366,13 @@ herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host,
   if (!srv->lim.body_timeout_ms) srv->lim.body_timeout_ms = herald_http_default_limits.body_timeout_ms;
   if (!srv->lim.keepalive_ms) srv->lim.keepalive_ms = herald_http_default_limits.keepalive_ms;
   if (!srv->lim.max_connections) srv->lim.max_connections = herald_http_default_limits.max_connections;
+  if (!srv->lim.body_deadline_ms) srv->lim.body_deadline_ms = herald_http_default_limits.body_deadline_ms;
+  if (!srv->lim.max_client_connections) {
+    srv->lim.max_client_connections = srv->lim.max_connections / 4;
+    if (!srv->lim.max_client_connections) srv->lim.max_client_connections = 1;
+  }
+  if (uv_random(NULL, NULL, &srv->client_seed, sizeof srv->client_seed, 0, NULL) != 0)
+    srv->client_seed = uv_hrtime() ^ ((uint64_t)(uintptr_t)srv << 17);
   size_t nl = strlen(name ? name : "") + 6;
   srv->name = herald_xmalloc(nl);
   snprintf(srv->name, nl, "http:%s", name ? name : "");
@@ -1036,6 +1422,7 @@ static void server_maybe_closed(herald_http_server *srv) {
     srv->dead_routes = next;
   }
   free(srv->buckets);
+  free(srv->clients); /* empty: every connection has released its entry */
   void (*cb)(void *) = srv->close_cb;
   void *data = srv->close_data;
   free(srv->name);

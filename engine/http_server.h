@@ -8,10 +8,17 @@
  *
  * One server per listening address; many routes per server. Every server answers
  * GET /health with 200 "OK". Limits (reliability-and-security.md section 5.5): header block
- * 16 KiB and 100 headers (431), body per route (413, from Content-Length before reading),
- * header read timeout 10 s, body idle timeout 10 s, keep-alive idle 60 s; malformed requests
- * get 400 and the connection is closed. A response may be sent after the handler returns (the
- * webhook answers once the bus has the event); the connection reads nothing more until then.
+ * 16 KiB and 100 headers (431), body per route (413, from Content-Length before reading);
+ * malformed requests, chunk framing included, get 400 and the connection is closed.
+ * Deadlines: the header block must arrive within 10 s in all (from the connection's accept,
+ * or on a kept-alive connection from the request's first byte), the body within 60 s in all
+ * (longer only for a body so large that it needs more at 64 KiB/s) and with no gap of 10 s
+ * between reads; a request that misses one gets 408 and the connection is closed. A
+ * connection with no bytes of a request is closed silently after 60 s idle (10 s before its
+ * first request). One client address (an IPv6 /64) may hold at most a share of the port's
+ * connection cap (a quarter by default), so a few slow clients cannot lock out the rest.
+ * A response may be sent after the handler returns (the webhook answers once the bus has the
+ * event); the connection reads nothing more until then.
  */
 #ifndef HERALD_HTTP_SERVER_H
 #define HERALD_HTTP_SERVER_H
@@ -58,16 +65,22 @@ typedef struct herald_http_route {
   void *data;                /* given back as req->route_data */
 } herald_http_route;
 
+/* Zero in any field means its default. */
 typedef struct herald_http_limits {
   size_t max_header_bytes;   /* 16384 */
   size_t max_headers;        /* 100 */
-  uint64_t header_timeout_ms;/* 10000 */
-  uint64_t body_timeout_ms;  /* 10000 (idle between reads) */
+  uint64_t header_timeout_ms;/* 10000: the whole header block (a total, not per read) */
+  uint64_t body_timeout_ms;  /* 10000: idle between body reads */
   uint64_t keepalive_ms;     /* 60000 */
   size_t max_connections;    /* 10000 */
+  uint64_t body_deadline_ms; /* 60000: the whole body; a declared body too large to arrive
+                                in that time at 64 KiB/s gets the time it needs at that rate */
+  size_t max_client_connections; /* max_connections / 4 (at least 1): connections one client
+                                    address (IPv4 address, IPv6 /64) may hold at once */
 } herald_http_limits;
 
-/* The defaults above (reliability-and-security.md 5.5). */
+/* The defaults above (reliability-and-security.md 5.5); max_client_connections is 0 here and
+ * derived from max_connections when the server starts. */
 extern const herald_http_limits herald_http_default_limits;
 
 /* Returns a new server bound to host:port and listening, or NULL with *err set (a negative

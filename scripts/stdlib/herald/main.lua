@@ -50,8 +50,15 @@ options (run):
                            200 survives a crash (kill -9) and is delivered after the restart
   --state-dir DIR          where the spill file goes: DIR/spill.jsonl (default --bus-dir, else
                            $XDG_STATE_HOME/herald/spill-<hash of the PATHs>.jsonl)
-  --http-header-timeout MS, --http-body-timeout MS, --http-idle-timeout MS
-                           webhook connection limits (defaults 10000, 10000, 60000)
+  --http-header-timeout MS webhook limits: all of a request's header block (default 10000)
+  --http-body-deadline MS  all of its body (default 60000; more for a declared body
+                           that needs longer at 64 KiB/s); a request missing either gets 408
+  --http-body-timeout MS   longest pause between body reads (default 10000)
+  --http-idle-timeout MS   idle keep-alive connection (default 60000)
+  --http-max-connections N connections per port (default 10000)
+  --http-max-client-connections N
+                           of those, how many one client address (IPv6: /64) may hold
+                           (default a quarter of --http-max-connections)
 options (lint):
   --strict                 treat warnings as errors
 ]]
@@ -61,13 +68,16 @@ local VALUE_FLAGS = {
   ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity", ["--bus"] = "bus",
   ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
   ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
+  ["--http-body-deadline"] = "http_body_deadline", ["--http-max-connections"] = "http_max_connections",
+  ["--http-max-client-connections"] = "http_max_client_connections",
   ["--events"] = "events", ["--expect"] = "expect", ["-e"] = "eval",
   ["--admin-addr"] = "admin_addr", ["--admin-token-file"] = "admin_token_file",
   ["--source"] = "source", ["--event"] = "event", ["--data"] = "data",
   ["--bus-dir"] = "bus_dir", ["--state-dir"] = "state_dir",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
-  http_body_timeout = true, http_idle_timeout = true }
+  http_body_timeout = true, http_idle_timeout = true, http_body_deadline = true,
+  http_max_connections = true, http_max_client_connections = true }
 local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain",
   ["--cleanup"] = "cleanup" }
 
