@@ -586,6 +586,7 @@ static int json_string(const char *p, const char *end, herald_buf *out) {
           p += 6;
         }
       }
+      if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd; /* a lone surrogate, as Go's decoder */
       if (cp == 0) return -1;
       put_utf8(out, cp);
       break;
