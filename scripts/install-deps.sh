@@ -6,7 +6,8 @@ set -euo pipefail
 BUILD=(build-essential cmake pkg-config luajit libluajit-5.1-dev libuv1-dev libyaml-dev
        lua-cjson-dev libcurl4-openssl-dev libhttp-parser-dev libpcre2-dev libjq-dev libedit-dev libnats-dev librdkafka-dev
        libssl-dev libgit2-dev tzdata)
-TEST=(lua-busted lua-socket lua-posix lua-rex-pcre2 curl tmux nats-server nodejs git)
+TEST=(lua-busted lua-socket lua-posix lua-rex-pcre2 curl tmux nats-server nodejs git
+      clang libclang-rt-14-dev)  # clang + libFuzzer: spec/fuzz/fuzz_spec.lua builds fuzz/
 # kubectl is not in Debian 12 (only the old kubernetes-client); specs that need it are pending
 # when it is absent.
 BENCH=(wrk)
