@@ -17,6 +17,10 @@
  * aliases expand to is capped so a "billion laughs" file fails fast instead of making every
  * later tree walk exponential.
  *
+ * Each call is bounded (yaml.h): bytes of text, documents, and nodes including what aliases
+ * expand to, so a 10 MB generated spec is refused in milliseconds at the position where it
+ * crosses a limit instead of becoming gigabytes of tables.
+ *
  * libyaml state lives in a userdata with __gc, so a Lua error (out of memory) raised in the
  * middle of parsing cannot leak the parser or the current event.
  */
@@ -53,6 +57,10 @@ typedef struct {
   int pos_idx;     /* absolute stack index of the pos side table */
   int anchors_idx; /* absolute stack index of this document's anchors */
   long alias_nodes;
+  long nodes, max_nodes; /* nodes loaded so far, and the most this call may load */
+  long nodes_limit;      /* the limit as the user set it, for messages (a caller may pass
+                          * what is left of a budget spread over many files) */
+  const char *limit;     /* the limit that failed the load (a static string), or NULL */
   int depth;
   char err[768];
 } ctx;
@@ -74,6 +82,17 @@ static int fail(ctx *c, size_t line0, size_t col0, const char *fmt, ...) {
   vsnprintf(c->err + n, sizeof c->err - (size_t)n, fmt, ap);
   va_end(ap);
   return -1;
+}
+
+/* Counts one more node (n for an alias) against the nodes limit; fails at mark m past it. */
+static int count_nodes(ctx *c, long n, yaml_mark_t m) {
+  c->nodes += n;
+  if (c->nodes <= c->max_nodes) return 0;
+  c->limit = "nodes";
+  return fail(c, m.line, m.column,
+              "more than %ld YAML nodes (scalars, keys, mappings, sequences and what aliases "
+              "expand to) in one load (limit \"nodes\")",
+              c->nodes_limit);
 }
 
 /* 0-based line and column of byte offset off in the text (reader errors carry no mark). */
@@ -387,6 +406,7 @@ static int parse_mapping(ctx *c, long *nodes) {
     if (ev->type == YAML_MAPPING_END_EVENT) break;
     yaml_mark_t km = ev->start_mark;
     int is_merge = 0;
+    if (count_nodes(c, 1, km)) return -1;
     if (ev->type == YAML_SCALAR_EVENT) {
       const char *s = (const char *)ev->data.scalar.value;
       size_t n = ev->data.scalar.length;
@@ -548,6 +568,7 @@ static int parse_node(ctx *c, long *nodes) {
   yaml_event_t *ev = &c->ld->ev;
   yaml_mark_t m = ev->start_mark;
   if (!lua_checkstack(L, 24)) return fail(c, m.line, m.column, "nesting too deep");
+  if (ev->type != YAML_ALIAS_EVENT && count_nodes(c, 1, m)) return -1;
   switch (ev->type) {
   case YAML_SCALAR_EVENT: {
     if (push_scalar(c)) return -1;
@@ -573,6 +594,7 @@ static int parse_node(ctx *c, long *nodes) {
       return fail(c, m.line, m.column,
                   "aliases expand to more than %d nodes (an alias bomb?)",
                   HERALD_YAML_MAX_ALIAS_NODES);
+    if (count_nodes(c, n, m)) return -1;
     lua_rawgeti(L, -1, 1);
     lua_rawgeti(L, -2, 2);
     lua_remove(L, -3);
@@ -594,12 +616,39 @@ static int parse_node(ctx *c, long *nodes) {
   }
 }
 
-/* stack: text filename -> docs pos | nil err */
+/* limits[name] (0 when negative: a spent budget), or dflt when absent. stack: unchanged */
+static long limit_opt(lua_State *L, int idx, const char *name, long dflt) {
+  if (lua_type(L, idx) != LUA_TTABLE) return dflt;
+  lua_getfield(L, idx, name);
+  double d = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : (double)dflt;
+  lua_pop(L, 1);
+  if (!(d > 0)) return 0;
+  return d > 4e18 ? (long)4e18 : (long)d;
+}
+
+/* stack: text filename [limits] -> docs pos | nil err limit */
 int herald__lua_yaml_load(lua_State *L) {
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
   const char *file = luaL_optstring(L, 2, "<string>");
+  long max_bytes = limit_opt(L, 3, "bytes", HERALD_YAML_DEFAULT_MAX_BYTES);
+  long max_docs = limit_opt(L, 3, "documents", HERALD_YAML_DEFAULT_MAX_DOCUMENTS);
+  long max_nodes = limit_opt(L, 3, "nodes", HERALD_YAML_DEFAULT_MAX_NODES);
+  long docs_limit = limit_opt(L, 3, "documents_limit", max_docs);
+  long nodes_limit = limit_opt(L, 3, "nodes_limit", max_nodes);
   lua_settop(L, 2);
+
+  if (len > (size_t)max_bytes) {
+    /* refused before parsing: the position is where the limit is crossed */
+    ctx c = {.L = L, .file = file, .text = text, .text_len = len};
+    size_t line, col;
+    offset_to_mark(&c, (size_t)max_bytes, &line, &col);
+    fail(&c, line, col, "the file is %zu bytes, more than %ld (limit \"bytes\")", len, max_bytes);
+    lua_pushnil(L);
+    lua_pushstring(L, c.err);
+    lua_pushliteral(L, "bytes");
+    return 3;
+  }
 
   yaml_loader *ld = lua_newuserdata(L, sizeof *ld); /* 3 */
   memset(ld, 0, sizeof *ld);
@@ -621,8 +670,9 @@ int herald__lua_yaml_load(lua_State *L) {
   lua_newtable(L); /* 7: anchors of the current document */
 
   ctx c = {.L = L, .ld = ld, .file = file, .text = text, .text_len = len,
-           .pos_idx = 5, .anchors_idx = 7};
+           .pos_idx = 5, .anchors_idx = 7, .max_nodes = max_nodes, .nodes_limit = nodes_limit};
   int ndocs = 0, rc = 0;
+  long seen_docs = 0;
   yaml_event_t *ev = &ld->ev;
   if ((rc = next_event(&c)) == 0 && ev->type != YAML_STREAM_START_EVENT)
     rc = fail(&c, 0, 0, "not a YAML stream");
@@ -631,6 +681,12 @@ int herald__lua_yaml_load(lua_State *L) {
     if (ev->type == YAML_STREAM_END_EVENT) break;
     if (ev->type != YAML_DOCUMENT_START_EVENT) {
       rc = fail(&c, ev->start_mark.line, ev->start_mark.column, "expected a document");
+      break;
+    }
+    if (++seen_docs > max_docs) {
+      c.limit = "documents";
+      rc = fail(&c, ev->start_mark.line, ev->start_mark.column,
+                "more than %ld YAML documents in one load (limit \"documents\")", docs_limit);
       break;
     }
     lua_newtable(L); /* anchors are per document */
@@ -660,8 +716,12 @@ int herald__lua_yaml_load(lua_State *L) {
   if (rc) {
     lua_pushnil(L);
     lua_pushstring(L, c.err);
-    return 2; /* nil err */
+    if (c.limit) lua_pushstring(L, c.limit);
+    else lua_pushnil(L);
+    return 3; /* nil err limit */
   }
+  lua_pushnumber(L, (lua_Number)c.nodes);
+  lua_setfield(L, 5, "nodes");
   lua_pushvalue(L, 4);
   lua_pushvalue(L, 5);
   return 2; /* docs pos */

@@ -22,7 +22,22 @@
 /* Deepest nesting of mappings/sequences accepted (bounds the C recursion). */
 #define HERALD_YAML_MAX_DEPTH 200
 
-/* Lua: yaml_load(text, filename) -> docs, pos | nil, "file:line:col: message"
+/* Defaults of the limits below (what one call loads when the caller gives none): far above
+ * any real manifest (Kubernetes itself refuses objects over 1.5 MiB), low enough that a
+ * hostile or generated file is refused in milliseconds instead of taking minutes and GBs. */
+#define HERALD_YAML_DEFAULT_MAX_BYTES (4L * 1024 * 1024)
+#define HERALD_YAML_DEFAULT_MAX_DOCUMENTS 1000L
+#define HERALD_YAML_DEFAULT_MAX_NODES 1000000L
+
+/* Lua: yaml_load(text, filename [, limits]) -> docs, pos | nil, "file:line:col: message", limit
+ *
+ * limits: {bytes=, documents=, nodes=} (each optional; defaults above): the most bytes of text,
+ *   documents and nodes (every scalar, key, mapping and sequence, and every node an alias
+ *   expands to) this call may load. A limit hit fails at the position where it was crossed,
+ *   and the third result names it ("bytes", "documents" or "nodes").
+ *   pos.nodes is the number of nodes loaded (a caller spreading one budget over many files
+ *   passes what is left, and the whole limit as documents_limit= and nodes_limit= for the
+ *   messages).
  *
  * docs: array of the non-empty documents in text, each a table, string, number or boolean.
  * pos:  side table keyed by every table in docs (weak keys not needed: it dies with docs):

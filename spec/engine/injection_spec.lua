@@ -423,15 +423,17 @@ describe("names with control characters", function()
       "      filters:",
       "        data:",
       "          - {path: body.msg, type: string, value: [" .. yq("^a \\]\\] \"b\" %d\\\\$") .. "]}",
+      -- Lua keywords as keys: generated code must not write r.end or { end = ... }
+      "          - {path: body.end.function, type: string, value: [\"^x$\"]}",
       "  triggers:",
       "    - template:",
       "        name: " .. yq(trig),
       "        conditions: " .. yq(dep),
-      "        log: {}",
+      "        http: {url: \"http://127.0.0.1:9/\", headers: {end: x, function: y, \"a b\": z}}",
       "",
     }, "\n"))
     H.write(dir .. "/events.jsonl",
-      '{"id":"1","source":"es","subject":"ev","type":"webhook","data":{"body":{"msg":"a ]] \\"b\\" %d\\\\"}}}\n' ..
+      '{"id":"1","source":"es","subject":"ev","type":"webhook","data":{"body":{"end":{"function":"x"},"msg":"a ]] \\"b\\" %d\\\\"}}}\n' ..
       '{"id":"2","source":"es","subject":"ev","type":"webhook","data":{"body":{"msg":"no"}}}\n')
     local code, out, err = H.run{ "test", dir .. "/sensor.yaml", "--events", dir .. "/events.jsonl" }
     assert.equal(0, code, err)
@@ -441,6 +443,7 @@ describe("names with control characters", function()
     assert.equal(1, #lines, out)
     assert.equal(trig, lines[1].trigger)
     assert.equal("1", lines[1].events[dep])
+    assert.same({ ["end"] = "x", ["function"] = "y", ["a b"] = "z" }, lines[1].action.headers)
     code, out, err = H.run{ "lint", dir .. "/sensor.yaml" }
     assert.equal(0, code, err)
   end)

@@ -24,6 +24,67 @@ local fmt = string.format
 local SPEC_EXTENSIONS = { yaml = true, yml = true, json = true }
 
 ---------------------------------------------------------------------------------------------
+-- Limits: what one load may read. Defaults far above real use (Kubernetes refuses an object
+-- over 1.5 MiB; real Sensors have tens of triggers), low enough that a generated 10 MB file
+-- is refused in milliseconds instead of taking a minute and gigabytes. Each hit is an error
+-- at file:line:col naming the limit; `herald ... --spec-limits NAME=N,...` raises them.
+---------------------------------------------------------------------------------------------
+
+_M.DEFAULT_LIMITS = {
+  bytes = 4 * 1024 * 1024,          -- per file
+  ["load-bytes"] = 64 * 1024 * 1024, -- all files of one load
+  documents = 1000,                 -- YAML documents in one load
+  nodes = 1000000,                  -- YAML nodes (scalars, keys, mappings, sequences, alias
+                                    -- expansions) in one load
+  triggers = 10000,                 -- triggers in one Sensor
+  dependencies = 10000,             -- dependencies in one Sensor
+}
+_M.LIMIT_NAMES = { "bytes", "load-bytes", "documents", "nodes", "triggers", "dependencies" }
+
+local limits = {}
+for k, v in pairs(_M.DEFAULT_LIMITS) do limits[k] = v end
+
+--- Parses "name=N,name=N" (the --spec-limits value) into a table, or nil, message.
+function _M.parse_limits(text)
+  local out = {}
+  for item in tostring(text):gmatch("[^,]+") do
+    local name, n = item:match("^%s*([%w-]+)%s*=%s*(%d+)%s*$")
+    n = tonumber(n)
+    if not name then return nil, fmt("expected NAME=N[,NAME=N...], got \"%s\"", item) end
+    if not _M.DEFAULT_LIMITS[name] then
+      return nil, fmt("unknown limit \"%s\" (limits: %s)", name, concat(_M.LIMIT_NAMES, ", "))
+    end
+    if n < 1 then return nil, fmt("limit %s must be at least 1", name) end
+    out[name] = n
+  end
+  return out
+end
+
+--- Sets the limits of every later load (names not given keep their defaults); returns them.
+function _M.set_limits(t)
+  limits = {}
+  for k, v in pairs(_M.DEFAULT_LIMITS) do limits[k] = (t and t[k]) or v end
+  return limits
+end
+
+--- The limits in force.
+function _M.limits() return limits end
+
+-- What a message about limit `name` adds: how to raise it.
+local function limit_hint(name)
+  return fmt("; if the spec is meant to be this large, raise the limit with --spec-limits %s=N", name)
+end
+_M.limit_hint = limit_hint
+
+-- 1-based line and column of byte offset `off` (0-based) in text.
+local function offset_position(text, off)
+  local before = text:sub(1, off)
+  local _, lines = before:gsub("\n", "")
+  local last = before:match(".*\n()") or 1
+  return lines + 1, off - last + 2
+end
+
+---------------------------------------------------------------------------------------------
 -- Messages and positions
 ---------------------------------------------------------------------------------------------
 
@@ -673,6 +734,17 @@ local function load_document(ctx, doc, index)
       hint and (" (did you mean " .. hint .. "?)") or "", list(schema.KINDS)))
     return nil
   end
+  if kind == "Sensor" and type(doc.spec) == "table" then
+    for _, what in ipairs({ "triggers", "dependencies" }) do
+      local list, max = doc.spec[what], limits[what]
+      if type(list) == "table" and #list > max then
+        -- said once, at the first one too many; the rest of the document is not walked
+        err_key(ctx, list, max + 1, fmt("spec.%s[%d]", what, max),
+          fmt("more than %d %s in one Sensor (limit \"%s\")%s", max, what, what, limit_hint(what)))
+        return nil
+      end
+    end
+  end
   validate(ctx, s, { doc }, 1, "")
   local md = doc.metadata
   local name = type(md) == "table" and md.name
@@ -691,10 +763,28 @@ end
 -- Files
 ---------------------------------------------------------------------------------------------
 
+-- The size of a file in bytes (nil when it cannot be opened).
+local function file_size(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local n = f:seek("end")
+  f:close()
+  return n
+end
+
+-- The first n bytes of a file.
+local function file_prefix(path, n)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local t = f:read(n) or ""
+  f:close()
+  return t
+end
+
 local function default_io()
   local core = require "herald.core"
   return { read_file = core.read_file, stat = core.stat, list_dir = core.list_dir,
-           yaml_load = core.yaml_load }
+           yaml_load = core.yaml_load, size = file_size, prefix = file_prefix }
 end
 
 local function join(dir, name)
@@ -757,15 +847,37 @@ function _M.load(paths, io_funcs)
     end
   end
 
+  -- the per-load budgets, spent file after file
+  local left = { ["load-bytes"] = limits["load-bytes"], documents = limits.documents, nodes = limits.nodes }
   for _, file in ipairs(files) do
-    local text, e = fs.read_file(file)
-    if not text then
-      result.errors[#result.errors + 1] = file .. ": cannot read: " .. tostring(e)
+    -- a file over the limit is not read whole: the error points where the limit is crossed
+    local size = fs.size and fs.size(file)
+    local max_bytes = min(limits.bytes, left["load-bytes"])
+    local over = size and size > max_bytes and (max_bytes == limits.bytes and "bytes" or "load-bytes")
+    local text, e
+    if over then
+      local line, col = offset_position(fs.prefix(file, max_bytes), max_bytes)
+      result.errors[#result.errors + 1] = _M.format_error(file, line, col, nil, over == "bytes"
+        and fmt("the file is %d bytes, more than %d (limit \"bytes\")%s", size, max_bytes, limit_hint("bytes"))
+        or fmt("this file takes the specs loaded past %d bytes (limit \"load-bytes\")%s", limits["load-bytes"], limit_hint("load-bytes")))
+      if over == "load-bytes" then break end
     else
-      local docs, pos = fs.yaml_load(text, file)
+      text, e = fs.read_file(file)
+      if not text then result.errors[#result.errors + 1] = file .. ": cannot read: " .. tostring(e) end
+    end
+    if text then
+      left["load-bytes"] = left["load-bytes"] - #text
+      local docs, pos, limit = fs.yaml_load(text, file,
+        { bytes = max_bytes, documents = left.documents, nodes = left.nodes,
+          documents_limit = limits.documents, nodes_limit = limits.nodes })
       if not docs then
-        result.errors[#result.errors + 1] = pos
+        if limit == "bytes" and max_bytes < limits.bytes then limit = "load-bytes" end
+        result.errors[#result.errors + 1] = limit and (pos .. limit_hint(limit)) or pos
+        -- once a per-load budget is spent, the files after it are not read
+        if limit == "documents" or limit == "nodes" or limit == "load-bytes" then break end
       else
+        left.documents = left.documents - #(pos.documents or docs)
+        left.nodes = left.nodes - (pos.nodes or 0)
         local ctx = { file = file, pos = pos, errors = result.errors, warnings = result.warnings,
                       notes = result.notes }
         for i, doc in ipairs(docs) do

@@ -61,6 +61,13 @@ options (run):
                            (default a quarter of --http-max-connections)
 options (lint):
   --strict                 treat warnings as errors
+options (run, eventsource, sensor, lint, compile, test, repl):
+  --spec-limits NAME=N[,NAME=N...]
+                           raise what one load of specs may hold; a spec past a limit is
+                           refused at file:line:col naming it. Limits (defaults):
+                           bytes (4194304 per file), load-bytes (67108864 in all),
+                           documents (1000), nodes (1000000 YAML nodes in all),
+                           triggers (10000 per Sensor), dependencies (10000 per Sensor)
 ]]
 
 local VALUE_FLAGS = {
@@ -73,6 +80,7 @@ local VALUE_FLAGS = {
   ["--events"] = "events", ["--expect"] = "expect", ["-e"] = "eval",
   ["--admin-addr"] = "admin_addr", ["--admin-token-file"] = "admin_token_file",
   ["--source"] = "source", ["--event"] = "event", ["--data"] = "data",
+  ["--spec-limits"] = "spec_limits",
   ["--bus-dir"] = "bus_dir", ["--state-dir"] = "state_dir",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
@@ -499,6 +507,15 @@ function _M.main(argv)
   if cmd == "help" or cmd == "--help" or cmd == "-h" or opts.help then
     io.stdout:write(USAGE)
     return 0
+  end
+  if opts.spec_limits then -- every load below (run, lint, test, the REPL ...) uses them
+    local loader = require "herald.loader"
+    local lim, lerr = loader.parse_limits(opts.spec_limits)
+    if not lim then
+      eprint("herald: --spec-limits: ", lerr)
+      return 2
+    end
+    loader.set_limits(lim)
   end
   if cmd == "run" then return cmd_run(paths, opts) end
   if cmd == "eventsource" or cmd == "sensor" then return cmd_component(cmd, paths, opts) end
