@@ -3,7 +3,7 @@
 # wrk with keep-alive, 64 connections, 152-byte JSON bodies, on the same machine.
 # Reports events/s and latency (wrk), CPU seconds per million events and max RSS (/proc),
 # and checks that every event answered 200 reached the trigger (metrics), so none is lost.
-#   usage: bench/run-webhook-log.sh [duration_s=10] [connections=64] [wrk_threads=1]
+#   usage: [HERALD_ARGS=...] bench/run-webhook-log.sh [duration_s=10] [connections=64] [wrk_threads=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -13,7 +13,9 @@ BIN=${HERALD_BIN:-build/herald}
 OUT=$(mktemp -d /tmp/herald-bench-XXXXXX)
 MPORT=17790
 
-"$BIN" run bench/webhook-log/ --metrics-addr 127.0.0.1:$MPORT --log-level warn >"$OUT/triggers.jsonl" 2>"$OUT/stderr" &
+# HERALD_ARGS: more options for herald run, e.g. "--bus-dir DIR" (bench/run-durable.sh)
+# shellcheck disable=SC2086
+"$BIN" run bench/webhook-log/ --metrics-addr 127.0.0.1:$MPORT --log-level warn ${HERALD_ARGS:-} >"$OUT/triggers.jsonl" 2>"$OUT/stderr" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$OUT"' EXIT
 for _ in $(seq 200); do curl -sf -o /dev/null http://127.0.0.1:12100/health && break; sleep 0.02; done

@@ -153,6 +153,10 @@ static inline void herald_bus_nak(herald_bus *bus, herald_bus_delivery *d, uint6
 /* The embedded, in-process bus. `capacity` bounds the events held at once (published and not
  * yet acknowledged by every subscription). Returns a new bus; release it with its close op. */
 herald_bus *herald_bus_embedded_new(uv_loop_t *loop, uint32_t capacity);
+/* The same, durable: events are kept in a log in dir (bus_log.h) before their publish
+ * completes, and those not acked by every subscription are delivered again after a restart.
+ * Returns a new bus, or NULL with *err set (reason logged: dir unusable or in use). */
+herald_bus *herald_bus_embedded_open(uv_loop_t *loop, uint32_t capacity, const char *dir, int *err);
 
 /* How to reach JetStream and the stream to use: `--bus URL`, or an EventBus jetstreamExotic
  * (url, accessSecret, tls, streamConfig). Strings are not owned. */

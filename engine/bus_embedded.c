@@ -12,8 +12,15 @@
  * growing memory. Work happens in a uv_idle pass (never inside publish or ack), bounded per
  * pass so sockets keep being served under load. Events nobody subscribes to are counted and
  * dropped: the embedded bus has no retention (JetStream does).
+ *
+ * Durable (--bus-dir, bus_log.h): publish appends the event to the log and the publish
+ * callback (the webhook's 200) runs once its group commit is on disk; only then is the event
+ * routed. When every subscription has acked it, a done record is appended. At start the log
+ * hands back what was published and not done, routed before anything new: the at-least-once
+ * contract of JetStream (an event may be delivered again after a crash, none is lost).
  */
 #include "bus.h"
+#include "bus_log.h"
 #include "common.h"
 
 #include <string.h>
@@ -31,6 +38,9 @@ struct emsg {
   herald_bus_publish_cb cb;
   void *cbdata;
   int lost; /* already handed to leftover's lose() */
+  int keep; /* durable: a delivery was dropped unacked, so no done record (redelivered) */
+  uint32_t seg; /* durable: its log segment and sequence number */
+  uint64_t seq;
   emsg *next;
 };
 
@@ -64,6 +74,8 @@ typedef struct ebus {
   int closing;
   int paused;                       /* the drain's deadline: no more deliveries */
   struct nak_timer *naks;           /* delayed naks, closed with the bus */
+  herald_bus_log *log;              /* durable: the log; NULL in memory */
+  emsg *sync_head, *sync_tail;      /* durable: appended, waiting for their commit */
 } ebus;
 
 static uint32_t route_hash(const char *source, const char *subject) {
@@ -93,6 +105,7 @@ static void mark_ready(ebus *b, esub *s) {
 }
 
 static void msg_release(ebus *b, emsg *m) {
+  if (b->log && !m->keep) herald_bus_log_done(b->log, m->seq, m->seg);
   herald_event_unref(m->ev);
   free(m);
   b->stats.in_bus--;
@@ -111,9 +124,25 @@ static int eb_publish(herald_bus *bus, herald_event *ev, herald_bus_publish_cb c
   m->ev = ev;
   m->pending = 0;
   m->lost = 0;
+  m->keep = 0;
   m->cb = cb;
   m->cbdata = data;
   m->next = NULL;
+  if (b->log) { /* routed once on disk (committed) */
+    m->seq = herald_bus_log_append(b->log, ev, &m->seg);
+    if (m->seq == 0) { /* the log failed a write: refuse, as JetStream without a PubAck */
+      herald_event_unref(ev);
+      free(m);
+      b->stats.rejected++;
+      return HERALD_EIO;
+    }
+    if (b->sync_tail) b->sync_tail->next = m;
+    else b->sync_head = m;
+    b->sync_tail = m;
+    b->stats.in_bus++;
+    b->stats.published++;
+    return 0;
+  }
   if (b->pub_tail) b->pub_tail->next = m;
   else b->pub_head = m;
   b->pub_tail = m;
@@ -219,10 +248,12 @@ static void sub_free(ebus *b, esub *s) {
   free(s);
 }
 
-static void delivery_done(ebus *b, herald_bus_delivery *d) {
+/* Ends a delivery: acked, or dropped (unsubscribed or closing: a durable bus keeps the event). */
+static void delivery_done(ebus *b, herald_bus_delivery *d, int acked) {
   emsg *m = d->msg;
   free(d);
-  b->stats.acked++;
+  if (!acked) m->keep = 1;
+  else b->stats.acked++;
   if (--m->pending == 0) msg_release(b, m);
 }
 
@@ -236,7 +267,7 @@ static void eb_unsubscribe(herald_bus *bus, herald_bus_sub *sub) {
   while (s->head) { /* undelivered events are released for this subscription */
     herald_bus_delivery *d = s->head;
     s->head = d->next;
-    delivery_done(b, d);
+    delivery_done(b, d, 0);
   }
   s->tail = NULL;
   if (s->inflight == 0) sub_free(b, s);
@@ -245,7 +276,7 @@ static void eb_unsubscribe(herald_bus *bus, herald_bus_sub *sub) {
 static void eb_ack(herald_bus *bus, herald_bus_delivery *d) {
   ebus *b = (ebus *)bus;
   esub *s = d->sub;
-  delivery_done(b, d);
+  delivery_done(b, d, 1);
   s->inflight--;
   if (s->closed) {
     if (s->inflight == 0) sub_free(b, s);
@@ -265,7 +296,7 @@ static void nak_requeue(ebus *b, herald_bus_delivery *d) {
   esub *s = d->sub;
   s->inflight--;
   if (s->closed) {
-    delivery_done(b, d);
+    delivery_done(b, d, 0);
     if (s->inflight == 0) sub_free(b, s);
     return;
   }
@@ -316,11 +347,12 @@ static void eb_stats(herald_bus *bus, herald_bus_stats *out) {
   out->connected = 1;
 }
 
-static void eb_closed(uv_handle_t *h) {
-  ebus *b = h->data;
-  while (b->pub_head) {
+/* Frees the bus once its handles (and its log) are closed. */
+static void eb_finish(ebus *b) {
+  while (b->pub_head) { /* durable ones were confirmed already (cb NULL) and stay in the log */
     emsg *m = b->pub_head;
     b->pub_head = m->next;
+    m->keep = 1;
     if (m->cb) m->cb(m->cbdata, HERALD_ECLOSED);
     msg_release(b, m);
   }
@@ -331,7 +363,7 @@ static void eb_closed(uv_handle_t *h) {
       while (s->head) {
         herald_bus_delivery *d = s->head;
         s->head = d->next;
-        delivery_done(b, d);
+        delivery_done(b, d, 0);
       }
       if (s->pub) s->pub->priv = NULL;
       free(s);
@@ -340,6 +372,18 @@ static void eb_closed(uv_handle_t *h) {
   herald_bus_close_cb cb = b->close_cb;
   free(b);
   if (cb) cb(NULL);
+}
+
+static void log_closed(void *data) {
+  ebus *b = data;
+  b->log = NULL;
+  eb_finish(b);
+}
+
+static void eb_closed(uv_handle_t *h) {
+  ebus *b = h->data;
+  if (b->log) herald_bus_log_close(b->log, log_closed, b); /* a last commit, then eb_finish */
+  else eb_finish(b);
 }
 
 static void eb_close(herald_bus *bus, herald_bus_close_cb cb) {
@@ -366,6 +410,7 @@ static void eb_pause(herald_bus *bus) {
 
 static uint64_t eb_leftover(herald_bus *bus, void (*lose)(void *data, herald_event *ev), void *data) {
   ebus *b = (ebus *)bus;
+  if (b->log) return b->stats.in_bus; /* all kept in the log */
   uint64_t n = 0;
   /* Events still waiting in a subscription (never delivered, or nak'd back at the deadline);
    * those not yet routed have not been confirmed to their producer (it gets HERALD_ECLOSED). */
@@ -392,6 +437,59 @@ static const herald_bus_ops embedded_ops = {
     .pause = eb_pause,
     .leftover = eb_leftover,
 };
+
+/* The log's group commit is done: those publishes are durable; confirm and route them. */
+static void on_committed(void *data, uint64_t upto, int status) {
+  ebus *b = data;
+  while (b->sync_head && b->sync_head->seq <= upto) {
+    emsg *m = b->sync_head;
+    b->sync_head = m->next;
+    if (!b->sync_head) b->sync_tail = NULL;
+    m->next = NULL;
+    herald_bus_publish_cb cb = m->cb;
+    void *cbdata = m->cbdata;
+    m->cb = NULL;
+    if (status != 0) { /* not on disk: refused, as a JetStream publish without PubAck */
+      m->keep = 1;
+      b->stats.published--;
+      b->stats.rejected++;
+      msg_release(b, m);
+    } else {
+      if (b->pub_tail) b->pub_tail->next = m;
+      else b->pub_head = m;
+      b->pub_tail = m;
+      wake(b);
+    }
+    if (cb) cb(cbdata, status);
+  }
+}
+
+/* An event the log had published and not done: routed first, confirmed long ago. */
+static void on_found(void *data, uint64_t seq, uint32_t seg, herald_event *ev) {
+  ebus *b = data;
+  emsg *m = herald_xcalloc(1, sizeof *m);
+  herald_event_ref(ev);
+  m->ev = ev;
+  m->seq = seq;
+  m->seg = seg;
+  if (b->pub_tail) b->pub_tail->next = m;
+  else b->pub_head = m;
+  b->pub_tail = m;
+  b->stats.in_bus++;
+  wake(b);
+}
+
+herald_bus *herald_bus_embedded_open(uv_loop_t *loop, uint32_t capacity, const char *dir, int *err) {
+  ebus *b = (ebus *)herald_bus_embedded_new(loop, capacity);
+  b->log = herald_bus_log_open(loop, dir, on_found, on_committed, b, err);
+  if (!b->log) {
+    b->closing = 1;
+    uv_idle_stop(&b->idle);
+    uv_close((uv_handle_t *)&b->idle, eb_closed);
+    return NULL;
+  }
+  return &b->base;
+}
 
 herald_bus *herald_bus_embedded_new(uv_loop_t *loop, uint32_t capacity) {
   ebus *b = herald_xcalloc(1, sizeof *b);

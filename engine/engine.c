@@ -87,6 +87,13 @@ herald_bus *herald__engine_bus(herald_engine *eng) {
     int err = 0;
     eng->bus = herald_bus_jetstream_new(eng->loop, &eng->opts.js, &err);
   }
+  if (eng->opts.js.url && eng->opts.bus_dir)
+    herald_log(&eng->log, HLOG_WARN, "--bus-dir %s is for the embedded bus: JetStream keeps the events", eng->opts.bus_dir);
+  if (!eng->bus && eng->opts.bus_dir && !eng->opts.js.url) {
+    int err = 0;
+    eng->bus = herald_bus_embedded_open(eng->loop, eng->opts.bus_capacity, eng->opts.bus_dir, &err);
+    if (!eng->bus) eng->bus_error = err ? err : HERALD_EIO; /* herald_engine_start fails with it */
+  }
   if (!eng->bus) eng->bus = herald_bus_embedded_new(eng->loop, eng->opts.bus_capacity);
   return eng->bus;
 }
@@ -190,6 +197,7 @@ static int start_metrics(herald_engine *eng) {
 
 int herald_engine_start(herald_engine *eng) {
   herald__engine_bus(eng);
+  if (eng->bus_error) return eng->bus_error; /* --bus-dir unusable (logged) */
   int r = start_metrics(eng);
   if (r < 0) return r;
   r = herald__admin_start(eng);

@@ -40,6 +40,7 @@ struct herald_engine {
   uv_loop_t *loop;
   lua_State *L;
   herald_bus *bus;
+  int bus_error;                /* the durable bus could not open its --bus-dir */
   herald_logger log;
   herald_engine_opts opts;
   herald_http_limits http_limits; /* for the servers webhook-style sources share */
