@@ -1227,7 +1227,9 @@ local function generate(root)
       emit("local " .. t)
       emit("if " .. (static[c] == "boolean" and c or ("B(" .. c .. ")")) .. " then")
       depth = depth + 1
-      local a = gen(n.a)
+      -- `c ?: b` shares one node as condition and value: reuse its value (generating it
+      -- twice would find its ?. chain already marked and emit a `break` outside the loop)
+      local a = n.a == n.c and c or gen(n.a)
       emit(t .. " = " .. a)
       depth = depth - 1
       emit("else")
