@@ -153,6 +153,7 @@ int herald__admin_start(herald_engine *eng) {
   if (!eng->admin_server) { /* e.g. another herald on this machine has it: run without one */
     herald_log(&eng->log, HLOG_WARN, "admin endpoint %s: cannot listen (%s); herald emit will not reach this engine",
                addr, uv_strerror(err));
+    herald_http_listen_error_clear(); /* not fatal: the start must not report it */
     free(token);
     return 0;
   }

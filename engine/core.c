@@ -269,7 +269,15 @@ static int l_fire(lua_State *L) {
 
 /* core.start() -> true | nil, err: starts the sources and the metrics endpoint. */
 static int l_start(lua_State *L) {
-  return push_result(L, herald_engine_start(herald_engine_from_lua(L)));
+  herald_http_listen_error_clear();
+  int r = herald_engine_start(herald_engine_from_lua(L));
+  const char *why = herald_http_listen_error();
+  if (r < 0 && *why) { /* a listen failure: say which address and why, not "i/o error" */
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  return push_result(L, r);
 }
 
 /* core.log(level, logger, msg) */

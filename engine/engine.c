@@ -213,7 +213,8 @@ int herald_engine_start(herald_engine *eng) {
     herald_source *src = n->src;
     r = src->type->start ? src->type->start(src) : 0;
     if (r < 0) {
-      herald_log(&src->log, HLOG_ERROR, "failed to start: %s", herald_strerror(r));
+      const char *why = herald_http_listen_error(); /* the address and cause, when known */
+      herald_log(&src->log, HLOG_ERROR, "failed to start: %s", *why ? why : herald_strerror(r));
       return r;
     }
     herald_metric_add(herald_metric_get("argo_events_event_service_running_total", "", HERALD_GAUGE,

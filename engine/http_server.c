@@ -1335,6 +1335,22 @@ static void on_connection(uv_stream_t *ls, int status) {
   conn_read_start(c);
 }
 
+static char listen_error[320];
+
+/* name: "metrics", "admin", or a webhook's port number (engine.c names servers so). */
+static void set_listen_error(const char *name, const char *host, int port, const char *cause) {
+  const char *what = "server";
+  if (name && strcmp(name, "metrics") == 0) what = "metrics endpoint (--metrics-addr)";
+  else if (name && strcmp(name, "admin") == 0) what = "admin endpoint (--admin-addr)";
+  else if (name && *name >= '0' && *name <= '9') what = "webhook server";
+  int v6 = strchr(host, ':') != NULL;
+  snprintf(listen_error, sizeof listen_error, "%s %s%s%s:%d: cannot listen: %s", what,
+           v6 ? "[" : "", host, v6 ? "]" : "", port, cause);
+}
+
+const char *herald_http_listen_error(void) { return listen_error; }
+void herald_http_listen_error_clear(void) { listen_error[0] = 0; }
+
 herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host, int port,
                                               const herald_http_limits *limits,
                                               const char *name, int *err) {
@@ -1351,9 +1367,11 @@ herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host,
   }
   int e = 0;
   if (!host || !*host || strcmp(host, "localhost") == 0) host = "127.0.0.1";
+  listen_error[0] = 0;
   struct sockaddr_storage ss;
   if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
       uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+    set_listen_error(name, host, port, "not an IP address");
     if (err) *err = UV_EINVAL;
     return NULL;
   }
@@ -1383,6 +1401,7 @@ herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host,
   e = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&ss, 0);
   if (e == 0) e = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
   if (e != 0) {
+    set_listen_error(name, host, port, uv_strerror(e));
     /* the listener is closed on the loop; srv goes with it */
     herald_http_server_close(srv, NULL, NULL);
     if (err) *err = e;

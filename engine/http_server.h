@@ -89,6 +89,12 @@ extern const herald_http_limits herald_http_default_limits;
 herald_http_server *herald_http_server_listen(uv_loop_t *loop, const char *host, int port,
                                               const herald_http_limits *limits,
                                               const char *name, int *err);
+/* What the last failed herald_http_server_listen() could not do, as "<what> HOST:PORT: <cause>"
+ * (e.g. "metrics endpoint 127.0.0.1:7777: address already in use"), or "" when the last call
+ * succeeded or the text was cleared. The engine's start reports it instead of a bare
+ * HERALD_EIO, so the user sees which address and why. One loop thread: a plain static. */
+const char *herald_http_listen_error(void);
+void herald_http_listen_error_clear(void);
 /* Adds a route (copied). Returns 0, or HERALD_EINVAL if path+method is already routed. */
 int herald_http_server_add_route(herald_http_server *srv, const herald_http_route *route);
 /* Removes a route. Returns 0 or HERALD_ENOTFOUND; a request already matched to it gets 404;

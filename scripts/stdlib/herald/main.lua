@@ -6,6 +6,8 @@ local _M = {}
 
 local VERSION = "0.1.0"
 
+local COMPONENT_PORTS -- below, with cmd_component
+
 local USAGE = [[
 usage: herald <command> [options] [PATH...]
 
@@ -33,8 +35,10 @@ options (run):
   --secrets-dir DIR        where secrets are mounted: DIR/<secret>/<key>
                            (default /argo-events/secrets)
   --listen-host HOST       address webhook servers bind (default 127.0.0.1)
-  --metrics-addr HOST:PORT Prometheus /metrics (default 127.0.0.1:7777; "off" disables)
-  --admin-addr HOST:PORT   admin endpoint for herald emit (default 127.0.0.1:7778; "off")
+  --metrics-addr HOST:PORT Prometheus /metrics (default 127.0.0.1:7777; herald sensor:
+                           127.0.0.1:7779, so both halves run on one host; "off" disables)
+  --admin-addr HOST:PORT   admin endpoint for herald emit (default 127.0.0.1:7778; herald
+                           sensor: 127.0.0.1:7780; "off")
   --admin-token-file FILE  its bearer token (default $XDG_STATE_HOME/herald/admin-token,
                            created with a random token when missing)
   --bus-capacity N         events the embedded bus holds at once (default 16384)
@@ -482,6 +486,12 @@ local function cmd_cleanup(paths, opts)
   return 0, true
 end
 
+-- Default metrics and admin addresses of the component modes (README, --help).
+COMPONENT_PORTS = {
+  eventsource = { metrics = "127.0.0.1:7777", admin = "127.0.0.1:7778" },
+  sensor = { metrics = "127.0.0.1:7779", admin = "127.0.0.1:7780" },
+}
+
 --- herald eventsource|sensor PATH... --bus URL: one half of a deployment, the other half in
 --- another process; they meet only on a shared bus.
 local function cmd_component(cmd, paths, opts)
@@ -490,6 +500,11 @@ local function cmd_component(cmd, paths, opts)
     return 2
   end
   if opts.cleanup and cmd == "sensor" then return cmd_cleanup(paths, opts) end
+  -- the two halves on one host must not want the same ports: eventsource keeps run's
+  -- 7777/7778, sensor takes the next two
+  local d = COMPONENT_PORTS[cmd]
+  opts.metrics_addr = opts.metrics_addr or d.metrics
+  opts.admin_addr = opts.admin_addr or d.admin
   return cmd_run(paths, opts, cmd == "sensor" and "Sensor" or "EventSource")
 end
 
