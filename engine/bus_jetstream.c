@@ -616,8 +616,8 @@ static herald_event *decode_event(const char *text, size_t len, const char **why
   herald_buf f[F_N];
   for (int i = 0; i < F_N; i++) f[i] = (herald_buf)HERALD_BUF_INIT;
   herald_buf key = HERALD_BUF_INIT;
-  const char *data = "null";
-  size_t data_len = 4;
+  const char *data = ""; /* no "data": the event has no data at all, which is not JSON null */
+  size_t data_len = 0;
   herald_event *ev = NULL;
   *why = "malformed attribute";
   p++;

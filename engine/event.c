@@ -81,8 +81,10 @@ void herald_event_to_json(const herald_event *ev, herald_buf *b) {
   herald_buf_json_string(b, ev->time, strlen(ev->time));
   herald_buf_puts(b, ",\"datacontenttype\":");
   herald_buf_json_string(b, ev->datacontenttype, strlen(ev->datacontenttype));
-  herald_buf_puts(b, ",\"data\":");
-  herald_buf_append(b, ev->data, ev->data_len);
+  if (ev->data_len) { /* no data at all (a CloudEvent without "data") stays without it */
+    herald_buf_puts(b, ",\"data\":");
+    herald_buf_append(b, ev->data, ev->data_len);
+  }
   herald_buf_putc(b, '}');
 }
 

@@ -78,13 +78,20 @@ void herald_runtime_push_event(lua_State *L, herald_event *ev) {
   push_str(L, "datacontenttype", ev->datacontenttype);
   push_str(L, "specversion", ev->specversion);
   lua_setfield(L, -2, "context");
+  if (ev->data_len == 0) { /* a CloudEvent with no data at all: no raw, no data (not JSON null) */
+    lua_pushvalue(L, -1);
+    ev->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    event_L = L;
+    return;
+  }
   lua_pushlstring(L, ev->data, ev->data_len);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "raw");
   /* stack: event raw -> event data */
   if (cjson_decode_ref == LUA_NOREF) {
+    /* herald.rt's decode: cjson's, except that empty arrays stay marked as arrays */
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
+    lua_pushliteral(L, "herald.rt");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "decode");
     cjson_decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -23,7 +23,9 @@ local yield = coroutine.yield
 -- lua-cjson 2.1.0 decodes [] to {} and encodes it back as {}: a replaced object would change
 -- `args: []` into `args: {}`. This small codec marks decoded arrays with ARRAY instead.
 
-local ARRAY = { __name = "json array" }
+-- the marker gjson and herald.rt use too, so an empty array in event data that a parameter puts
+-- into an object is still [] when the object is sent
+local ARRAY = require("herald.gjson").array_mt
 _M.ARRAY = ARRAY
 
 local ESC = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }

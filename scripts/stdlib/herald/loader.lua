@@ -670,8 +670,23 @@ local function check_sensor(ctx, doc)
         if not refs then
           err_value(ctx, tpl, "conditions", path, "invalid expression: " .. e)
         else
+          -- Argo matches names with every "-" made "_" on both sides; the later of two
+          -- dependencies that meet that way wins (herald.sensor.condition_names)
+          local norm, collide = {}, {}
+          for _, dn in ipairs(dep_list) do
+            local k = dn:gsub("%-", "_")
+            if norm[k] then collide[k] = { norm[k], dn } end
+            norm[k] = dn
+          end
           for _, r in ipairs(refs) do
-            if not deps[r.name] then
+            local k = r.name:gsub("%-", "_")
+            if collide[k] then
+              local line, col = _M.value_position(ctx.pos, tpl, "conditions")
+              ctx.warnings[#ctx.warnings + 1] = _M.format_error(ctx.file, line, col, path,
+                fmt("\"%s\" means dependency \"%s\": Argo matches names with \"-\" as \"_\", and \"%s\" and \"%s\" meet that way (the later one wins)",
+                  r.name, collide[k][2], collide[k][1], collide[k][2]))
+            end
+            if not norm[k] then
               local hint = _M.suggest(r.name, dep_list)
               err_value(ctx, tpl, "conditions", path, fmt("unknown dependency \"%s\"%s (defined: %s)",
                 r.name, hint and ("; did you mean " .. hint .. "?") or "", list(dep_list)))

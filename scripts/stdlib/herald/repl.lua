@@ -485,7 +485,8 @@ function Repl:params(trig_name)
         local row = { where = p.where, source = describe_source(sp, p), dest = dest or "",
           operation = p.operation }
         if events[p.dep] == nil then row.note = "dependency " .. tostring(p.dep) .. " has no event" end
-        local ok, v, raw = pcall(rt.resolve, events, p)
+        local ok, v, raw, rerr = pcall(rt.resolve, events, p)
+        if ok and rerr then ok, v = false, rerr end -- cannot be resolved: the firing fails
         if not ok then
           row.error = tostring(v)
         else

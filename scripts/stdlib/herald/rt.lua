@@ -18,6 +18,9 @@ local _M = {}
 
 _M.null = null
 
+local has_empty_array, encode_marked -- defined with the empty-array codec below
+local has_gjson_early, gjson_early = pcall(require, "herald.gjson")
+
 local sandboxes = {} -- sensor name -> its sandbox (created with its first script)
 
 --- Splits a simple gjson path ("body.items.0.name", with "\." for a literal dot) into keys.
@@ -138,6 +141,85 @@ function _M.regex(pattern)
   return core.regex_compile(pattern)
 end
 
+-- Empty JSON arrays ---------------------------------------------------------------------------
+-- lua-cjson 2.1.0 (Debian 12) decodes [] and {} to the same empty table and encodes it as {}:
+-- it has neither cjson.empty_array nor array metatables. An empty array in event data (or one a
+-- Lua transform returns) would come out of a parameter as {}. So JSON text that holds an empty
+-- array is decoded with it marked by gjson's array metatable (the one marker every Herald
+-- module honours: gjson, sjson, testing, kube), and a value holding a marked empty table is
+-- encoded by encode_marked. Text without "[]" takes cjson's fast path untouched.
+
+local ARRAY_MT = has_gjson_early and gjson_early.array_mt or { __name = "herald.gjson.array" }
+_M.ARRAY_MT = ARRAY_MT
+local EMPTY_MARK = "\0herald:empty-array\0" -- a string no event carries in practice
+local find, sub, byte = string.find, string.sub, string.byte
+
+--- Replaces the marker strings that stand for empty arrays by marked empty tables.
+local function unmark(v)
+  if type(v) ~= "table" then return v end
+  if v[1] == EMPTY_MARK and v[2] == nil then return setmetatable({}, ARRAY_MT) end
+  for k, x in pairs(v) do
+    if type(x) == "table" then v[k] = unmark(x) end
+  end
+  return v
+end
+
+--- cjson.decode, except that empty arrays come out marked (see above). Raises as cjson does.
+function _M.decode(json)
+  if type(json) ~= "string" or not find(json, "%[%s*%]") then return cjson.decode(json) end
+  local parts, from, i, n = {}, 1, 1, #json
+  while i <= n do
+    local a = find(json, '["%[]', i)
+    if not a then break end
+    if byte(json, a) == 34 then -- a string: skip it whole, escapes included
+      local j = a + 1
+      while true do
+        local q = find(json, '["\\]', j)
+        if not q then return cjson.decode(json) end -- unterminated: cjson says why
+        if byte(json, q) == 92 then j = q + 2 else i = q + 1 break end
+      end
+    else
+      local _, e = find(json, "^%s*%]", a + 1)
+      if e then
+        parts[#parts + 1] = sub(json, from, a)
+        parts[#parts + 1] = '"\\u0000herald:empty-array\\u0000"]'
+        from = e + 1
+        i = e + 1
+      else
+        i = a + 1
+      end
+    end
+  end
+  if #parts == 0 then return cjson.decode(json) end
+  parts[#parts + 1] = sub(json, from)
+  return unmark(cjson.decode(concat(parts)))
+end
+
+--- Whether v holds a marked empty table (which cjson would print as {}).
+function has_empty_array(v)
+  if type(v) ~= "table" then return false end
+  if next(v) == nil then return getmetatable(v) == ARRAY_MT end
+  for _, x in pairs(v) do
+    if type(x) == "table" and has_empty_array(x) then return true end
+  end
+  return false
+end
+_M.has_empty_array = has_empty_array
+
+--- JSON text of v with marked empty tables as [] (cjson for everything else).
+function encode_marked(v)
+  if type(v) ~= "table" then return encode(v) end
+  if next(v) == nil then return getmetatable(v) == ARRAY_MT and "[]" or "{}" end
+  local parts = {}
+  if v[1] ~= nil then
+    for i = 1, #v do parts[i] = encode_marked(v[i]) end
+    return "[" .. concat(parts, ",") .. "]"
+  end
+  for k, x in pairs(v) do parts[#parts + 1] = encode(tostring(k)) .. ":" .. encode_marked(x) end
+  return "{" .. concat(parts, ",") .. "}"
+end
+_M.encode_marked = encode_marked
+
 -- Trigger parameters ------------------------------------------------------------------------
 
 --- Writes value at the sjson-style dotted path in t (creating intermediate tables; "-1"
@@ -249,21 +331,26 @@ end
 
 --- A new event with the same context and `json` as its data.
 local function with_data(event, json)
-  local ok, data = pcall(cjson.decode, json)
+  local ok, data = pcall(_M.decode, json)
   if not ok then return nil, "transform produced invalid JSON" end
   return { context = event.context, data = data, raw = json }
 end
 
---- Applies a compiled jq program to the event: the first output replaces the data.
+--- Applies a compiled jq program to the event: the first output replaces the data. An event
+--- with no data at all (event.data == nil; not JSON null) is returned unchanged, as Argo does.
 function _M.transform_jq(jq, event)
+  if event.data == nil then return event end
   local json, err = jq:run(event.raw)
   if not json then return nil, err end
   return with_data(event, json)
 end
 
---- Applies a sandboxed transform script: the table it returns replaces the data.
+--- Applies a sandboxed transform script: the table it returns replaces the data. An event with
+--- no data is returned unchanged; with JSON null as data the script's `event` is an empty table
+--- (Argo decodes null into an empty map).
 function _M.transform_script(sensor_name, id, event)
-  local json, err = sandboxes[sensor_name]:transform(id, event.raw)
+  if event.data == nil then return event end
+  local json, err = sandboxes[sensor_name]:transform(id, event.data == null and "{}" or event.raw)
   if not json then return nil, "script transform: " .. tostring(err) end
   return with_data(event, json)
 end
@@ -302,15 +389,17 @@ end
 --- The event as JSON, as a parameter with no key or template resolves to it (data as JSON,
 --- where Argo gives base64: docs/compat.md).
 local function whole_event(ev)
-  return encode({ context = ev.context, data = ev.data })
+  local v = { context = ev.context, data = ev.data }
+  return has_empty_array(ev.data) and encode_marked(v) or encode(v)
 end
 
---- Resolves one compiled parameter source (see Compiler:params), as Argo's
---- ResolveParamValue does. Returns value [, is_raw], or nil when the parameter is skipped (its
---- dependency did not fire and it has no `value`: normal with || conditions).
+--- Resolves one compiled parameter source (see Compiler:params) in Argo's order
+--- (ResolveParamValue). Returns value [, is_raw]; nil when the parameter is skipped (its
+--- dependency did not fire and it has no `value`: normal with || conditions); or nil, nil, err
+--- when it cannot be resolved, which fails the firing as in Argo ("unable to resolve '<dep>'
+--- parameter value"): sending the whole event in place of a mistyped key would leak it.
 ---   no key and no template: `value`, else the whole event as JSON
----   otherwise: the template's output, else the key's value, else `value`, else the whole
----   data (or context) as JSON
+---   otherwise: the template's output, else the key's value, else `value`, else an error
 function _M.resolve(events, p)
   local ev = events[p.dep]
   if not ev then return p.value end
@@ -318,11 +407,21 @@ function _M.resolve(events, p)
     if p.value ~= nil then return p.value end
     return whole_event(ev)
   end
-  local input, get, tpl, is_data = ev.context, p.context_get, p.context_tpl, false
-  if p.data_get or p.data_tpl then input, get, tpl, is_data = ev.data, p.data_get, p.data_tpl, true end
+  local input, get, tpl, key, tpl_text = ev.context, p.context_get, p.context_tpl, p.context_key, p.context_template
+  if p.data_get or p.data_tpl then
+    input, get, tpl, key, tpl_text = ev.data, p.data_get, p.data_tpl, p.data_key, p.data_template
+    if input == nil then -- no data at all: Argo cannot render it as JSON
+      if p.value ~= nil then return p.value end
+      return nil, nil, fmt("unable to resolve '%s' parameter value: the event has no data (%s)",
+        tostring(p.dep), tostring(p.where))
+    end
+  end
+  local why
   if tpl then
-    local out = tpl:render({ Input = input })
+    local out, terr = tpl:render({ Input = input })
     if out ~= nil and out ~= "" and out ~= "<no value>" then return out end
+    why = out == nil and ("template: " .. tostring(terr))
+      or ("template " .. tostring(tpl_text) .. " evaluated to empty string or no value")
   end
   if get then
     local r = get(input)
@@ -330,17 +429,21 @@ function _M.resolve(events, p)
       if p.raw and type(r) ~= "string" then return r, true end
       return _M.res_string(r)
     end
+    local w = ("key %s does not exist in the event %s"):format(tostring(key), (p.data_get or p.data_tpl) and "data" or "context")
+    why = why and (why .. "; " .. w) or w
   end
   if p.value ~= nil then return p.value end
-  return is_data and ev.raw or encode(input)
+  return nil, nil, fmt("unable to resolve '%s' parameter value: %s (%s)", tostring(p.dep), why or "no value", tostring(p.where))
 end
 
 --- Applies compiled parameters to target (a table) and returns it. A parameter whose
---- dependency did not fire and that has no `value` is skipped, as in Argo.
+--- dependency did not fire and that has no `value` is skipped, as in Argo; one that cannot be
+--- resolved raises its error (the action is built under pcall: the firing fails).
 function _M.apply_params(target, params, events)
   for i = 1, #params do
     local p = params[i]
-    local v = _M.resolve(events, p)
+    local v, _, err = _M.resolve(events, p)
+    if err then error(err, 0) end
     if v ~= nil and p.dest then target = p.dest(target, v, p.operation) or target end
   end
   return target
@@ -351,16 +454,20 @@ end
 function _M.build_payload(params, events)
   local doc = {}
   local whole
+  local marked = false -- a raw value may hold an empty array: the slower encoder keeps it []
   for i = 1, #params do
     local p = params[i]
-    local v = _M.resolve(events, p)
+    local v, raw, err = _M.resolve(events, p)
+    if err then return nil, err end
     if v ~= nil then
+      if raw and type(v) == "table" and not marked then marked = has_empty_array(v) end
       if p.dest then doc = p.dest(doc, v, p.operation) or doc
       else whole = v end
     end
   end
-  if whole ~= nil then return type(whole) == "string" and whole or (encode(whole):gsub("\\/", "/")) end
-  return (encode(doc):gsub("\\/", "/")) -- cjson escapes "/", which JSON allows but does not need
+  local enc = marked and encode_marked or encode
+  if whole ~= nil then return type(whole) == "string" and whole or (enc(whole):gsub("\\/", "/")) end
+  return (enc(doc):gsub("\\/", "/")) -- cjson escapes "/", which JSON allows but does not need
 end
 
 --- The Kubernetes object an ArtifactLocation (`source` of a k8s / argoWorkflow trigger) holds:
@@ -419,8 +526,9 @@ end
 --- that raises (or hits its CPU or memory limit) fails the dependency's whole filter, as a
 --- script error always does in Argo.
 function _M.run_script(sensor_name, id, event)
+  if event.data == nil then return true end -- no data at all: passes without running, as in Argo
   local sb = sandboxes[sensor_name]
-  local ok, res = sb:filter(id, event.raw)
+  local ok, res = sb:filter(id, event.data == null and "{}" or event.raw)
   if ok == nil then return false, "script filter: " .. tostring(res), true end
   return res == true, res ~= true and "script did not return true" or nil
 end

@@ -24,8 +24,19 @@ _M.literal = literal
 
 -- Conditions ---------------------------------------------------------------------------------
 
---- Parses a trigger condition ("(a || b) && c-1") into Lua over the state table `s`.
---- Returns lua_expr, names_used | nil, err (with the 1-based column in the expression).
+--- Argo's name matching in conditions: every "-" becomes "_", in the condition and in the
+--- dependency names, so `dep-1a` names the dependency `dep_1a`; of two dependencies that meet
+--- after the replacement the one listed later wins (Argo fills a map in spec order).
+--- Returns {normalized name = dependency name}.
+function _M.condition_names(deps)
+  local map = {}
+  for _, d in ipairs(deps) do map[(d.name:gsub("%-", "_"))] = d.name end
+  return map
+end
+
+--- Parses a trigger condition ("(a || b) && c-1") into Lua over the state table `s`. `known`
+--- maps normalized names to dependency names (condition_names); without it names are taken as
+--- they are. Returns lua_expr, names_used | nil, err (with the 1-based column in the expression).
 function _M.compile_condition(expr, known, quote)
   quote = quote or luagen.string
   local pos, n = 1, #expr
@@ -63,7 +74,11 @@ function _M.compile_condition(expr, known, quote)
       return "not " .. primary()
     elseif tok == "name" then
       local name = tokval
-      if known and not known[name] then fail("unknown dependency " .. name) end
+      if known then
+        local real = known[(name:gsub("%-", "_"))]
+        if not real then fail("unknown dependency " .. name) end
+        name = real
+      end
       if not seen[name] then
         seen[name] = true
         used[#used + 1] = name
@@ -273,7 +288,6 @@ function Compiler:data_filter(dpath, f, idx, var)
   self:emit("        end")
   self:emit("      end")
   self:emit("    end")
-  self:emit("    err = err or %s_err", var)
   self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or %s) } end",
     idx - 1, var, var, var, self:lit(f.path .. ": value did not match"))
 end
@@ -301,7 +315,6 @@ function Compiler:expr_filter(dpath, e, idx, var)
   self:emit("        %s = v == true", var)
   self:emit("      end")
   self:emit("    end")
-  self:emit("    err = err or %s_err", var)
   self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or %s) } end",
     idx - 1, var, var, var, self:lit("expression is not true: " .. e.expr))
 end
@@ -314,6 +327,43 @@ local function clock_seconds(s)
   h, m, sec = tonumber(h), tonumber(m), tonumber(sec)
   if not h or h > 23 or m > 59 or sec > 59 then return nil end
   return h * 3600 + m * 60 + sec
+end
+
+--- Emits one filter group (exprs or data) as Argo's filterExpr / filterData judge it, setting
+--- locals <kind>_ok and <kind>_err. With "and" the first filter that does not pass decides: an
+--- error makes the group an error, a plain no-match makes it false and later filters are not
+--- looked at. With "or" the first match makes it true (earlier errors are forgotten); if none
+--- matched, the group is an error when any filter failed with one ("a / b"), else false. An
+--- event with no data at all passes the group, as Argo's filters return true on a nil payload
+--- ("data": null is data, and its paths do not exist). Compiling for explanation, every filter
+--- is still evaluated and traced, but only the ones Argo would look at decide.
+function Compiler:filter_group(kind, prefix, op, items)
+  local ok, errv, done = kind .. "_ok", kind .. "_err", kind .. "_done"
+  self:emit("    local %s, %s = %s, nil", ok, errv, op == "and" and "true" or "false")
+  self:emit("    local %s = false", done)
+  self:emit("    if event.data == nil then")
+  self:comment("      -- no data at all: the group passes, as in Argo")
+  self:emit("      %s, %s = true, true", ok, done)
+  self:emit_trace("      if trace then trace[#trace + 1] = { kind = %s, index = 0, passed = true, reason = \"the event has no data: passes, as in Argo\" } end", self:lit(kind))
+  self:emit("    end")
+  if op == "or" then self:emit("    local %s_errs", kind) end
+  for j, item in ipairs(items) do
+    local var = prefix .. j
+    -- the engine skips what Argo does not look at; an explanation evaluates it to trace it
+    self:emit(self.explain and "    if event.data ~= nil then" or "    if not %s then", done)
+    item(var)
+    self:emit("      if not %s then", done)
+    if op == "and" then
+      self:emit("        if %s_err then %s, %s, %s = false, %s_err, true", var, ok, errv, done, var)
+      self:emit("        elseif not %s then %s, %s = false, true end", var, ok, done)
+    else
+      self:emit("        if %s then %s, %s = true, true", var, ok, done)
+      self:emit("        elseif %s_err then %s_errs = %s_errs and (%s_errs .. \" / \" .. %s_err) or %s_err end", var, kind, kind, kind, var, var)
+    end
+    self:emit("      end")
+    self:emit("    end")
+  end
+  if op == "or" then self:emit("    if not %s then %s = %s_errs end", ok, errv, kind) end
 end
 
 function Compiler:dependency(dep, i)
@@ -357,34 +407,29 @@ function Compiler:dependency(dep, i)
   self:comment("  -- returns pass, reason, is_error")
   self:emit_trace("  -- `trace` (herald test --explain) collects one verdict per filter")
   self:emit("  filter = function(event, trace)")
-  self:emit("    local err")
   local vars = {}
-  if kinds[1] and filters.exprs and #filters.exprs > 0 then
+  if filters.exprs and #filters.exprs > 0 then
     local eop = (filters.exprLogicalOperator or "and") == "or" and "or" or "and"
     self:comment("    -- %s.filters.exprs, combined with %q", dpath, eop)
-    self:emit("    err = nil")
-    local names = {}
+    local items = {}
     for j, e in ipairs(filters.exprs) do
       if e.fields and #e.fields > 0 then
-        names[#names + 1] = "e" .. j
-        self:expr_filter(dpath, e, j, names[#names])
+        items[#items + 1] = function(var) self:expr_filter(dpath, e, j, var) end
       else
         self:comment("    -- %s.filters.exprs[%d] has no fields: skipped, as in Argo", dpath, j - 1)
       end
     end
-    self:emit("    local exprs_ok, exprs_err = %s, err", #names > 0 and concat(names, " " .. eop .. " ") or "true")
+    self:filter_group("exprs", "e", eop, items)
     vars[#vars + 1] = "exprs"
   end
   if filters.data and #filters.data > 0 then
     local dop = (filters.dataLogicalOperator or "and") == "or" and "or" or "and"
     self:comment("    -- %s.filters.data, combined with %q", dpath, dop)
-    self:emit("    err = nil")
-    local names = {}
+    local items = {}
     for j, f in ipairs(filters.data) do
-      names[j] = "d" .. j
-      self:data_filter(dpath, f, j, names[j])
+      items[#items + 1] = function(var) self:data_filter(dpath, f, j, var) end
     end
-    self:emit("    local data_ok, data_err = %s, err", concat(names, " " .. dop .. " "))
+    self:filter_group("data", "d", dop, items)
     vars[#vars + 1] = "data"
   end
   if filters.context then
@@ -434,9 +479,11 @@ function Compiler:dependency(dep, i)
     if not id then self:fail(spath, filters, "script", "script does not compile: " .. tostring(err)) end
     local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(filters.script), self:lit("=" .. spath)))
     self:comment("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
-    self:emit("    local script_ok, script_err, script_raised = run_script(%s, %s, event)", self:lit(self.name), sid)
-    self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and \"returned true\" or script_err } end")
-    self:emit("    if script_raised then return false, script_err, true end")
+    self:comment("    -- an event with no data passes without running the script, as in Argo")
+    self:emit("    local script_ok, script_why, script_raised = run_script(%s, %s, event)", self:lit(self.name), sid)
+    self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"script\", index = 0, passed = script_ok, reason = script_ok and (event.data == nil and \"the event has no data: passes, as in Argo\" or \"returned true\") or script_why } end")
+    self:emit("    if script_raised then return false, script_why, true end")
+    self:emit("    local script_err = nil")
     vars[#vars + 1] = "script"
   end
   local oks, errs = {}, {}
@@ -444,10 +491,18 @@ function Compiler:dependency(dep, i)
     oks[#oks + 1] = v .. "_ok"
     errs[#errs + 1] = v .. "_err"
   end
-  self:emit("    local pass = %s", concat(oks, " " .. op_all .. " "))
-  self:emit("    if pass then return true end")
-  self:emit("    err = %s", concat(errs, " or "))
-  self:emit("    return false, err or %s, err ~= nil", self:lit("filters did not match"))
+  self:comment("    -- a group that ended in an error drops the event, with %q as with \"and\" (Argo's filterEvent)", op_all)
+  if #errs > 1 then
+    self:emit("    local err")
+    for _, e in ipairs(errs) do
+      self:emit("    if %s then err = err and (err .. \" / \" .. %s) or %s end", e, e, e)
+    end
+  else
+    self:emit("    local err = %s", errs[1])
+  end
+  self:emit("    if err then return false, err, true end")
+  self:emit("    if %s then return true end", concat(oks, " " .. op_all .. " "))
+  self:emit("    return false, %s, false", self:lit("filters did not match"))
   self:emit("  end,")
   self:emit("}")
 end
@@ -470,6 +525,11 @@ function Compiler:params(list, path)
     if src.contextTemplate then fields[#fields + 1] = "context_tpl = " .. self:template_const(src.contextTemplate, where .. ".src.contextTemplate", src, "contextTemplate") end
     if src.value ~= nil then fields[#fields + 1] = "value = " .. self:lit(src.value) end
     if src.useRawData then fields[#fields + 1] = "raw = true" end
+    -- the key and template text, for the error when neither resolves
+    if src.dataKey then fields[#fields + 1] = "data_key = " .. self:lit(src.dataKey) end
+    if src.contextKey then fields[#fields + 1] = "context_key = " .. self:lit(src.contextKey) end
+    if src.dataTemplate then fields[#fields + 1] = "data_template = " .. self:lit(src.dataTemplate) end
+    if src.contextTemplate then fields[#fields + 1] = "context_template = " .. self:lit(src.contextTemplate) end
     local dest = p.dest or ""
     if dest ~= "" then
       local set, err = rt.setter(dest)
@@ -533,7 +593,8 @@ function Compiler:trigger(trig, i, target, tpath)
   local deps
   local cond_lua
   if tmpl.conditions and tmpl.conditions:match("%S") then
-    local expr, used = _M.compile_condition(tmpl.conditions, self.dep_names, function(n) return self:lit(n) end)
+    self.cond_names = self.cond_names or _M.condition_names(self.spec.dependencies)
+    local expr, used = _M.compile_condition(tmpl.conditions, self.cond_names, function(n) return self:lit(n) end)
     if not expr then self:fail(tpath .. ".template.conditions", tmpl, "conditions", used) end
     cond_lua, deps = expr, used
   else

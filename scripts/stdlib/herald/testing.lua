@@ -14,6 +14,7 @@
 local cjson = require "cjson"
 local compiler = require "herald.sensor"
 local runtime = require "herald.sensor_runtime"
+local rt = require "herald.rt"
 
 local _M = {}
 
@@ -64,7 +65,7 @@ local function describe_action(trig, action)
   if trig.type == "http" then
     local body = action.body
     if type(body) == "string" then
-      local ok, v = pcall(cjson.decode, body)
+      local ok, v = pcall(rt.decode, body)
       if ok then body = v end
     end
     return { type = "http", method = action.method or "POST", url = action.url,
@@ -76,7 +77,7 @@ local function describe_action(trig, action)
   local function body()
     local b = action.body
     if type(b) == "string" then
-      local ok, v = pcall(cjson.decode, b)
+      local ok, v = pcall(rt.decode, b)
       if ok then return v end
     end
     if b == nil then return null end
@@ -216,9 +217,12 @@ function _M.event_from_cloudevent(ce)
     datacontenttype = ce.datacontenttype or "application/json",
     specversion = ce.specversion or "1.0",
   }
+  -- a CloudEvent without `data` has no data at all (filters pass it, transforms keep it, as in
+  -- Argo); `"data": null` is data, JSON null
   local data = ce.data
-  if data == nil then data = null end
-  return { context = context, data = data, raw = cjson.encode(data) }
+  if data == nil then return { context = context } end
+  return { context = context, data = data,
+    raw = rt.has_empty_array(data) and rt.encode_marked(data) or cjson.encode(data) }
 end
 
 --- Reads a JSON-lines file of CloudEvents; returns events or nil, "file:line: message".
@@ -229,7 +233,7 @@ function _M.read_events(path)
   for line in f:lines() do
     n = n + 1
     if line:match("%S") then
-      local ok, ce = pcall(cjson.decode, line)
+      local ok, ce = pcall(rt.decode, line) -- empty arrays stay arrays
       if not ok then
         f:close()
         return nil, ("%s:%d: not JSON: %s"):format(path, n, tostring(ce))
