@@ -6,7 +6,8 @@
 --                                             jwt a NATS credentials file
 --   tls                                    -> CA, client certificate and key (PEM text)
 --
--- and a managed `jetstream` EventBus as the Service its controller deploys (component mode).
+-- and a managed `jetstream` EventBus as the Service its controller deploys (component mode);
+-- a NATS Streaming `nats` EventBus (ended in 2023) as the embedded bus (herald run) or JetStream.
 -- main.lua hands the result to core.configure{bus_options = ...} (engine/bus_jetstream.c).
 local core = require "herald.core"
 
@@ -130,11 +131,58 @@ local function managed_url(name, namespace)
 end
 _M.CLIENT_AUTH_KEY = "client-auth"
 
+-- A managed bus in component mode: the Service and client credentials its controller makes
+-- (HERALD_JETSTREAM_URL overrides the address). Returns url, options or nil, nil, err.
+local function managed(obj, spec, where, stream_config)
+  -- As Argo's controller sets it up: the headless Service of the servers, TLS with their
+  -- self-signed certificate (not verified, as Argo's clients do), and the client credentials of
+  -- secret eventbus-<name>-js-client-auth. HERALD_JETSTREAM_URL overrides the address (outside
+  -- the cluster, or with a port-forward).
+  local meta = type(obj.doc.metadata) == "table" and obj.doc.metadata or {}
+  local url = os.getenv("HERALD_JETSTREAM_URL")
+  if not url or url == "" then url = managed_url(obj.name, meta.namespace or os.getenv("POD_NAMESPACE") or "default") end
+  local secret_name = fmt("eventbus-%s-js-client-auth", obj.name)
+  local o, err = _M.options({
+    auth = "basic", accessSecret = { name = secret_name, key = _M.CLIENT_AUTH_KEY },
+    tls = { insecureSkipVerify = true }, streamConfig = stream_config,
+  })
+  if not o then
+    return nil, nil, { where = where, msg = (err.where == "streamConfig" and "streamConfig: " or "") .. err.msg, tbl = spec, key = where }
+  end
+  return url, o
+end
+
+-- NATS Streaming (an EventBus's `nats`), which its authors ended in 2023: Herald has no NATS
+-- Streaming client. `herald run` uses the embedded bus; component mode a JetStream bus at the
+-- exotic url (that server must have JetStream on), or where a managed JetStream of this name
+-- would be (native). The last result is the one-line notice saying so.
+local function nats_streaming(obj, spec, component)
+  local n = spec.nats
+  local which = n.exotic and "nats.exotic" or "nats.native"
+  local ended = fmt("EventBus %s: %s is NATS Streaming, which its authors ended in 2023", obj.name, which)
+  if not component then
+    return nil, ended .. "; `herald run` runs everything in this process on the embedded bus"
+  end
+  if n.exotic then
+    local ex = n.exotic
+    if type(ex.url) ~= "string" or ex.url == "" then
+      return nil, nil, { where = "nats.exotic.url", msg = "required in component mode: Herald connects to it as a JetStream server", tbl = ex, key = "url" }
+    end
+    local o, err = _M.options({ auth = ex.auth, accessSecret = ex.accessSecret })
+    if not o then return nil, nil, { where = "nats.exotic." .. err.where, msg = err.msg, tbl = ex, key = err.where } end
+    return ex.url, o, nil, ended .. fmt("; Herald uses JetStream on the same server (%s), which must run with JetStream enabled", (ex.url:gsub("//[^/@]*@", "//")))
+  end
+  local url, o, err = managed(obj, spec, "nats", nil)
+  if not url then return nil, nil, err end
+  return url, o, nil, ended .. "; Herald uses a JetStream bus where a managed `jetstream` EventBus of this name would be (set HERALD_JETSTREAM_URL to point elsewhere)"
+end
+
 --- The bus an EventBus object selects. component: running `herald eventsource|sensor`.
---- Returns url, options for JetStream; or nil, note (the embedded bus, and why); or
---- nil, nil, {where = field path under spec, msg = ...}.
+--- Returns url, options for JetStream (and, fourth, a notice to log); or nil, note (the
+--- embedded bus, and why); or nil, nil, {where = field path under spec, msg = ...}.
 function _M.select(obj, component)
   local spec = obj.doc.spec
+  if spec.nats then return nats_streaming(obj, spec, component) end
   if spec.jetstreamExotic then
     local o, err = _M.options(spec.jetstreamExotic)
     if not o then return nil, nil, { where = "jetstreamExotic." .. err.where, msg = err.msg, tbl = spec.jetstreamExotic, key = err.where } end
@@ -146,22 +194,7 @@ function _M.select(obj, component)
     return nil, fmt("EventBus %s is a managed JetStream (a controller deploys its servers): `herald run` "
       .. "runs everything in this process on the embedded bus", obj.name)
   end
-  -- As Argo's controller sets it up: the headless Service of the servers, TLS with their
-  -- self-signed certificate (not verified, as Argo's clients do), and the client credentials of
-  -- secret eventbus-<name>-js-client-auth. HERALD_JETSTREAM_URL overrides the address (outside
-  -- the cluster, or with a port-forward).
-  local meta = type(obj.doc.metadata) == "table" and obj.doc.metadata or {}
-  local url = os.getenv("HERALD_JETSTREAM_URL")
-  if not url or url == "" then url = managed_url(obj.name, meta.namespace or os.getenv("POD_NAMESPACE") or "default") end
-  local secret_name = fmt("eventbus-%s-js-client-auth", obj.name)
-  local o, err = _M.options({
-    auth = "basic", accessSecret = { name = secret_name, key = _M.CLIENT_AUTH_KEY },
-    tls = { insecureSkipVerify = true }, streamConfig = js.streamConfig,
-  })
-  if not o then
-    return nil, nil, { where = "jetstream", msg = (err.where == "streamConfig" and "streamConfig: " or "") .. err.msg, tbl = spec, key = "jetstream" }
-  end
-  return url, o
+  return managed(obj, spec, "jetstream", js.streamConfig)
 end
 
 return _M

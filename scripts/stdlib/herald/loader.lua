@@ -306,6 +306,108 @@ end
 
 local validate -- forward
 
+local function warn_key(ctx, tbl, key, path, msg)
+  local line, col = _M.position(ctx.pos, tbl, key)
+  ctx.warnings[#ctx.warnings + 1] = _M.format_error(ctx.file, line, col, path, msg)
+end
+
+-- Go's JSON decoding matches field names case-insensitively, so Argo Events reads `openwhisk`
+-- as openWhisk and `verifycert` as verifyCert. Such a key is renamed to the real field (in the
+-- document and its positions) with a warning; --strict makes it an error. A key whose real
+-- spelling is also present is left alone (it is reported as an unknown field).
+local function fold_case(ctx, fields, v, path)
+  local p = ctx.pos[v]
+  local order = p and p.order
+  if not order or not p.keys then return end
+  local lower -- lower-cased field name -> field name (false when two fields fold together)
+  for i, k in ipairs(order) do
+    if type(k) == "string" and not fields[k] then
+      if not lower then
+        lower = {}
+        for name, fs in pairs(fields) do
+          if not fs.retired then
+            local l = name:lower()
+            lower[l] = lower[l] == nil and name or false
+          end
+        end
+      end
+      local real = lower[k:lower()]
+      if real and not has_key(ctx.pos, v, real) then
+        warn_key(ctx, v, k, child_path(path, k), fmt("field names are case-sensitive: this is %s " ..
+          "(Argo Events reads it because Go's JSON decoding ignores case); write %s", real, real))
+        v[real], v[k] = v[k], nil
+        p.keys[real], p.keys[k] = p.keys[k], nil
+        order[i] = real
+      end
+    end
+  end
+end
+
+-- A GroupVersionResource (`group`, `version`, `resource` of a k8s or argoWorkflow trigger, from
+-- Argo before v1.0) against the inline object's apiVersion and kind: a disagreement is an error
+-- naming both positions. The lower-case kind, plus "s" / "es", or "y" -> "ies", is the resource.
+local function plural_matches(resource, kind)
+  local r, k = resource:lower(), kind:lower()
+  if r == k or r == k .. "s" or r == k .. "es" then return true end
+  return k:sub(-1) == "y" and r == k:sub(1, -2) .. "ies"
+end
+
+local function check_gvr(ctx, v, gvr, path)
+  local src = type(v.source) == "table" and v.source or nil
+  local obj = src and type(src.resource) == "table" and src.resource or nil
+  if not obj then return end
+  local api, kind = obj.apiVersion, obj.kind
+  local function at(key)
+    local line, col = _M.value_position(ctx.pos, obj, key)
+    return fmt("%s:%d:%d", ctx.file, line or 1, col or 1)
+  end
+  if type(api) == "string" and (gvr.group ~= nil or gvr.version ~= nil) then
+    local og, ov = api:match("^(.*)/([^/]*)$")
+    if not og then og, ov = "", api end -- "v1": the core group
+    for _, f in ipairs({ "group", "version" }) do
+      local want = gvr[f]
+      if want ~= nil and tostring(want) ~= (f == "group" and og or ov) then
+        err_value(ctx, v, f, child_path(path, f), fmt('%s "%s" does not match the object\'s apiVersion "%s" at %s (its %s is "%s")',
+          f, tostring(want), api, at("apiVersion"), f, f == "group" and og or ov))
+      end
+    end
+  end
+  if type(kind) == "string" and gvr.resource ~= nil and not plural_matches(tostring(gvr.resource), kind) then
+    err_value(ctx, v, "resource", child_path(path, "resource"), fmt('resource "%s" does not match the object\'s kind "%s" at %s',
+      tostring(gvr.resource), kind, at("kind")))
+  end
+end
+
+-- A field Argo Events once had and now ignores: a warning naming what replaced it, and the value
+-- dropped (or moved to fs.moved_to when that is not set). Returns the value for the caller.
+local function retire(ctx, fields, fs, v, k, kp, path)
+  local val = v[k]
+  local instead = fs.retired:gsub("spec%.triggers%[N%]", path:match("^(spec%.triggers%[%d+%])") or "spec.triggers[N]")
+  local msg
+  if fs.gvr then
+    msg = fmt("no longer needed: Argo Events ignores it and takes the resource from %s (Herald checks that they agree); remove it", instead)
+  else
+    msg = fmt("no longer part of Argo Events, which ignores it: %s", instead)
+  end
+  v[k] = nil
+  local to = fs.moved_to
+  if to then
+    local p = ctx.pos[v]
+    if not has_key(ctx.pos, v, to) and val ~= nil then
+      v[to] = val
+      if p and p.keys then p.keys[to] = p.keys[k] end
+      msg = msg .. fmt("; Herald uses its value as %s", to)
+      validate(ctx, fields[to], v, to, child_path(path, to))
+    else
+      msg = msg .. fmt("; ignored, as %s is set", to)
+    end
+  elseif not fs.gvr then
+    msg = msg .. "; ignored"
+  end
+  warn_key(ctx, v, k, kp, msg)
+  return val
+end
+
 local function check_enum(ctx, s, v, parent, key, path)
   if not s.enum then return end
   for _, e in ipairs(s.enum) do
@@ -325,10 +427,19 @@ local function validate_object(ctx, s, v, path)
   local fields = s.fields
   local names -- sorted field names, built on first unknown key
   local suggested = {} -- names offered as "did you mean": no "needs one of" for those
+  local gvr -- group/version/resource given (k8s, argoWorkflow)
+  fold_case(ctx, fields, v, path)
   for _, k in ipairs(keys_in_order(ctx.pos, v)) do
     local fs = fields[k]
     local kp = child_path(path, k)
-    if not fs then
+    if fs and fs.retired then
+      local val = retire(ctx, fields, fs, v, k, kp, path)
+      if fs.gvr and val ~= nil then
+        gvr = gvr or {}
+        gvr[k] = val
+        v[k] = val -- kept for the check below, dropped after it
+      end
+    elseif not fs then
       names = names or sorted_keys(fields)
       local hint = _M.suggest(k, names)
       if hint then
@@ -355,6 +466,10 @@ local function validate_object(ctx, s, v, path)
         err_key(ctx, v, k, kp, "required")
       end
     end
+  end
+  if gvr then
+    check_gvr(ctx, v, gvr, path)
+    for k in pairs(gvr) do v[k] = nil end
   end
   -- missing required fields, in a stable order
   for _, name in ipairs(sorted_keys(fields)) do
@@ -582,9 +697,63 @@ function _M.parse_conditions(expr)
   return names
 end
 
+-- A webhook event with no `port` listens where the EventSource's Service sends its traffic:
+-- the targetPort (else port) of spec.service.ports when it holds exactly one. Argo Events
+-- requires `port`; manifests written for it (and courses) often leave it to the Service.
+local function webhook_ports(ctx, spec)
+  local m = spec.webhook
+  if type(m) ~= "table" or what_is(m, ctx.pos) ~= "mapping" then return end
+  local svc = type(spec.service) == "table" and spec.service or nil
+  local ports = svc and type(svc.ports) == "table" and svc.ports or {}
+  for _, ev in ipairs(keys_in_order(ctx.pos, m)) do
+    local e = m[ev]
+    if type(e) == "table" and what_is(e, ctx.pos) == "mapping" and not has_key(ctx.pos, e, "port") then
+      local path = "spec.webhook." .. _M.show(ev) .. ".port"
+      local function where(i, key)
+        local line, col = _M.value_position(ctx.pos, ports[i], key)
+        return fmt("%s:%d:%d", ctx.file, line or 1, col or 1)
+      end
+      local function port_of(i)
+        local sp = ports[i]
+        if type(sp) ~= "table" then return nil end
+        local key = sp.targetPort ~= nil and "targetPort" or "port"
+        local n = tonumber(sp[key])
+        return n, key
+      end
+      if #ports == 1 then
+        local n, key = port_of(1)
+        if n and n == math.floor(n) and n >= 1 and n <= 65535 then
+          e.port = fmt("%d", n)
+          local p = ctx.pos[e]
+          local sl, sc = _M.value_position(ctx.pos, ports[1], key)
+          if p and p.keys then p.keys.port = { line = sl, col = sc, vline = sl, vcol = sc } end
+          ctx.notes[#ctx.notes + 1] = _M.format_error(ctx.file, sl, sc, path,
+            fmt("port %s taken from spec.service.ports[0].%s", e.port, key))
+        else
+          err_table(ctx, e, path, fmt("required: spec.service.ports[0].%s (%s) is not a port number Herald can listen on; add port: \"12000\" (the port this endpoint listens on) under spec.webhook.%s",
+            key or "port", where(1, key or "port"), _M.show(ev)))
+        end
+      elseif #ports == 0 then
+        err_table(ctx, e, path, fmt("required: add port: \"12000\" (the port this endpoint listens on) under spec.webhook.%s; without it Herald takes the port from spec.service.ports, which holds none here",
+          _M.show(ev)))
+      else
+        local list_ = {}
+        for i = 1, #ports do
+          local n, key = port_of(i)
+          list_[#list_ + 1] = fmt("%s at %s", n and fmt("%d", n) or "?", where(i, key or "port"))
+        end
+        local first = port_of(1)
+        err_table(ctx, e, path, fmt("required: spec.service.ports holds %d ports (%s), so Herald cannot tell which this endpoint listens on; add port: \"%s\" under spec.webhook.%s",
+          #ports, list(list_), first and fmt("%d", first) or "12000", _M.show(ev)))
+      end
+    end
+  end
+end
+
 local function check_event_source(ctx, doc)
   local spec = doc.spec
   if type(spec) ~= "table" then return end
+  webhook_ports(ctx, spec)
   local fields = schema.event_source_spec.fields
   local seen, n_sources, aa, ap = {}, 0, nil, nil
   for _, t in ipairs(keys_in_order(ctx.pos, spec)) do
@@ -722,6 +891,35 @@ local function valid_k8s_name(s)
   return true
 end
 
+-- Another Kubernetes object beside the specs (Argo's examples keep a ServiceAccount, a Role,
+-- a ConfigMap, a Pod, a WorkflowTemplate ... in the same file): skipped with one info line. A
+-- ConfigMap's data is kept: it serves the source.configmap of k8s and argoWorkflow triggers
+-- (see resolve_configmaps), as the cluster would.
+local function other_object(ctx, doc)
+  local md = type(doc.metadata) == "table" and doc.metadata or {}
+  local name = type(md.name) == "string" and md.name or nil
+  local line, col = _M.position(ctx.pos, doc)
+  local what = fmt("%s%s", _M.show(doc.kind), name and (" \"" .. _M.show(name) .. "\"") or "")
+  if doc.kind == "ConfigMap" and doc.apiVersion == "v1" and name then
+    local data = {}
+    if type(doc.data) == "table" then
+      for k, v in pairs(doc.data) do
+        if type(k) == "string" then
+          data[k] = (type(v) == "number" or type(v) == "boolean") and (_M.scalar_text(ctx.pos, doc.data, k) or tostring(v)) or v
+        end
+      end
+    end
+    ctx.configmaps[#ctx.configmaps + 1] = { name = name, data = data, file = ctx.file, line = line, col = col,
+      namespace = type(md.namespace) == "string" and md.namespace ~= "" and md.namespace or nil }
+    ctx.infos[#ctx.infos + 1] = _M.format_error(ctx.file, line, col, nil,
+      fmt("%s: not run by Herald; its data serves the source.configmap of k8s and argoWorkflow triggers", what))
+  else
+    ctx.infos[#ctx.infos + 1] = _M.format_error(ctx.file, line, col, nil,
+      fmt("%s (%s): skipped; Herald runs %s", what, _M.show(tostring(doc.apiVersion)), list(schema.KINDS)))
+  end
+  return nil
+end
+
 -- Validates one document; returns an object entry (or nil when it is not a usable object).
 local function load_document(ctx, doc, index)
   local pos = ctx.pos
@@ -732,6 +930,10 @@ local function load_document(ctx, doc, index)
     return nil
   end
   local kind = doc.kind
+  if type(kind) == "string" and not schema.kinds[kind] and
+     (doc.apiVersion ~= schema.API_VERSION or not _M.suggest(kind, schema.KINDS)) then
+    return other_object(ctx, doc)
+  end
   if doc.apiVersion == nil then
     err_table(ctx, doc, "apiVersion", "required (argoproj.io/v1alpha1)")
   elseif doc.apiVersion ~= schema.API_VERSION then
@@ -831,6 +1033,52 @@ local function walk(fs, dir, out, errors)
   end
 end
 
+-- The source.configmap of k8s and argoWorkflow triggers (also in a dlqTrigger), served from
+-- the ConfigMaps loaded beside the Sensors: the key's text becomes source.inline, as if the
+-- cluster had given it. A ConfigMap not loaded is read at run time from $HERALD_CONFIG_DIR.
+local function resolve_configmaps(result)
+  if #result.configmaps == 0 then return end
+  for _, o in ipairs(result.objects) do
+    local spec = o.kind == "Sensor" and type(o.doc.spec) == "table" and o.doc.spec
+    local triggers = spec and type(spec.triggers) == "table" and spec.triggers or {}
+    local function one(tr, base)
+      local tpl = type(tr) == "table" and type(tr.template) == "table" and tr.template
+      if not tpl then return end
+      for _, t in ipairs({ "k8s", "argoWorkflow" }) do
+        local src = type(tpl[t]) == "table" and type(tpl[t].source) == "table" and tpl[t].source
+        local sel = src and type(src.configmap) == "table" and src.configmap
+        if sel and type(sel.name) == "string" then
+          local cm
+          for _, c in ipairs(result.configmaps) do
+            if c.name == sel.name and (c.namespace == nil or o.namespace == nil or c.namespace == o.namespace) then cm = c end
+          end
+          if cm then
+            local path = fmt("%s.template.%s.source.configmap", base, t)
+            local text = cm.data[tostring(sel.key)]
+            if type(text) == "string" then
+              src.inline, src.configmap = text, nil
+              local line, col = _M.position(o.pos, src, "configmap")
+              result.notes[#result.notes + 1] = _M.format_error(o.file, line, col, path,
+                fmt("served from ConfigMap \"%s\" at %s:%d:%d", cm.name, cm.file, cm.line or 1, cm.col or 1))
+            elseif sel.optional ~= true then
+              local keys = sorted_keys(cm.data)
+              local line, col = _M.value_position(o.pos, sel, "key")
+              result.errors[#result.errors + 1] = _M.format_error(o.file, line, col, path .. ".key",
+                fmt("ConfigMap \"%s\" (%s:%d:%d) has no key \"%s\"%s", cm.name, cm.file, cm.line or 1, cm.col or 1,
+                  _M.show(tostring(sel.key)), #keys > 0 and (" (keys: " .. list(keys) .. ")") or " (it has no data)"))
+            end
+          end
+        end
+      end
+    end
+    for i, tr in ipairs(triggers) do
+      local base = "spec.triggers[" .. (i - 1) .. "]"
+      one(tr, base)
+      if type(tr) == "table" then one(tr.dlqTrigger, base .. ".dlqTrigger") end
+    end
+  end
+end
+
 local function object_key(o)
   return o.kind .. "\0" .. (o.namespace or "") .. "\0" .. o.name
 end
@@ -842,7 +1090,7 @@ end
 function _M.load(paths, io_funcs)
   if type(paths) == "string" then paths = { paths } end
   local fs = io_funcs or default_io()
-  local result = { objects = {}, errors = {}, warnings = {}, notes = {} }
+  local result = { objects = {}, errors = {}, warnings = {}, notes = {}, infos = {}, configmaps = {} }
   local files = {}
   for _, p in ipairs(paths) do
     local kind = fs.stat(p)
@@ -894,7 +1142,7 @@ function _M.load(paths, io_funcs)
         left.documents = left.documents - #(pos.documents or docs)
         left.nodes = left.nodes - (pos.nodes or 0)
         local ctx = { file = file, pos = pos, errors = result.errors, warnings = result.warnings,
-                      notes = result.notes }
+                      notes = result.notes, infos = result.infos, configmaps = result.configmaps }
         for i, doc in ipairs(docs) do
           local obj = load_document(ctx, doc, i)
           if obj then result.objects[#result.objects + 1] = obj end
@@ -919,6 +1167,7 @@ function _M.load(paths, io_funcs)
     end
   end
   result.objects = kept
+  resolve_configmaps(result)
   local events = {} -- [es name] = {[event] = true}, plus namespaces
   for _, o in ipairs(kept) do
     if o.kind == "EventSource" and type(o.doc.spec) == "table" then

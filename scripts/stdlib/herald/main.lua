@@ -138,6 +138,14 @@ local function load(paths)
   return loader.load(paths)
 end
 
+-- "file:line:col: rest" -> "file:line:col: LABEL: rest" (or "LABEL: msg" without a position),
+-- so a warning or an info line is told apart from an error at a glance.
+local function labelled(msg, label)
+  local out, n = msg:gsub("^(.-:%d+:%d+: )", "%1" .. label .. ": ", 1)
+  if n == 0 then out = label .. ": " .. msg end
+  return out
+end
+
 local function cmd_lint(paths, opts)
   if #paths == 0 then
     eprint("herald lint: no PATH given")
@@ -156,7 +164,8 @@ local function cmd_lint(paths, opts)
     end
   end
   for _, e in ipairs(result.errors) do eprint(e) end
-  for _, w in ipairs(result.warnings) do eprint(w) end
+  for _, w in ipairs(result.warnings) do eprint(labelled(w, "warning")) end
+  for _, n in ipairs(result.infos or {}) do eprint(labelled(n, "info")) end
   local nerr = #result.errors + (opts.strict and #result.warnings or 0)
   if nerr > 0 then return 1 end
   io.stdout:write(("%d object(s) valid\n"):format(#result.objects))
@@ -317,7 +326,7 @@ local function bus_from_specs(objects)
   for _, obj in ipairs(objects) do
     if obj.kind == "EventBus" and wanted[obj.name] then
       local spec = obj.doc.spec
-      if spec.jetstreamExotic or spec.jetstream then return obj end
+      if spec.jetstreamExotic or spec.jetstream or spec.nats then return obj end
     end
   end
 end
@@ -392,6 +401,7 @@ local function cmd_run(paths, opts, kind)
   for _, e in ipairs(result.errors) do eprint(e) end
   for _, w in ipairs(result.warnings) do core.log("warn", "herald", w) end
   for _, n in ipairs(result.notes or {}) do core.log("debug", "herald", n) end
+  for _, n in ipairs(result.infos or {}) do core.log("info", "herald", n) end
   if #result.errors > 0 then
     eprint(("herald %s: %d error(s); nothing started"):format(name, #result.errors))
     return 1
@@ -399,13 +409,14 @@ local function cmd_run(paths, opts, kind)
   if not opts.bus then -- an EventBus among the specs (jetstreamExotic) selects the bus
     local bus_obj = bus_from_specs(result.objects)
     if bus_obj then
-      local url, bus_options, berr = require("herald.eventbus").select(bus_obj, kind ~= nil)
+      local url, bus_options, berr, notice = require("herald.eventbus").select(bus_obj, kind ~= nil)
       if berr then
         local line, col = require("herald.loader").position(bus_obj.pos, berr.tbl, berr.key)
         eprint(("%s:%d:%d: spec.%s: %s"):format(bus_obj.file, line or 0, col or 0, berr.where, berr.msg))
         eprint(("herald %s: 1 error(s); nothing started"):format(name))
         return 1
       elseif url then
+        if notice then core.log("info", "herald", notice) end
         opts.bus = url
         core.configure{ bus = url, bus_options = bus_options }
         core.log("info", "herald", ("EventBus %s: JetStream at %s"):format(bus_obj.name, (url:gsub("//[^/@]*@", "//"))))

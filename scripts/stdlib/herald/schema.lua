@@ -30,6 +30,11 @@
 --   name       true: a name (of a dependency, trigger, event, Secret ...): besides its own rules
 --              it must not hold control characters (a newline, a tab, DEL ...); names reach
 --              generated code, logs and headers, and no real name has them
+--   retired    "what replaced it": a field Argo Events once had and now ignores (Go's JSON
+--              decoding drops unknown fields, so old manifests still load there). The loader
+--              warns, naming the replacement, and drops the value; with `moved_to` = a sibling
+--              field name, the value moves there when that field is not set (e.g. http
+--              serverURL -> url). `check_retired`: function(value, parent, ctx) run first.
 --   check      function(value, parent) -> nil | message: a check of the value once its type is
 --              right (strings and numbers; on an array, of the whole list, and a second result,
 --              the index of the element at fault, puts the error there)
@@ -54,6 +59,13 @@ local function any(o) return node("any", o) end
 local function int_or_string(o) return node("int_or_string", o) end
 local function amount(o) return node("amount", o) end
 local function port(o) return node("port", o) end
+-- A field Argo Events no longer has (and ignores): see `retired` above.
+local function retired(instead, o)
+  o = o or {}
+  o.kind = "any"
+  o.retired = instead
+  return o
+end
 
 local function object(fields, o)
   o = o or {}
@@ -245,7 +257,7 @@ local function webhook_context_fields()
   return {
     endpoint = str { required = true, prefix = "/", doc = "URL path to serve, e.g. /example" },
     method = str { required = true, doc = "HTTP method the route accepts (exact match)" },
-    port = port { required = true, doc = "TCP port (string of digits)" },
+    port = port { doc = "TCP port (string of digits); when absent, the loader takes it from spec.service.ports if it holds exactly one (webhook sources)" },
     url = str { doc = "public URL (used when registering hooks)" },
     serverCertSecret = secret { supported = NO, what = "TLS listener (serverCertSecret)" },
     serverKeySecret = secret { supported = NO, what = "TLS listener (serverKeySecret)" },
@@ -534,6 +546,7 @@ _M.event_source_spec = object({
   eventBusName = str { default = "default", name = true, doc = "EventBus to publish to" },
   template = use(Template, { deployment = true }),
   service = use(Service, { deployment = true }),
+  type = retired("the source type is the key under spec (spec.webhook, spec.calendar ...)"),
   replicas = int { min = 0, default = 1, doc = "replicas: above 1 on JetStream, one leads and the others stand by (except webhook-only EventSources, whose replicas all run)" },
   webhook = source(WebhookEventSource, "webhook event source", true, AA),
   calendar = source(CalendarEventSource, "calendar event source", true),
@@ -679,6 +692,7 @@ local HTTPTrigger = object({
   secureHeaders = array(SecureHeader, { doc = "headers whose values come from secrets or ConfigMaps" }),
   dynamicHeaders = params { doc = "headers from the events: dest is the header name" },
   host = str { doc = "virtual host (the Host header)" },
+  serverURL = retired("replaced by url", { moved_to = "url" }),
 }, { doc = "send an HTTP request" })
 
 local LogTrigger = object({
@@ -701,16 +715,35 @@ local GitArtifact = object({
     urls = strings { required = true, nonempty_items = true, doc = "the remote's URLs: the first is fetched" },
   }, { doc = "fetch the revision from this remote instead of url (Argo: url is cloned, then every ref is taken from the remote)" }),
   insecureIgnoreHostKey = bool(),
+  githubApp = object({
+    privateKey = secret { required = true, doc = "the GitHub App's private key (PEM)" },
+    appID = int { required = true, min = 1, doc = "the GitHub App's ID" },
+    installationID = int { required = true, min = 1, doc = "the App's installation ID" },
+  }, { doc = "fetch as a GitHub App: an installation token is the password (user x-access-token)" }),
+  sshKeyPath = retired("replaced by sshKeySecret, a Secret holding the private key"),
+  namespace = retired("the Secrets it names are read from the Sensor's namespace"),
 })
 
 local ArtifactLocation = object({
   s3 = use(S3Artifact), inline = str(), file = object({ path = str() }),
   url = object({ path = str { required = true }, verifyCert = bool() }),
-  configmap = use(ConfigMapKeySelector), git = use(GitArtifact),
+  configmap = use(ConfigMapKeySelector, { fields = use(ConfigMapKeySelector.fields, {
+    namespace = retired("the ConfigMap is read from the Sensor's namespace"),
+  }) }),
+  git = use(GitArtifact),
   resource = any { doc = "inline Kubernetes object" },
 })
 
-local K8sTrigger = object({
+-- Argo before v1.0 took the trigger's GroupVersionResource from these; the object's own
+-- apiVersion and kind say it now. The loader checks them against an inline object.
+local function gvr_fields(f)
+  f.group = retired("the object's apiVersion", { gvr = true })
+  f.version = retired("the object's apiVersion", { gvr = true })
+  f.resource = retired("the object's kind", { gvr = true })
+  return f
+end
+
+local K8sTrigger = object(gvr_fields {
   source = use(ArtifactLocation, { required = true }),
   operation = str { enum = { "create", "update", "patch", "delete" }, default = "create" },
   parameters = params(),
@@ -720,7 +753,7 @@ local K8sTrigger = object({
   liveObject = bool(),
 })
 
-local ArgoWorkflowTrigger = object({
+local ArgoWorkflowTrigger = object(gvr_fields {
   source = use(ArtifactLocation, { required = true }),
   operation = str { enum = { "submit", "submit-from", "suspend", "resubmit", "retry", "resume",
                              "terminate", "stop" }, default = "submit" },
@@ -829,6 +862,8 @@ local TriggerTemplate = object({
   grpc = any { supported = NO, what = "gRPC triggers" },
   -- Herald's extension (not in Argo): a sandboxed Lua script receives the events and returns
   -- the action (http, log or none)
+  atLeastOnce = retired("replaced by spec.triggers[N].atLeastOnce, beside template"),
+  policy = retired("replaced by spec.triggers[N].policy, beside template"),
   lua = object({
     script = str { required = true, doc = "Lua; `events` = {dependency = {context, data}}; returns {type = \"http\"|\"log\"|\"none\", ...}" },
   }, { doc = "Herald extension: a Lua script decides the action" }),
@@ -924,7 +959,8 @@ local KafkaBus = object({
 
 _M.event_bus_spec = object({
   nats = object({ native = use(NativeStrategy), exotic = use(NATSConfig) },
-                { supported = NO, what = "NATS Streaming EventBus" }),
+                { doc = "NATS Streaming (ended by its authors in 2023): `herald run` uses the embedded bus; component mode a JetStream bus (exotic: its url; native: the Service a controller would deploy)",
+                  exactly_one_of = { "native", "exotic" } }),
   jetstream = use(JetStreamBus, { doc = "JetStream servers a controller deploys: `herald run` uses the embedded bus; `herald eventsource|sensor` connect to the servers' Service" }),
   kafka = use(KafkaBus, { supported = NO, what = "Kafka EventBus" }),
   jetstreamExotic = use(JetStreamConfig, { doc = "an existing JetStream server: selects the bus for the EventSources and Sensors that name this EventBus" }),
