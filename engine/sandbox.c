@@ -18,12 +18,16 @@
  *     (one string operation) or metered: pattern matching is our own (sandbox_strlib.c) and
  *     charges its steps to the same budget, and table.sort / move / foreach run as
  *     interpreted Lua;
- *   - C stack: pcall and gsub's function replacements nest at most MAX_DEPTH deep;
+ *   - C stack: the C functions that call back into Lua (pcall, gsub with a function or table,
+ *     tostring and string.format through __tostring) nest at most MAX_DEPTH deep;
  *   - surface: scripts see a fresh environment built from an allow-list, through read-only
  *     proxies (which the table library also refuses to write); io, os (but time/date/clock),
  *     ffi, jit, debug, package/require, load*, dofile, string.dump, collectgarbage, raw*,
- *     get/setmetatable, get/setfenv, coroutine and newproxy are absent, and naming one raises
- *     "<name> is not available in Herald's Lua sandbox";
+ *     getmetatable, get/setfenv, coroutine and newproxy are absent, and naming one raises
+ *     "<name> is not available in Herald's Lua sandbox". setmetatable is there (Argo's way to
+ *     return an empty array is `setmetatable({}, {__is_array = true})`, which the JSON
+ *     encoder honours); the proxies' metatables are locked, and no string or library
+ *     metatable can be reached without getmetatable;
  *   - text only: luaL_loadbufferx(..., "t") refuses bytecode; sources are capped at 64 KiB.
  * The event reaches the script as the global `event` (its data, decoded in this state).
  *
@@ -249,6 +253,27 @@ static int sb_pcall(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* A C function that may call a __tostring metamethod (tostring, string.format), wrapped so
+ * that the nesting counts against the callback depth: a __tostring calling string.format on
+ * itself would otherwise recurse on the C stack until Lua's stack overflows, and unwinding
+ * twenty thousand C frames takes longer than the budget. upvalue 1: the function. */
+static int sb_counted_call(lua_State *L) {
+  sandbox *sb = sb_of(L);
+  herald_meter_enter(L, &sb->meter);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  herald_meter_leave(&sb->meter);
+  return lua_gettop(L);
+}
+
+static int sb_counted(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, sb_counted_call, 1);
+  return 1;
+}
+
 /* print in scripts goes to the engine log at debug level. */
 static int sb_print(lua_State *L) {
   luaL_Buffer b;
@@ -271,8 +296,11 @@ static int sb_print(lua_State *L) {
  * then builds the read-only global proxy. Receives the pcall and print replacements; returns a
  * function making one script's env. */
 static const char BOOTSTRAP[] =
-    "local spcall, sprint, NULL = ...\n"
-    "local setmetatable, error, type, floor = setmetatable, error, type, math.floor\n"
+    "local spcall, sprint, NULL, counted = ...\n"
+    "string.format = counted(string.format)\n"
+    "local stostring = counted(tostring)\n"
+    "local setmetatable, getmetatable, rawget = setmetatable, getmetatable, rawget\n"
+    "local error, type, floor = error, type, math.floor\n"
     "local tinsert, tremove = table.insert, table.remove\n"
     "string.dump = nil\n"
     "local PROTECTED = setmetatable({}, { __mode = 'k' })\n"
@@ -322,7 +350,7 @@ static const char BOOTSTRAP[] =
     "local FORBIDDEN = { io = 1, os = 1, ffi = 1, jit = 1, debug = 1, package = 1, require = 1,\n"
     "  module = 1, load = 1, loadstring = 1, loadfile = 1, dofile = 1, collectgarbage = 1,\n"
     "  gcinfo = 1, getfenv = 1, setfenv = 1, newproxy = 1, rawset = 1, rawget = 1, rawequal = 1,\n"
-    "  getmetatable = 1, setmetatable = 1, coroutine = 1, dump = 1, execute = 1, exit = 1,\n"
+    "  getmetatable = 1, coroutine = 1, dump = 1, execute = 1, exit = 1,\n"
     "  getenv = 1, remove = 1, rename = 1, tmpname = 1, popen = 1, open = 1, lines = 1 }\n"
     "local function readonly(name, t)\n"
     "  local proxy = setmetatable({}, { __metatable = false,\n"
@@ -339,8 +367,8 @@ static const char BOOTSTRAP[] =
     "end\n"
     "local allowed = {\n"
     "  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,\n"
-    "  pcall = spcall, select = select, tonumber = tonumber, tostring = tostring, type = type,\n"
-    "  unpack = unpack, print = sprint, _VERSION = _VERSION,\n"
+    "  pcall = spcall, select = select, tonumber = tonumber, tostring = stostring, type = type,\n"
+    "  unpack = unpack, print = sprint, _VERSION = _VERSION, setmetatable = setmetatable,\n"
     "  string = readonly('string', string), table = readonly('table', table),\n"
     "  math = readonly('math', math), bit = readonly('bit', bit),\n"
     "  os = readonly('os', { time = os.time, clock = os.clock, date = os.date }),\n"
@@ -367,15 +395,17 @@ static const char BOOTSTRAP[] =
     "  elseif t == 'table' then\n"
     "    if depth >= 1000 then error('Cannot serialise, excessive nesting (1001)', 0) end\n"
     "    local max, n = 0, 0\n"
+    "    local mt = getmetatable(v)\n"
+    "    local is_array = type(mt) == 'table' and rawget(mt, '__is_array')\n"
     "    for k in pairs(v) do\n"
     "      if type(k) == 'number' and k > 0 and k == floor(k) then\n"
     "        if k > max then max = k end n = n + 1\n"
     "      else max = -1 break end\n"
     "    end\n"
-    "    if max > 0 then\n"
+    "    if max > 0 or (is_array and max == 0) then\n"
     "      if max > 10 and max > n * 2 then error('Cannot serialise table: excessively sparse array', 0) end\n"
     "      out[#out + 1] = '['\n"
-    "      for i = 1, max do if i > 1 then out[#out + 1] = ',' end put(v[i], out, depth + 1) end\n"
+    "      for i = 1, max do if i > 1 then out[#out + 1] = ',' end put(rawget(v, i), out, depth + 1) end\n"
     "      out[#out + 1] = ']'\n"
     "    else\n"
     "      out[#out + 1] = '{'\n"
@@ -423,7 +453,8 @@ static int open_libs(lua_State *L) {
   lua_pushcfunction(L, sb_pcall);
   lua_pushcfunction(L, sb_print);
   lua_getfield(L, LUA_REGISTRYINDEX, "herald.null");
-  lua_call(L, 3, 2);
+  lua_pushcfunction(L, sb_counted);
+  lua_call(L, 4, 2);
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.encode");
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.newenv");
   lua_newtable(L);

@@ -472,9 +472,11 @@ static void add_replacement(match_state *ms, luaL_Buffer *b, const char *s, cons
     herald_meter_leave(m);
     break;
   }
-  default: /* a table */
+  default: /* a table, whose __index may be Lua that calls gsub again */
     push_capture(ms, 0, s, e);
+    herald_meter_enter(L, ms->meter);
     lua_gettable(L, 3);
+    herald_meter_leave(ms->meter);
     break;
   }
   if (!lua_toboolean(L, -1)) { /* nil or false: keep the matched text */
@@ -555,7 +557,7 @@ static int s_rep(lua_State *L) {
 
 void herald_meter_enter(lua_State *L, herald_meter *m) {
   if (m->depth >= m->max_depth)
-    luaL_error(L, "C stack depth limit: more than %d nested calls through pcall or gsub", m->max_depth);
+    luaL_error(L, "C stack depth limit: more than %d nested calls through pcall, gsub, tostring or string.format", m->max_depth);
   m->depth++;
 }
 
