@@ -1863,6 +1863,10 @@ local function exec_error(self, e)
   local msg
   if type(e) == "table" then
     msg = tostring(e.msg)
+  elseif tostring(e):find("stack overflow", 1, true) then
+    -- {{template}} recursing without end: Go stops at its depth limit with this message
+    -- (Lua's stack runs out well before that depth)
+    msg = "exceeded maximum template depth (100000)"
   else
     msg = tostring(e)
     if info and info.fn then msg = "error calling " .. info.fn .. ": " .. msg end
