@@ -5,11 +5,26 @@ local post, firings = H.post_json, H.firings
 
 describe("examples/", function()
   it("all lint clean (no errors, no warnings)", function()
-    local code, out, err = H.run{ "lint", "--strict", H.source_dir .. "/examples" }
+    -- examples/course holds the course's manifests as the course gives them: they lint with
+    -- warnings (fields Argo no longer needs), checked in spec/examples/course_spec.lua
+    local dirs = {}
+    for _, d in ipairs{ "quickstart", "calendar", "filters-conditions", "webhook-to-http" } do
+      dirs[#dirs + 1] = H.source_dir .. "/examples/" .. d
+    end
+    local code, out, err = H.run{ "lint", "--strict", unpack(dirs) }
     assert.equal("", err)
     assert.equal(0, code)
     -- quickstart (2) + calendar (2) + filters-conditions (2) + webhook-to-http (2)
     assert.matches("^8 object%(s%) valid", out)
+  end)
+
+  it("course: the three manifests lint (warnings allowed) and its sensor test passes", function()
+    local code, out, err = H.run{ "lint", H.source_dir .. "/examples/course" }
+    assert.equal(0, code, err)
+    assert.matches("^3 object%(s%) valid", out)
+    local tcode, tout = H.run{ "test", H.source_dir .. "/examples/course" }
+    assert.equal(0, tcode)
+    assert.matches("\n2 passed, 0 failed\n$", tout)
   end)
 
   it("calendar ticks and logs each tick with its metadata", function()

@@ -15,11 +15,11 @@ describe("herald test", function()
     local code, out, err = H.run{ "test", H.source_dir .. "/examples" }
     assert.equal("", err)
     assert.equal(0, code)
-    assert.matches("\n8 passed, 0 failed\n$", out)
+    assert.matches("\n10 passed, 0 failed\n$", out) -- examples/course has 2
     assert.equal(0, select(2, out:gsub("not ok", "")))
   end)
 
-  for _, ex in ipairs{ { "quickstart", "webhook-sensor.yaml" }, { "calendar", "calendar.yaml" }, { "filters-conditions", "sensor.yaml" }, { "webhook-to-http", "sensor.yaml" } } do
+  for _, ex in ipairs{ { "quickstart", "webhook-sensor.yaml" }, { "calendar", "calendar.yaml" }, { "filters-conditions", "sensor.yaml" }, { "webhook-to-http", "sensor.yaml" }, { "course", "sensor.yaml" } } do
     it("matches the expected output checked in for examples/" .. ex[1], function()
       local d = H.source_dir .. "/examples/" .. ex[1] .. "/"
       local code, _, err = H.run{ "test", d .. ex[2], "--events", d .. "events.jsonl", "--expect", d .. "expected.jsonl" }

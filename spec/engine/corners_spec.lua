@@ -226,6 +226,28 @@ describe("empty arrays", function()
   end)
 end)
 
+describe("empty arrays from a Lua transform", function()
+  it("setmetatable({}, {__is_array = true}) reaches a useRawData parameter as [], {} stays {}", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/s.yaml", H.sensor{ deps = { { name = "d", filters = [[
+      transform:
+        script: return {items = setmetatable({}, {__is_array = true}), obj = {}}
+]] } }, triggers = { { name = "t", body = [[
+        http:
+          url: http://127.0.0.1:9/
+          payload:
+            - src: {dependencyName: d, dataKey: items, useRawData: true}
+              dest: items
+            - src: {dependencyName: d, dataKey: obj, useRawData: true}
+              dest: obj
+]] } } })
+    H.write(dir .. "/ev.jsonl", ev("e1", '{"body":{}}') .. "\n")
+    local code, out = H.run{ "test", dir .. "/s.yaml", "--events", dir .. "/ev.jsonl" }
+    assert.equal(0, code)
+    assert.matches('"body":{"items":[],"obj":{}}', out, 1, true)
+  end)
+end)
+
 describe("- and _ in conditions", function()
   it("match as the same name, the later of two colliding dependencies winning; lint warns", function()
     local sensor = [[
@@ -285,6 +307,16 @@ describe("a parameter that cannot be resolved", function()
     assert.matches("unable to resolve 'pr' parameter value: key body.pr.titel does not exist", by.notify.error)
     assert.is_nil(by.notify.action)
     assert.same({ title = "untitled" }, by.fallback.action.body) -- `value` is the fallback
+  end)
+
+  it("shows the error on the parameter's row in the REPL's :params", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/s.yaml", sensor("http://127.0.0.1:9/"))
+    H.write(dir .. "/ev.jsonl", ev("e1", '{"body":{"pr":{"title":"secret"}}}') .. "\n")
+    local code, out = H.run{ "repl", dir .. "/s.yaml", "--events", dir .. "/ev.jsonl", "-e", ":params notify" }
+    assert.equal(0, code)
+    assert.matches("error: unable to resolve 'pr' parameter value: key body.pr.titel does not exist", out, 1, true)
+    assert.not_matches("secret", out)
   end)
 
   it("fails the firing under herald run: nothing sent, counted, logged with dependency, key and trigger", function()

@@ -12,6 +12,67 @@ local ffi = require "ffi"
 
 local _M = {}
 
+--- herald run --dry-run: every firing prints the action it would take (as herald test renders
+--- it) on stdout instead of handing it to an executor; no trigger executor is created.
+_M.dry_run = false
+
+--- Triggers that need a Kubernetes cluster when none is configured, filled by build:
+--- {sensor=, trigger=, type=, why=}. herald run says so once at start (see _M.cluster_notice).
+_M.no_cluster = {}
+
+local CLUSTER_TYPES = { k8s = true, argoWorkflow = true }
+local cluster_checked, cluster_err
+
+--- Whether a k8s / argoWorkflow trigger can have a cluster: nil, or why not (checked once).
+local function cluster_missing()
+  if not cluster_checked then
+    cluster_checked = true
+    local ok, kube = pcall(require, "herald.kube")
+    if ok then
+      local cfg, err = kube.load_config()
+      if not cfg then cluster_err = tostring(err) end
+    end
+  end
+  return cluster_err
+end
+
+--- The one line herald run prints at start when triggers need a cluster it cannot reach, or nil.
+function _M.cluster_notice()
+  local list = _M.no_cluster
+  if #list == 0 then return nil end
+  local names = {}
+  for i, t in ipairs(list) do
+    if i > 3 then names[#names + 1] = ("and %d more"):format(#list - 3) break end
+    names[#names + 1] = ("the %s trigger %s (sensor %s)"):format(t.type, t.trigger, t.sensor)
+  end
+  return ("no Kubernetes cluster reachable (%s): %s will fail; set KUBECONFIG to a cluster's "
+    .. "kubeconfig, or use herald run --dry-run to see what %s would create"):format(
+    list[1].why, table.concat(names, ", "), #list > 1 and "they" or "it")
+end
+
+--- A trigger's executor, or the reason it has none (dry run, no cluster): handle | nil, err, skip.
+local function new_trigger(sensor, trig)
+  if _M.dry_run then return nil, nil, "dry-run" end
+  if CLUSTER_TYPES[trig.type] then
+    local why = cluster_missing()
+    if why then
+      _M.no_cluster[#_M.no_cluster + 1] = { sensor = sensor.name, trigger = trig.name, type = trig.type, why = why }
+      return nil, nil, "no-cluster"
+    end
+  end
+  return core.trigger_new(trig.type, sensor.name, trig.name, trig.config, trig.delivery)
+end
+
+--- One dry-run line: what a firing would do, in herald test's form, with the sensor's name.
+local function print_dry_run(sensor, trig, action, events)
+  local T = require "herald.testing"
+  local ids = {}
+  for dep, ev in pairs(events) do ids[dep] = ev.context.id end
+  io.stdout:write(T.encode({ dryRun = true, sensor = sensor.name, trigger = trig.name, events = ids,
+    action = T.describe_action(trig, action) }), "\n")
+  io.stdout:flush()
+end
+
 -- Source types this build runs; the schema rejects the others before we get here.
 local SOURCE_TYPES = { "webhook", "calendar" }
 
@@ -207,7 +268,13 @@ local function build_sensor(obj, subs)
   local rt = runtime.new(sensor, {
     store = store,
     clear = clear,
-    fire = function(trig, action)
+    fire = function(trig, action, events)
+      if trig.skip == "dry-run" then return print_dry_run(sensor, trig, action, events) end
+      if trig.skip == "no-cluster" then -- said once at start; each firing only counts
+        core.metric_add(trig.failed_metric)
+        core.log("debug", logger .. "/trigger:" .. trig.name, "not executed: no Kubernetes cluster configured")
+        return
+      end
       local handle = trig.handle
       if trig.type == "lua" then -- Herald's Lua trigger: its script chose what to do
         if action.dispatch == "none" then return end
@@ -230,8 +297,10 @@ local function build_sensor(obj, subs)
     end,
   })
   for _, trig in ipairs(sensor.triggers) do
-    local handle, terr
-    if trig.type == "lua" then
+    local handle, terr, skip
+    if _M.dry_run then
+      skip = "dry-run"
+    elseif trig.type == "lua" then
       -- the script's actions run on the http and log executors, under this trigger's name
       trig.handles = {
         http = core.trigger_new("http", sensor.name, trig.name, { url = "lua:" }, trig.delivery),
@@ -239,19 +308,20 @@ local function build_sensor(obj, subs)
       }
       handle = trig.handles.http
     else
-      handle, terr = core.trigger_new(trig.type, sensor.name, trig.name, trig.config, trig.delivery)
+      handle, terr, skip = new_trigger(sensor, trig)
     end
-    if not handle then return nil, ("%s: %s"):format(obj.file, terr) end
+    trig.skip = skip
+    if not handle and not skip then return nil, ("%s: %s"):format(obj.file, terr) end
     trig.handle = handle
     local dlq = trig.dlq
-    if dlq then
-      local dh, derr = core.trigger_new(dlq.type, sensor.name, dlq.name, dlq.config, dlq.delivery)
-      if not dh then return nil, ("%s: %s"):format(obj.file, derr) end
-      core.trigger_dlq(handle, dh, function(events)
+    if dlq and handle then
+      local dh, derr, dskip = new_trigger(sensor, dlq)
+      if not dh and not dskip then return nil, ("%s: %s"):format(obj.file, derr) end
+      if dh then core.trigger_dlq(handle, dh, function(events)
         local ok, action, aerr = pcall(dlq.action, events)
         if not ok then return nil, action end
         return action, aerr
-      end)
+      end) end
     end
     trig.failed_metric = core.metric("argo_events_action_failed_total", "How many actions failed.",
       "counter", "sensor_name", sensor.name, "trigger_name", trig.name)

@@ -32,6 +32,9 @@ commands:
 
 options (run):
   --log-level L            debug | info | warn | error (default info, or env LOG_LEVEL)
+  --dry-run                fire every trigger as herald test renders it: print the action
+                           (the Kubernetes object, the HTTP request...) as a JSON line on
+                           stdout instead of doing it; no cluster or target is needed
   --secrets-dir DIR        where secrets are mounted: DIR/<secret>/<key>
                            (default /argo-events/secrets)
   --listen-host HOST       address webhook servers bind (default 127.0.0.1)
@@ -91,7 +94,7 @@ local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_tim
   http_body_timeout = true, http_idle_timeout = true, http_body_deadline = true,
   http_max_connections = true, http_max_client_connections = true }
 local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain",
-  ["--cleanup"] = "cleanup" }
+  ["--cleanup"] = "cleanup", ["--dry-run"] = "dry_run" }
 
 local function eprint(...)
   io.stderr:write(table.concat({ ... }, ""), "\n")
@@ -336,13 +339,19 @@ end
 --- starting, so a caller passes `objects` in a tail call and keeps no reference to them.
 local function build_and_start(name, objects)
   local t, n = core.now(), #objects
-  local ok, err = require("herald.engine").build(objects)
+  local engine = require "herald.engine"
+  local ok, err = engine.build(objects)
   core.log("debug", "herald", ("built %d object(s) in %.1f ms"):format(n, (core.now() - t) * 1e3))
   if not ok then
     eprint(err)
     eprint(("herald %s: nothing started"):format(name))
     return 1
   end
+  if engine.dry_run then
+    core.log("info", "herald", "dry run: triggers print the action they would take on stdout and do nothing")
+  end
+  local notice = engine.cluster_notice() -- once, at start, rather than an error per event
+  if notice then core.log("warn", "herald", notice) end
   core.log("debug", "herald", ("Lua heap before collect: %d KB"):format(collectgarbage("count")))
   objects = nil -- dropped for the collection below
   collectgarbage()
@@ -394,6 +403,7 @@ local function cmd_run(paths, opts, kind)
   end
   opts.log_level = opts.log_level or os.getenv("LOG_LEVEL")
   opts.spill_file = require("herald.engine").spill_file(paths, opts)
+  require("herald.engine").dry_run = opts.dry_run == true
   core.configure(opts)
   local t0 = core.now()
   local result = load(paths)
