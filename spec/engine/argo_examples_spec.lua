@@ -199,4 +199,61 @@ describe("Argo Events examples", function()
     assert.equal(9, H.wait_firings(p, 1)[1].events.d.data.body.id)
     assert.equal(0, p:stop())
   end)
+
+  it("fetch a git source as a GitHub App: a signed JWT buys the token git uses", function()
+    local K = require "triggers.k8s.kube_helper"
+    if not K.has_tools() then return pending("node, openssl and curl are needed for the test API server") end
+    local dir = H.tmpdir()
+    assert(os.execute(("cd %s && openssl genrsa -out key.pem 2048 2>/dev/null && openssl rsa -in key.pem -pubout -out pub.pem 2>/dev/null"):format(dir)))
+    assert(os.execute("mkdir -p " .. dir .. "/secrets/github-app " .. dir .. "/specs"))
+    H.write(dir .. "/secrets/github-app/private-key.pem", H.read(dir .. "/key.pem"))
+    -- one sink plays the GitHub API (201 and a token) and, after it, the git server (which
+    -- then answers the same, not a repository: the fetch fails, after the token was used)
+    local api = require("helpers.sink_client").start{ status = 201,
+      body = '{"token":"ghs_fixture_token","expires_at":"2030-01-01T00:00:00Z"}' }
+    local srv = K.start()
+    local kc = srv:kubeconfig()
+    local wport = H.free_port()
+    H.write(dir .. "/specs/es.yaml", H.webhook_es{ name = "orders", event = "new-order", port = wport })
+    H.write(dir .. "/specs/s.yaml", (H.read(DIR .. "/githubapp.yaml")
+      :gsub("https://github.com/example/manifests.git", "http://127.0.0.1:" .. api.port .. "/example/manifests.git")
+      :gsub("/tmp/herald%-fixture%-gh", dir .. "/clone")
+      :gsub("              remote:\n.*$", "")))
+    local p = H.start({ "run", dir .. "/specs", "--secrets-dir", dir .. "/secrets" },
+      { env = { KUBECONFIG = kc, HERALD_GITHUB_API_URL = "http://127.0.0.1:" .. api.port .. "/" } })
+    p:wait_for("herald started")
+    assert.equal(200, (H.post_json(wport, "/hook", '{"id":1}')))
+    local reqs = api.wait_requests(2, 10)
+    local tok = reqs[1]
+    assert.equal("POST", tok.method)
+    assert.equal("/app/installations/7890123/access_tokens", tok.path)
+    assert.equal("application/vnd.github+json", tok.headers.accept)
+    local jwt = tok.headers.authorization:match("^Bearer (.+)$")
+    local h64, c64, s64 = jwt:match("^([%w_-]+)%.([%w_-]+)%.([%w_-]+)$")
+    local function unb64(x)
+      x = x:gsub("-", "+"):gsub("_", "/")
+      x = x .. string.rep("=", (4 - #x % 4) % 4)
+      H.write(dir .. "/b64", x)
+      local f = io.popen("base64 -d " .. dir .. "/b64")
+      local out = f:read("*a")
+      f:close()
+      return out
+    end
+    local cjson = require "cjson"
+    assert.same({ alg = "RS256", typ = "JWT" }, cjson.decode(unb64(h64)))
+    local claims = cjson.decode(unb64(c64))
+    assert.equal("123456", claims.iss)
+    assert.equal(600, claims.exp - claims.iat)
+    -- the signature verifies with the App's public key
+    H.write(dir .. "/signed", h64 .. "." .. c64)
+    H.write(dir .. "/sig", unb64(s64))
+    assert.is_true(os.execute(("openssl dgst -sha256 -verify %s/pub.pem -signature %s/sig %s/signed >/dev/null"):format(dir, dir, dir)) == 0
+      or os.execute(("openssl dgst -sha256 -verify %s/pub.pem -signature %s/sig %s/signed >/dev/null"):format(dir, dir, dir)) == true)
+    -- then git asks the server for the repository
+    assert.matches("^/example/manifests%.git/info/refs", reqs[2].path)
+    p:wait_for("source.git http://127.0.0.1:" .. api.port .. "/example/manifests.git k8s/job.yaml", { timeout = 10 })
+    assert.equal(0, p:stop())
+    api.stop()
+    srv.proc:kill()
+  end)
 end)

@@ -3,7 +3,9 @@
  * with libgit2 on libuv's thread pool, since fetching blocks on the network.
  *
  *   kube.lua yields ("GIT", {url, file, branch | tag | ref, dir, username, password, ssh_key,
- *   insecure, remote_name, remote_url}) -> work thread: open the repository in `dir` (or make
+ *   insecure, remote_name, remote_url, app_id, app_installation, app_key, app_api}) -> work
+ *   thread: (githubApp: an installation token from the GitHub API, used as the password of
+ *   user x-access-token, as Argo's ghinstallation does) open the repository in `dir` (or make
  *   it: bare, remote "origin" = url, or the spec's remote), fetch every branch and tag of that
  *   remote, resolve the revision, read `file` from its tree (symbolic links refused, as Argo
  *   does) -> loop: resume(200, text), resume(404, why) when the revision or the file is not
@@ -14,19 +16,25 @@
  */
 #include "kube.h"
 
+#include "buf.h"
 #include "common.h"
 #include "engine.h"
 
+#include <curl/curl.h>
 #include <git2.h>
 #include <lauxlib.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct herald_kube_git {
   uv_work_t work;
   herald_kube_req *kr; /* NULL once the action was abandoned (engine stopped) */
   char *url, *file, *branch, *tag, *ref, *dir, *username, *password, *ssh_key;
   char *remote_name, *remote_url; /* the spec's remote (Argo's GitRemoteConfig), or NULL */
+  char *app_id, *app_installation, *app_key, *app_api; /* githubApp, or NULL */
   int insecure;
   int cred_attempts;
   /* result: */
@@ -56,6 +64,7 @@ static void job_free(git_job *j) {
   free(j->url), free(j->file), free(j->branch), free(j->tag), free(j->ref), free(j->dir);
   free(j->username), free(j->password), free(j->ssh_key), free(j->text);
   free(j->remote_name), free(j->remote_url);
+  free(j->app_id), free(j->app_installation), free(j->app_key), free(j->app_api);
   free(j);
 }
 
@@ -122,6 +131,112 @@ static git_object *resolve(git_job *j, git_repository *repo, git_remote *remote,
   snprintf(j->err, sizeof j->err, "default branch %.200s not found", head.ptr + 11);
   git_buf_dispose(&head);
   return NULL;
+}
+
+/* ---- githubApp: an installation token ---- */
+
+static size_t b64url(const unsigned char *in, size_t n, char *out) {
+  static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  size_t o = 0;
+  for (size_t i = 0; i < n; i += 3) {
+    unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+    out[o++] = tab[v >> 18 & 63];
+    out[o++] = tab[v >> 12 & 63];
+    if (i + 1 < n) out[o++] = tab[v >> 6 & 63];
+    if (i + 2 < n) out[o++] = tab[v & 63];
+  }
+  out[o] = '\0';
+  return o;
+}
+
+static size_t collect(char *p, size_t size, size_t n, void *ud) {
+  herald_buf_append(ud, p, size * n);
+  return size * n;
+}
+
+/* The App's JWT (RS256 over {iat: 60 s ago, for clock skew; exp: in 9 minutes; iss: app ID}),
+ * exchanged at POST {api}/app/installations/{id}/access_tokens for a token that fetches as
+ * user x-access-token. Returns 0, or -1 with j->err set. */
+static int github_app_token(git_job *j) {
+  char input[1024], seg[512];
+  long long now = (long long)time(NULL);
+  const char *hdr = "{\"alg\":\"RS256\",\"typ\":\"JWT\"}";
+  char claims[160];
+  snprintf(claims, sizeof claims, "{\"iat\":%lld,\"exp\":%lld,\"iss\":\"%s\"}", now - 60, now + 540, j->app_id);
+  size_t n = b64url((const unsigned char *)hdr, strlen(hdr), input);
+  input[n++] = '.';
+  n += b64url((const unsigned char *)claims, strlen(claims), input + n);
+  BIO *bio = BIO_new_mem_buf(j->app_key, -1);
+  EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+  BIO_free(bio);
+  if (!pk) {
+    snprintf(j->err, sizeof j->err, "githubApp.privateKey: not a PEM private key");
+    j->missing = 1; /* not worth a retry */
+    return -1;
+  }
+  unsigned char sig[1024];
+  size_t siglen = sizeof sig;
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk) == 1 &&
+           EVP_DigestSign(md, sig, &siglen, (const unsigned char *)input, n) == 1 && siglen <= 512 * 3 / 4;
+  EVP_MD_CTX_free(md);
+  EVP_PKEY_free(pk);
+  if (!ok) {
+    snprintf(j->err, sizeof j->err, "githubApp.privateKey: cannot sign the App's JWT with it (an RSA key is needed)");
+    j->missing = 1;
+    return -1;
+  }
+  b64url(sig, siglen, seg);
+  char auth[1600], url[512];
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s.%s", input, seg);
+  snprintf(url, sizeof url, "%s/app/installations/%s/access_tokens", j->app_api, j->app_installation);
+  CURL *c = curl_easy_init();
+  if (!c) {
+    snprintf(j->err, sizeof j->err, "githubApp: out of memory");
+    return -1;
+  }
+  herald_buf body = {0};
+  struct curl_slist *h = curl_slist_append(NULL, auth);
+  h = curl_slist_append(h, "Accept: application/vnd.github+json");
+  h = curl_slist_append(h, "User-Agent: herald");
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  CURLcode rc = curl_easy_perform(c);
+  long status = 0;
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(h);
+  curl_easy_cleanup(c);
+  herald_buf_append(&body, "", 1); /* NUL-terminated */
+  int result = -1;
+  if (rc != CURLE_OK) {
+    snprintf(j->err, sizeof j->err, "githubApp: %.200s: %s", url, curl_easy_strerror(rc));
+  } else if (status != 201 && status != 200) {
+    snprintf(j->err, sizeof j->err, "githubApp: %.200s: response status %ld", url, status);
+  } else {
+    /* {"token": "ghs_...", "expires_at": ...}: the token holds no quote or backslash */
+    const char *t = strstr(body.data, "\"token\"");
+    t = t ? strchr(t + 7, '"') : NULL;
+    const char *e = t ? strchr(t + 1, '"') : NULL;
+    if (!e || e == t + 1) {
+      snprintf(j->err, sizeof j->err, "githubApp: %.200s: no token in the response", url);
+    } else {
+      free(j->username), free(j->password);
+      j->username = herald_xstrdup("x-access-token");
+      j->password = herald_xmalloc((size_t)(e - t));
+      memcpy(j->password, t + 1, (size_t)(e - t - 1));
+      j->password[e - t - 1] = '\0';
+      result = 0;
+    }
+  }
+  herald_buf_free(&body);
+  return result;
 }
 
 static void read_file(git_job *j) {
@@ -212,6 +327,8 @@ out:
 
 static void work(uv_work_t *w) {
   git_job *j = w->data;
+  /* a fresh token per read (they last an hour); Argo takes creds before the App */
+  if (j->app_key && !j->username && github_app_token(j) != 0) return;
   uv_mutex_lock(&git_mu);
   read_file(j);
   uv_mutex_unlock(&git_mu);
@@ -253,6 +370,10 @@ int herald__kube_git_start(herald_kube_req *kr) {
   j->ssh_key = field(co, 2, "ssh_key");
   j->remote_name = field(co, 2, "remote_name");
   j->remote_url = field(co, 2, "remote_url");
+  j->app_id = field(co, 2, "app_id");
+  j->app_installation = field(co, 2, "app_installation");
+  j->app_key = field(co, 2, "app_key");
+  j->app_api = field(co, 2, "app_api");
   lua_getfield(co, 2, "insecure");
   j->insecure = lua_toboolean(co, -1);
   lua_settop(co, 0);

@@ -820,7 +820,12 @@ local function fetch_git(g)
     return { url = g.url, file = g.filePath, branch = g.branch, tag = g.tag, ref = g.ref, dir = dir,
       remote_name = remote.name, remote_url = type(remote.urls) == "table" and remote.urls[1] or nil,
       username = secret(creds.username, "creds.username"), password = secret(creds.password, "creds.password"),
-      ssh_key = secret(g.sshKeySecret, "sshKeySecret"), insecure = g.insecureIgnoreHostKey == true }
+      ssh_key = secret(g.sshKeySecret, "sshKeySecret"), insecure = g.insecureIgnoreHostKey == true,
+      -- githubApp (used when creds are not given, as Argo does): git.c gets an installation token
+      app_key = type(g.githubApp) == "table" and not g.creds and secret(g.githubApp.privateKey, "githubApp.privateKey") or nil,
+      app_id = type(g.githubApp) == "table" and tostring(g.githubApp.appID) or nil,
+      app_installation = type(g.githubApp) == "table" and tostring(g.githubApp.installationID) or nil,
+      app_api = (os.getenv("HERALD_GITHUB_API_URL") or "https://api.github.com"):gsub("/+$", "") }
   end)
   if not ok then return nil, "failed", type(job) == "table" and job[1] or tostring(job) end
   local where = fmt("source.git %s %s", tostring(g.url), tostring(g.filePath))
