@@ -4,7 +4,8 @@
  * One sandbox state per sensor, created only for sensors that have scripts (lua_host.h says
  * why). Recipe: reliability-and-security.md section 4.4. Every call is bounded:
  *   - memory: the state's allocator counts bytes and refuses past the cap (default 32 MiB),
- *     which Lua turns into a "not enough memory" error; string.rep refuses before allocating;
+ *     and any single block over 8 MiB, which Lua turns into a "not enough memory" error;
+ *     string.rep refuses before allocating;
  *   - CPU: the JIT is off in this state, so a count hook runs every 1000 instructions and
  *     stops a call past its instruction budget or its wall-clock stop (a hook cannot
  *     interrupt JIT-compiled loops on LuaJIT 2.1); the sandbox's pcall re-raises once the
@@ -59,6 +60,11 @@
 #define MAX_SOURCE (64 * 1024)
 #define HOOK_EVERY 1000
 #define MAX_DEPTH 64
+/* The largest single allocation (a string, a table's array): one operation on a value this
+ * big (a copy, a compare, a scan) is what the budget cannot interrupt, and on a VM with costly
+ * page faults building 16 MB once takes ~100 ms of CPU; 8 MiB keeps that under ~25 ms. Event
+ * data is far smaller (a webhook accepts 1 MiB by default). */
+#define MAX_BLOCK ((size_t)8 << 20)
 
 typedef struct sandbox sandbox;
 struct sandbox {
@@ -87,7 +93,7 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     sb->mem_used -= osize;
     return NULL;
   }
-  if (nsize > osize && sb->mem_used + (nsize - osize) > sb->mem_limit) return NULL;
+  if (nsize > osize && (nsize > MAX_BLOCK || sb->mem_used + (nsize - osize) > sb->mem_limit)) return NULL;
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
   sb->mem_used = sb->mem_used - osize + nsize;
@@ -107,8 +113,8 @@ static int sb_over(sandbox *sb) {
 
 static int sb_stop(lua_State *L, sandbox *sb) {
   sb->expired = 1;
-  return luaL_error(L, "script exceeded its CPU budget (%d ms or %d instructions)",
-                    (int)(sb->timeout_ns / 1000000), (int)sb->instr_budget);
+  return luaL_error(L, "script exceeded its CPU budget (%d ms or %f instructions)",
+                    (int)(sb->timeout_ns / 1000000), (lua_Number)sb->instr_budget);
 }
 
 static void sb_hook(lua_State *L, lua_Debug *ar) {
@@ -126,7 +132,8 @@ static void meter_charge(lua_State *L, herald_meter *m, uint64_t steps) {
 
 static size_t meter_mem_left(herald_meter *m) {
   sandbox *sb = (sandbox *)((char *)m - offsetof(sandbox, meter));
-  return sb->mem_used < sb->mem_limit ? sb->mem_limit - sb->mem_used : 0;
+  size_t left = sb->mem_used < sb->mem_limit ? sb->mem_limit - sb->mem_used : 0;
+  return left < MAX_BLOCK ? left : MAX_BLOCK;
 }
 
 /*

@@ -545,7 +545,7 @@ static int s_rep(lua_State *L) {
     double total = (double)l * (double)n + (double)lsep * (double)(n - 1);
     size_t left = m->mem_left(m);
     if (total > (double)left)
-      return luaL_error(L, "not enough memory: string.rep would build %.0f bytes, and %d are left under the sandbox memory limit",
+      return luaL_error(L, "not enough memory: string.rep would build %.0f bytes, and the sandbox has room for %d",
                         total, (int)(left > 0x7fffffff ? 0x7fffffff : left));
     m->charge(L, m, (uint64_t)(total / 8) + 1);
   }
