@@ -95,11 +95,17 @@ local function hostile_sensor(p, opts)
     "            type: number",
     "            comparator: \">=\"",
     "            value: [\"0\"]",
+    -- the hostile path does not exist in the event: that expression errors, and an error in
+    -- any group drops the event (as Argo), unless a later expression of an `or` group matches
+    "        exprLogicalOperator: or",
     "        exprs:",
     "          - expr: " .. yq("n >= 0 || s == " .. gv_string(p)),
     "            fields:",
     "              - {name: n, path: body.n}",
     "              - {name: s, path: " .. yq(path_escape(p)) .. "}",
+    "          - expr: n >= 0",
+    "            fields:",
+    "              - {name: n, path: body.n}",
     "        script: " .. yq(script),
     "      transform:",
     "        jq: " .. yq(jq),
