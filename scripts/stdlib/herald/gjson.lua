@@ -1178,8 +1178,13 @@ function _M.compile(path)
   if type(path) ~= "string" then error("gjson.compile: path must be a string", 2) end
   local fn = compile_plain(path)
   if fn then return fn end
-  local err
-  fn, err = compile_get(path, 0, { g = {}, p = {} })
+  local ok, err
+  ok, fn, err = pcall(compile_get, path, 0, { g = {}, p = {} })
+  if not ok then
+    -- the recursive compiler runs out of Lua stack on deep nesting ("[[[[..."): say so
+    if tostring(fn):find("stack overflow", 1, true) then return nil, "path nested too deeply" end
+    error(fn, 0)
+  end
   if not fn then return nil, err end
   return fn
 end

@@ -1962,7 +1962,14 @@ function _M.compile(text, opts)
   local g = res
   local source = concat(g.lines, "\n") .. "\n"
   local chunk, lerr = loadstring(source, "=gotemplate:" .. name)
-  if not chunk then return nil, "template: " .. name .. ": internal error: " .. tostring(lerr) end
+  if not chunk then
+    -- Lua's limits (locals, nesting) hit by a huge template are not internal errors
+    local e = tostring(lerr)
+    if e:find("too many") or e:find("more than %d+") or e:find("too complex") then
+      return nil, "template: " .. name .. ": template too complex"
+    end
+    return nil, "template: " .. name .. ": internal error: " .. e
+  end
   setfenv(chunk, {})
   local fn, getp = chunk(RT, funcs)
   return setmetatable({ name = name, text = text, source = source, fn = fn, _getp = getp,

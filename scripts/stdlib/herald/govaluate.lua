@@ -924,8 +924,13 @@ function _M.compile(expr)
       end
     end
   end
-  local ast
-  ast, err = parse(toks, expr)
+  local pok, ast
+  pok, ast, err = pcall(parse, toks, expr)
+  if not pok then
+    -- the recursive parser runs out of Lua stack on deep nesting ("((((..."): say so
+    if tostring(ast):find("stack overflow", 1, true) then return nil, "expression nested too deeply" end
+    error(ast, 0)
+  end
   if not ast then return nil, err end
   local header, body, params = generate(ast)
   local source, fn = luagen.evaluator("govaluate", expr, {

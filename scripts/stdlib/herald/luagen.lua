@@ -87,7 +87,11 @@ function _M.evaluator(name, expr, prelude, header, arg, body)
   local source = concat(src, "\n") .. "\n"
   local chunk, lerr = load(source, "=" .. name, "t")
   if not chunk then
-    if tostring(lerr):find("too many") then return nil, "expression too complex" end
+    -- Lua's limits (locals, upvalues, nesting, registers) hit by a huge expression
+    local e = tostring(lerr)
+    if e:find("too many") or e:find("more than %d+") or e:find("too complex") then
+      return nil, "expression too complex"
+    end
     return nil, "internal error: " .. tostring(lerr)
   end
   local ok, fn = pcall(chunk)
