@@ -23,7 +23,7 @@ static void reserve(herald_buf *b, size_t extra) {
 
 void herald_buf_append(herald_buf *b, const void *p, size_t n) {
   reserve(b, n);
-  memcpy(b->data + b->len, p, n);
+  if (n) memcpy(b->data + b->len, p, n); /* p may be NULL when n is 0 */
   b->len += n;
   b->data[b->len] = '\0';
 }

@@ -517,7 +517,7 @@ herald_bus_log *herald_bus_log_open(uv_loop_t *loop, const char *dir, herald_bus
     ids[nids++] = id;
   }
   if (d) closedir(d);
-  qsort(ids, nids, sizeof *ids, cmp_u32);
+  if (nids) qsort(ids, nids, sizeof *ids, cmp_u32);
   readback rb = {0};
   uint64_t max_seq = 0;
   size_t nrec = 0;
@@ -525,11 +525,11 @@ herald_bus_log *herald_bus_log_open(uv_loop_t *loop, const char *dir, herald_bus
     push_seg(l, ids[i]);
     nrec += read_segment(l, ids[i], &rb, &max_seq);
   }
-  qsort(rb.dones, rb.ndones, sizeof *rb.dones, cmp_u64);
+  if (rb.ndones) qsort(rb.dones, rb.ndones, sizeof *rb.dones, cmp_u64);
   size_t pending = 0;
   for (size_t i = 0; i < rb.npubs; i++) {
     found_ev *fe = &rb.pubs[i];
-    if (!bsearch(&fe->seq, rb.dones, rb.ndones, sizeof *rb.dones, cmp_u64)) {
+    if (!rb.ndones || !bsearch(&fe->seq, rb.dones, rb.ndones, sizeof *rb.dones, cmp_u64)) {
       find_seg(l, fe->seg)->live++;
       found(data, fe->seq, fe->seg, fe->ev);
       pending++;
