@@ -65,6 +65,10 @@
  * page faults building 16 MB once takes ~100 ms of CPU; 8 MiB keeps that under ~25 ms. Event
  * data is far smaller (a webhook accepts 1 MiB by default). */
 #define MAX_BLOCK ((size_t)8 << 20)
+/* What one allocated block costs the full collection that follows a failed call with a big
+ * heap. The watchdog counts the blocks in the state as time spent, so a script that piles up
+ * objects stops early enough that script + collection stay within the budget. */
+#define GC_NS_PER_BLOCK 300
 
 typedef struct sandbox sandbox;
 struct sandbox {
@@ -74,6 +78,7 @@ struct sandbox {
   uint64_t timeout_ns;  /* the CPU budget of one call */
   uint64_t deadline_ns; /* wall clock: 2x the budget with the watchdog, 1x without */
   clockid_t cpu_clock;  /* the calling thread's CPU clock, read by the watchdog */
+  uint64_t blocks;      /* allocated now: what a full collection walks (read racily by the watchdog) */
   uint64_t cpu_start_ns, check_ns;
   int expired;
   int nscripts;
@@ -89,11 +94,13 @@ static const herald_logger sandbox_log = {.name = "sandbox"};
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sandbox *sb = ud;
   if (nsize == 0) {
+    if (ptr) sb->blocks--;
     free(ptr);
     sb->mem_used -= osize;
     return NULL;
   }
   if (nsize > osize && (nsize > MAX_BLOCK || sb->mem_used + (nsize - osize) > sb->mem_limit)) return NULL;
+  if (!ptr) sb->blocks++;
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
   sb->mem_used = sb->mem_used - osize + nsize;
@@ -170,7 +177,7 @@ static void *wd_main(void *arg) {
     for (sandbox *sb = wd.armed; sb; sb = sb->wd_next) {
       if (atomic_load(&sb->fired)) continue;
       if (sb->check_ns <= now) {
-        uint64_t used = cpu_now(sb->cpu_clock) - sb->cpu_start_ns;
+        uint64_t used = cpu_now(sb->cpu_clock) - sb->cpu_start_ns + sb->blocks * GC_NS_PER_BLOCK;
         if (used >= sb->timeout_ns || now >= sb->deadline_ns) {
           atomic_store(&sb->fired, 1);
           lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, 1);
@@ -260,25 +267,19 @@ static int sb_pcall(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* A C function that may call a __tostring metamethod (tostring, string.format), wrapped so
- * that the nesting counts against the callback depth: a __tostring calling string.format on
- * itself would otherwise recurse on the C stack until Lua's stack overflows, and unwinding
- * twenty thousand C frames takes longer than the budget. upvalue 1: the function. */
-static int sb_counted_call(lua_State *L) {
-  sandbox *sb = sb_of(L);
-  herald_meter_enter(L, &sb->meter);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  herald_meter_leave(&sb->meter);
-  return lua_gettop(L);
+/* enter() / leave(): one level of callback nesting, for the Lua wrappers of tostring and
+ * string.format (which may call a __tostring metamethod: one that formats itself would
+ * otherwise recurse on the C stack until Lua's stack overflows, and unwinding twenty thousand
+ * C frames takes longer than the budget). The wrappers are Lua so that errors keep naming
+ * 'format' and 'tostring'. A raised error skips leave(); whoever catches it restores the depth. */
+static int sb_enter(lua_State *L) {
+  herald_meter_enter(L, &sb_of(L)->meter);
+  return 0;
 }
 
-static int sb_counted(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  lua_pushcclosure(L, sb_counted_call, 1);
-  return 1;
+static int sb_leave(lua_State *L) {
+  herald_meter_leave(&sb_of(L)->meter);
+  return 0;
 }
 
 /* print in scripts goes to the engine log at debug level. */
@@ -303,12 +304,15 @@ static int sb_print(lua_State *L) {
  * then builds the read-only global proxy. Receives the pcall and print replacements; returns a
  * function making one script's env. */
 static const char BOOTSTRAP[] =
-    "local spcall, sprint, NULL, counted = ...\n"
-    "string.format = counted(string.format)\n"
-    "local stostring = counted(tostring)\n"
+    "local spcall, sprint, NULL, enter, leave = ...\n"
+    "do\n"
+    "  local format = string.format\n"
+    "  string.format = function(...) enter() local s = format(...) leave() return s end\n"
+    "end\n"
+    "local function stostring(...) enter() local tostring = tostring local s = tostring(...) leave() return s end\n"
     "local setmetatable, getmetatable, rawget = setmetatable, getmetatable, rawget\n"
     "local error, type, floor = error, type, math.floor\n"
-    "local tinsert, tremove = table.insert, table.remove\n"
+    "local tremove, select, tonumber = table.remove, select, tonumber\n"
     "string.dump = nil\n"
     "local PROTECTED = setmetatable({}, { __mode = 'k' })\n"
     "local function writable(t, fn, i)\n"
@@ -317,7 +321,24 @@ static const char BOOTSTRAP[] =
     "    error(\"bad argument #\" .. i .. \" to '\" .. fn .. \"' (table expected, got \" .. type(t) .. ')', 3)\n"
     "  end\n"
     "end\n"
-    "function table.insert(t, ...) writable(t, 'insert', 1) return tinsert(t, ...) end\n"
+    /* insert as Lua 5.1 does it, shifting in Lua: LuaJIT's C insert shifts from #t+1 down to a
+     * position as far off as -1e9 where no hook can stop it */
+    "function table.insert(t, ...)\n"
+    "  writable(t, 'insert', 1)\n"
+    "  local n = select('#', ...)\n"
+    "  if n == 1 then t[#t + 1] = ... return end\n"
+    "  if n ~= 2 then error(\"wrong number of arguments to 'insert'\", 2) end\n"
+    "  local pos, v = ...\n"
+    "  local p = tonumber(pos)\n"
+    "  if p == nil then\n"
+    "    error(\"bad argument #2 to 'insert' (number expected, got \" .. type(pos) .. ')', 2)\n"
+    "  end\n"
+    "  p = p >= 0 and floor(p) or -floor(-p)\n"
+    "  local e = #t + 1\n"
+    "  if p > e then e = p end\n"
+    "  for i = e, p + 1, -1 do t[i] = t[i - 1] end\n"
+    "  t[p] = v\n"
+    "end\n"
     "function table.remove(t, ...) writable(t, 'remove', 1) return tremove(t, ...) end\n"
     "local function less(a, b) return a < b end\n"
     "function table.sort(t, lt)\n" /* heapsort: no recursion, no C loop a hook cannot stop */
@@ -460,8 +481,9 @@ static int open_libs(lua_State *L) {
   lua_pushcfunction(L, sb_pcall);
   lua_pushcfunction(L, sb_print);
   lua_getfield(L, LUA_REGISTRYINDEX, "herald.null");
-  lua_pushcfunction(L, sb_counted);
-  lua_call(L, 4, 2);
+  lua_pushcfunction(L, sb_enter);
+  lua_pushcfunction(L, sb_leave);
+  lua_call(L, 5, 2);
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.encode");
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.newenv");
   lua_newtable(L);

@@ -30,6 +30,8 @@ static const char SCRIPT[] =
     "  { 'sort comparator loop', 'local t = {3, 2, 1} table.sort(t, function() while true do end end)' },\n"
     "  { 'big sort', 'local t = {} for i = 1, 3e5 do t[i] = -i end table.sort(t)' },\n"
     "  { 'gmatch loop', 'for a in string.gmatch(string.rep(\"a\", 1e5), \"a\") do end while true do end' },\n"
+    "  { 'insert far off', 'local t = {1, 2, 3} table.insert(t, -1e9, 0)' },\n"
+    "  { 'hash growth', 'local t = {} for i = 1, 1e9 do t[\"k\" .. i] = i end' },\n"
     "  { 'tostring loop', 'local t = setmetatable({}, {__tostring = function() while true do end end}) return tostring(t)' },\n"
     "}\n"
     "local failures, n = 0, 0\n"

@@ -101,8 +101,17 @@ add("env", "globals-isolated", "filter", "globals one script sets are not anothe
 -- Metatables: the string metatable, setmetatable, ("").x ------------------------------------
 add("meta", "getmetatable-string", "filter", "getmetatable(\"\") is out of reach (CVE-2025-46818)",
   [[getmetatable("").__index = { upper = function() return "pwned" end } return true]], na("getmetatable"))
-add("meta", "setmetatable", "filter", "setmetatable is out of reach",
-  [[setmetatable(event, { __index = function() while true do end end }) return true]], na("setmetatable"))
+add("meta", "setmetatable", "filter", "setmetatable (offered, for Argo's __is_array) cannot unlock a library",
+  [[for _, lib in ipairs{ string, table, math, os, bit } do
+      local ok, err = pcall(setmetatable, lib, {})
+      if ok or not tostring(err):find("protected metatable", 1, true) then error("ESCAPED") end
+    end
+    local ok = pcall(setmetatable, "", {})
+    if ok then error("ESCAPED") end
+    return true]], C)
+add("meta", "setmetatable-index-loop", "filter", "an __index that loops is bounded",
+  [[setmetatable(event, { __index = function() while true do end end }) return event.missing]],
+  "exceeded its CPU budget")
 add("meta", "string-index-field", "filter", "(\"\").__index and (\"\").__metatable leak nothing",
   [[if ("").__index ~= nil or ("").__metatable ~= nil or ("").getmetatable ~= nil then error("ESCAPED") end return true]], C)
 add("meta", "string-dump-method", "filter", "(\"\").dump is gone from the real string table",
@@ -116,8 +125,10 @@ add("meta", "string-rep-nil", "filter", "string.rep = nil is refused",
 add("meta", "methods-intact", "filter", "a write attempt on string leaves the methods of every script intact",
   [[if ("a"):upper() ~= "A" or string.upper("b") ~= "B" or ("x"):rep(2) ~= "xx" then error("ESCAPED") end return true]], C,
   { writer = [[pcall(function() string.upper = function() return "pwned" end end) pcall(function() math.floor = nil end) return true]] })
-add("meta", "error-object-metatable", "filter", "an error object with metamethods cannot be made",
-  [[error(setmetatable({}, { __tostring = function() while true do end end }))]], na("setmetatable"))
+add("meta", "error-object-metatable", "filter", "an error object's metamethods are never called by the engine",
+  [[error(setmetatable({}, { __tostring = function() while true do end end,
+    __index = function() while true do end end, __concat = function() while true do end end }))]],
+  "script raised a table value")
 
 -- Shared library tables written through the table library ------------------------------------
 local NOT_SEEN = [[
@@ -181,7 +192,8 @@ add("errors", "pcall-error-swallow", "filter", "pcall returns errors as values a
 add("edges", "unpack-int-overflow", "filter", "unpack over the whole int range (CVE-2025-46817)",
   [[return select("#", unpack({}, -2^31, 2^31 - 1)) > 0]], "too many results to unpack")
 add("edges", "unpack-huge", "filter", "string.char(unpack(t)) with a million values",
-  [[local t = {} for i = 1, 1e6 do t[i] = 65 end return #string.char(unpack(t)) > 0]], "too many results to unpack")
+  [[local t = {} for i = 1, 1e6 do t[i] = 65 end return #string.char(unpack(t)) > 0]],
+  { "too many results to unpack", "not enough memory" })
 add("edges", "select-range", "filter", "select with an index far out of range",
   [[return select(-2^31, 1, 2, 3) ~= nil]], "bad argument #1 to 'select' (index out of range)")
 add("edges", "byte-slice", "filter", "string.byte of a whole 1 MB string",
