@@ -96,18 +96,6 @@ char *herald_admin_token_path(const char *configured) {
   return herald_xasprintf("%s/.local/state/herald/admin-token", home && *home ? home : "/tmp");
 }
 
-/* mkdir -p for the directory part of path, mode 0700. */
-static void make_parent_dirs(const char *path) {
-  char *p = herald_xstrdup(path);
-  for (char *s = p + 1; *s; s++) {
-    if (*s != '/') continue;
-    *s = '\0';
-    mkdir(p, 0700);
-    *s = '/';
-  }
-  free(p);
-}
-
 /* Returns the token from path, creating the file with a fresh random token if missing; a new
  * string the caller frees, or NULL after logging. */
 static char *load_or_create_token(herald_engine *eng, const char *path) {
@@ -121,7 +109,7 @@ static char *load_or_create_token(herald_engine *eng, const char *path) {
     herald_log(&eng->log, HLOG_ERROR, "admin token in %s is shorter than 16 characters", path);
     return NULL;
   }
-  make_parent_dirs(path);
+  herald_mkdir_parents(path);
   char fresh[65];
   herald_random_hex(fresh, 32);
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

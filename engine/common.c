@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -206,4 +207,15 @@ int herald_digits(const char *s, int n, int *out) {
   }
   *out = v;
   return 1;
+}
+
+void herald_mkdir_parents(const char *path) {
+  char *p = herald_xstrdup(path);
+  for (char *s = p + 1; *s; s++) {
+    if (*s != '/') continue;
+    *s = '\0';
+    mkdir(p, 0700);
+    *s = '/';
+  }
+  free(p);
 }

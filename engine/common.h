@@ -33,6 +33,9 @@ const char *herald_strerror(int err);
 void *herald_xmalloc(size_t n);
 void *herald_xcalloc(size_t n, size_t sz);
 char *herald_xstrdup(const char *s);
+/* mkdir -p for the directory part of path, mode 0700; errors are left to whoever then opens
+ * the file. */
+void herald_mkdir_parents(const char *path);
 char *herald_xstrndup(const char *s, size_t n);
 /* Returns a new string formatted like printf; the caller frees it. */
 char *herald_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -129,17 +129,6 @@ uint64_t herald__spill_action(herald_engine *eng, lua_State *L, int action_idx) 
   return n;
 }
 
-/* mkdir -p for the directory part of path (0700). */
-static void make_parent_dirs(const char *path) {
-  char *p = herald_xstrdup(path);
-  for (char *s = p + 1; *s; s++) {
-    if (*s != '/') continue;
-    *s = '\0';
-    mkdir(p, 0700);
-    *s = '/';
-  }
-  free(p);
-}
 
 static int write_all(int fd, const char *p, size_t n) {
   while (n) {
@@ -172,7 +161,7 @@ int64_t herald__spill_write(herald_engine *eng) {
     herald_buf_free(&all);
     return 0;
   }
-  make_parent_dirs(path);
+  herald_mkdir_parents(path);
   char *tmp = herald_xasprintf("%s.tmp", path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   int ok = fd >= 0 && write_all(fd, all.data, all.len) == 0 && fsync(fd) == 0;
