@@ -633,6 +633,18 @@ function Compiler:trigger(trig, i, target, tpath)
     self:emit("  conditions_reset = %s,", self:lit(resets, "  "))
   end
   self:emit("  config = %s,", self:lit(tmpl[ttype], "  "))
+  -- Argo applies template-level parameters first, so they may rewrite the trigger's own
+  -- parameter list (a tutorial fills a placeholder dependencyName this way); Herald compiles
+  -- those lists ahead of time and says so rather than reporting the placeholder
+  for j, p in ipairs(trig.parameters or {}) do
+    local dest = type(p.dest) == "string" and p.dest or ""
+    local own = dest:match("^" .. ttype:gsub("%W", "%%%0") .. "%.(%a+)")
+    if own == "parameters" or own == "payload" then
+      self:fail(fmt("%s.parameters[%d].dest", tpath, j - 1), p, "dest",
+        fmt("%s: a template-level parameter that rewrites the trigger's own %s is not supported by Herald yet "
+          .. "(Herald compiles them ahead of time; set them in the spec)", show(dest), own))
+    end
+  end
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
   local payload = PAYLOAD_TYPES[ttype] and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
