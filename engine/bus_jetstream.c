@@ -23,7 +23,9 @@
  * HERALD_EIO (not handed to nats.c, so a reconnect does not replay them); one in nats.c's hands
  * when the connection drops completes with its PubAck after the reconnect, or HERALD_EIO after
  * PUBACK_TIMEOUT_MS. nats.c reconnects for ever with a capped, jittered backoff; the pull
- * consumers live on the server, so fetching simply resumes.
+ * consumers live on the server, so fetching simply resumes. The connection, its options and
+ * the conn worker's thread with its hand-off to the loop are engine/nats_client's (shared with
+ * the NATS trigger); client.mu guards the lists below as well.
  *
  * A redelivered event (same id) that a subscription already processed, or is processing, is
  * acked without being delivered again (per-subscription ring of the last DEDUP_SLOTS ids).
@@ -32,9 +34,9 @@
 #include "bus.h"
 #include "common.h"
 #include "log.h"
+#include "nats_client.h"
 
 #include <nats/nats.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,12 +50,11 @@
 #define PUBACK_TIMEOUT_MS 5000
 #define ACK_WAIT_NS (60 * 1000000000LL)
 #define RETRY_WAIT_NS (250 * 1000000ull)
-#define CLOSE_WAIT_NS (2 * 1000000000ull)
 #define DEDUP_SLOTS 4096
 #define PUB_BUCKETS 4096
-#define MAX_NOTES 32
 
-enum { EV_CONNECTED = 1, EV_DISCONNECTED = 2, EV_RECONNECTED = 4 };
+/* Worker log lines go through the client's hand-off. */
+#define note(b, ...) herald_nats_note(&(b)->client, __VA_ARGS__)
 
 typedef struct jbus jbus;
 typedef struct jsub jsub;
@@ -116,27 +117,17 @@ struct jsub {
 struct jbus {
   herald_bus base;
   herald_logger log;
-  char *url; /* for logs: without credentials */
   uint32_t window;
   herald_jetstream_config stream; /* the stream_* settings (no strings kept) */
-  natsOptions *opts;
-  natsConnection *nc;
+  herald_nats client;             /* the connection and the conn worker */
   jsCtx *js;
-  uv_thread_t thread;
-  uv_mutex_t mu;
-  uv_cond_t cond;
-  uv_async_t async;
-  /* under mu: */
+  /* under client.mu: */
   jpub *pub_head, *pub_tail;                  /* loop -> conn worker */
   herald_bus_delivery *ack_head, *ack_tail;   /* loop -> conn worker */
   jpub *done_head, *done_tail;                /* nats.c -> loop */
   herald_bus_delivery *ready_head, *ready_tail; /* fetch workers -> loop */
   jpub *pending[PUB_BUCKETS];                 /* in nats.c, by natsMsg pointer */
-  char *notes[MAX_NOTES];                     /* log lines from other threads */
-  int note_levels[MAX_NOTES];
-  int nnotes, notes_dropped;
-  int events;
-  int connected, stream_ready, stop, exited, closed_seen;
+  unsigned stream_gen; /* client.connects when the stream was last found or made */
   /* loop only: */
   jsub *subs;
   uint32_t pubs_inflight, deliveries_inflight;
@@ -144,38 +135,19 @@ struct jbus {
   uint64_t duplicates;
   int closing;
   herald_bus_close_cb close_cb;
-  /* dependency state: ops queue and done list under mu; buckets are the conn worker's */
+  /* dependency state: ops queue and done list under client.mu; buckets are the conn worker's */
   jkv_op *kv_head, *kv_tail, *kv_done_head, *kv_done_tail;
   int kv_gate; /* state loads not yet handed to the loop: fetch workers wait (under mu) */
   jkv_bucket *kv_buckets;
   kvStore *lease_kv;             /* the leases bucket, once opened (conn worker) */
 };
 
+/* (under client.mu) The stream was checked on this connection: a (re)connect checks it again. */
+static int stream_ready(const jbus *b) {
+  return b->client.connected && b->stream_gen == b->client.connects;
+}
+
 /* ---- helpers usable from any thread ---- */
-
-/* Queues a log line for the loop (workers must not log themselves: loggers are not shared). */
-static void note(jbus *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void note(jbus *b, int level, const char *fmt, ...) {
-  char line[400];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  uv_mutex_lock(&b->mu);
-  if (b->nnotes < MAX_NOTES) {
-    b->notes[b->nnotes] = strdup(line);
-    b->note_levels[b->nnotes++] = level;
-  } else {
-    b->notes_dropped++;
-  }
-  uv_mutex_unlock(&b->mu);
-  uv_async_send(&b->async);
-}
-
-static const char *status_text(natsStatus s) {
-  const char *e = nats_GetLastError(NULL);
-  return e && *e ? e : natsStatus_GetText(s);
-}
 
 static size_t pub_bucket(const natsMsg *m) {
   return ((uintptr_t)m >> 4) % PUB_BUCKETS;
@@ -191,43 +163,11 @@ static int subject_token_ok(const char *s) {
 
 /* ---- nats.c callbacks (nats.c's threads) ---- */
 
-static void conn_event(jbus *b, int ev) {
-  uv_mutex_lock(&b->mu);
-  b->events |= ev;
-  b->connected = ev != EV_DISCONNECTED;
-  if (ev != EV_DISCONNECTED) b->stream_ready = 0; /* re-check the stream after a (re)connect */
-  uv_cond_broadcast(&b->cond);
-  uv_mutex_unlock(&b->mu);
-  uv_async_send(&b->async);
-}
-
-static void on_connected(natsConnection *nc, void *c) { (void)nc, conn_event(c, EV_CONNECTED); }
-static void on_disconnected(natsConnection *nc, void *c) { (void)nc, conn_event(c, EV_DISCONNECTED); }
-static void on_reconnected(natsConnection *nc, void *c) { (void)nc, conn_event(c, EV_RECONNECTED); }
-
-static void on_closed(natsConnection *nc, void *c) {
-  (void)nc;
-  jbus *b = c;
-  uv_mutex_lock(&b->mu);
-  b->closed_seen = 1;
-  uv_cond_broadcast(&b->cond);
-  uv_mutex_unlock(&b->mu);
-}
-
-/* Backoff: 100 ms doubling to 2 s, plus up to 25% jitter; attempts are unlimited. */
-static int64_t reconnect_delay(natsConnection *nc, int attempts, void *c) {
-  (void)nc, (void)c;
-  int64_t d = 100;
-  for (int i = 1; i < attempts && d < 2000; i++) d *= 2;
-  if (d > 2000) d = 2000;
-  return d + (int64_t)(rand() % (int)(d / 4 + 1));
-}
-
 /* PubAck, server error or timeout for one js_PublishMsgAsync. */
 static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *c) {
   (void)js;
   jbus *b = c;
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   jpub *p = NULL;
   char id[33] = "?";
   for (jpub **pp = &b->pending[pub_bucket(msg)]; *pp; pp = &(*pp)->hnext) {
@@ -246,12 +186,12 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
     else b->done_head = p;
     b->done_tail = p;
   }
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
   if (!pa && pae)
     note(b, HLOG_WARN, "event %s not stored: %s", id,
          pae->ErrText && *pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
   natsMsg_Destroy(msg);
-  uv_async_send(&b->async);
+  herald_nats_wake(&b->client);
 }
 
 /* ---- the conn worker ---- */
@@ -268,7 +208,7 @@ static int ensure_stream(jbus *b) {
   si = NULL;
   if (exists && !c->stream_set) return 1;
   if (!exists && s != NATS_NOT_FOUND) {
-    note(b, HLOG_WARN, "cannot look up stream %s: %s", STREAM_NAME, status_text(s));
+    note(b, HLOG_WARN, "cannot look up stream %s: %s", STREAM_NAME, herald_nats_status_text(s));
     return 0;
   }
   jsStreamConfig sc;
@@ -301,11 +241,11 @@ static int ensure_stream(jbus *b) {
   if (s != NATS_OK && !exists && jerr == JSStreamNameExistErr) return 1; /* another process won */
   if (s != NATS_OK && exists) { /* e.g. a change the server refuses: keep using the stream */
     note(b, HLOG_WARN, "cannot update stream %s to the EventBus streamConfig: %s (using it as it is)",
-         STREAM_NAME, status_text(s));
+         STREAM_NAME, herald_nats_status_text(s));
     return 1;
   }
   if (s != NATS_OK) {
-    note(b, HLOG_WARN, "cannot create stream %s: %s", STREAM_NAME, status_text(s));
+    note(b, HLOG_WARN, "cannot create stream %s: %s", STREAM_NAME, herald_nats_status_text(s));
     return 0;
   }
   note(b, HLOG_INFO,
@@ -319,11 +259,11 @@ static int ensure_stream(jbus *b) {
 static void finish_pub(jbus *b, jpub *p, int status) {
   p->status = status;
   p->next = NULL;
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   if (b->done_tail) b->done_tail->next = p;
   else b->done_head = p;
   b->done_tail = p;
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
 }
 
 static void worker_publish(jbus *b, jpub *batch, int stop) {
@@ -338,7 +278,7 @@ static void worker_publish(jbus *b, jpub *batch, int stop) {
       finish_pub(b, p, HERALD_ECLOSED);
       continue;
     }
-    if (!b->js || natsConnection_Status(b->nc) != NATS_CONN_STATUS_CONNECTED) {
+    if (!b->js || natsConnection_Status(b->client.nc) != NATS_CONN_STATUS_CONNECTED) {
       finish_pub(b, p, HERALD_EIO); /* fail fast: not handed to nats.c */
       failed_down++;
       continue;
@@ -352,28 +292,28 @@ static void worker_publish(jbus *b, jpub *batch, int stop) {
       continue;
     }
     p->msg = m;
-    uv_mutex_lock(&b->mu); /* registered before publishing: the PubAck may come at once */
+    uv_mutex_lock(&b->client.mu); /* registered before publishing: the PubAck may come at once */
     size_t h = pub_bucket(m);
     p->hnext = b->pending[h];
     b->pending[h] = p;
-    uv_mutex_unlock(&b->mu);
+    uv_mutex_unlock(&b->client.mu);
     natsMsg *owned = m;
     s = js_PublishMsgAsync(b->js, &owned, &po);
     if (s != NATS_OK) {
-      uv_mutex_lock(&b->mu);
+      uv_mutex_lock(&b->client.mu);
       for (jpub **pp = &b->pending[h]; *pp; pp = &(*pp)->hnext)
         if (*pp == p) {
           *pp = p->hnext;
           break;
         }
-      uv_mutex_unlock(&b->mu);
+      uv_mutex_unlock(&b->client.mu);
       natsMsg_Destroy(owned); /* no-op if nats.c kept it */
       p->msg = NULL;
-      note(b, HLOG_WARN, "publish of event %s failed: %s", p->id, status_text(s));
+      note(b, HLOG_WARN, "publish of event %s failed: %s", p->id, herald_nats_status_text(s));
       finish_pub(b, p, HERALD_EIO);
     }
   }
-  if (failed_down) note(b, HLOG_WARN, "%d event(s) refused: not connected to %s", failed_down, b->url);
+  if (failed_down) note(b, HLOG_WARN, "%d event(s) refused: not connected to %s", failed_down, b->client.url);
 }
 
 static void worker_acks(jbus *b, herald_bus_delivery *d) {
@@ -382,27 +322,17 @@ static void worker_acks(jbus *b, herald_bus_delivery *d) {
     natsStatus s = d->nak_delay < 0 ? natsMsg_Ack(d->msg, NULL)
                                     : natsMsg_NakWithDelay(d->msg, d->nak_delay, NULL);
     if (s != NATS_OK) /* the server redelivers it after AckWait; de-dup keeps triggers quiet */
-      note(b, HLOG_DEBUG, "ack not sent: %s", status_text(s));
+      note(b, HLOG_DEBUG, "ack not sent: %s", herald_nats_status_text(s));
     natsMsg_Destroy(d->msg);
     free(d);
     d = next;
   }
 }
 
-static void worker_main(void *arg) {
-  jbus *b = arg;
-  /* A first attempt on its own, so that why it failed (refused, TLS, authorization) is logged;
-   * then nats.c keeps trying in the background and calls on_connected. */
-  natsOptions_SetRetryOnFailedConnect(b->opts, false, NULL, NULL);
-  natsStatus s = natsConnection_Connect(&b->nc, b->opts);
-  if (s != NATS_OK) {
-    note(b, HLOG_ERROR, "cannot connect to %s: %s (retrying)", b->url, status_text(s));
-    natsOptions_SetRetryOnFailedConnect(b->opts, true, on_connected, b);
-    s = natsConnection_Connect(&b->nc, b->opts);
-  }
-  if (s == NATS_OK) conn_event(b, EV_CONNECTED);
-  else if (s != NATS_NOT_YET_CONNECTED) note(b, HLOG_ERROR, "cannot connect to %s: %s", b->url, status_text(s));
-  if (b->nc) {
+static void worker_main(herald_nats *c) {
+  jbus *b = c->data;
+  herald_nats_connect(c); /* logs why a first attempt failed, then retries in the background */
+  if (c->nc) {
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.Wait = PUBACK_TIMEOUT_MS;
@@ -410,34 +340,35 @@ static void worker_main(void *arg) {
     jo.PublishAsync.AckHandler = on_puback;
     jo.PublishAsync.AckHandlerClosure = b;
     jsCtx *js = NULL;
-    if (natsConnection_JetStream(&js, b->nc, &jo) != NATS_OK) js = NULL;
-    uv_mutex_lock(&b->mu);
+    if (natsConnection_JetStream(&js, c->nc, &jo) != NATS_OK) js = NULL;
+    uv_mutex_lock(&b->client.mu);
     b->js = js;
-    uv_mutex_unlock(&b->mu);
+    uv_mutex_unlock(&b->client.mu);
   }
   for (;;) {
-    uv_mutex_lock(&b->mu);
-    while (!b->pub_head && !b->ack_head && !b->stop && !(b->js && b->connected && !b->stream_ready) &&
-           !(b->kv_head && b->js && b->connected))
-      uv_cond_wait(&b->cond, &b->mu);
+    uv_mutex_lock(&b->client.mu);
+    while (!b->pub_head && !b->ack_head && !c->stop && !(b->js && c->connected && !stream_ready(b)) &&
+           !(b->kv_head && b->js && c->connected))
+      uv_cond_wait(&c->cond, &c->mu);
     jpub *pubs = b->pub_head;
     herald_bus_delivery *acks = b->ack_head;
     b->pub_head = b->pub_tail = NULL;
     b->ack_head = b->ack_tail = NULL;
-    int stop = b->stop, need_stream = b->js && b->connected && !b->stream_ready;
-    uv_mutex_unlock(&b->mu);
+    int stop = c->stop, need_stream = b->js && c->connected && !stream_ready(b);
+    unsigned gen = c->connects;
+    uv_mutex_unlock(&c->mu);
     if (need_stream && !stop) {
       int ok = ensure_stream(b);
-      uv_mutex_lock(&b->mu);
-      if (ok) b->stream_ready = 1;
-      uv_cond_broadcast(&b->cond); /* fetch workers wait for the stream */
-      if (!ok && !b->stop) uv_cond_timedwait(&b->cond, &b->mu, RETRY_WAIT_NS * 4);
-      uv_mutex_unlock(&b->mu);
+      uv_mutex_lock(&c->mu);
+      if (ok) b->stream_gen = gen;
+      uv_cond_broadcast(&b->client.cond); /* fetch workers wait for the stream */
+      if (!ok && !b->client.stop) uv_cond_timedwait(&b->client.cond, &b->client.mu, RETRY_WAIT_NS * 4);
+      uv_mutex_unlock(&b->client.mu);
     }
     if (acks) worker_acks(b, acks);
     if (pubs) {
       worker_publish(b, pubs, stop);
-      uv_async_send(&b->async);
+      herald_nats_wake(c);
     }
     if (!stop) kv_worker_run(b);
     if (stop) break;
@@ -445,35 +376,29 @@ static void worker_main(void *arg) {
   /* Closing: wake and join the fetch workers, send the last acks, wait (bounded) for the
    * PubAcks still due, close. The loop no longer adds subscriptions. */
   for (jsub *s2 = b->subs; s2; s2 = s2->next) {
-    uv_mutex_lock(&b->mu);
+    uv_mutex_lock(&b->client.mu);
     uv_cond_broadcast(&s2->cond);
-    uv_mutex_unlock(&b->mu);
+    uv_mutex_unlock(&b->client.mu);
   }
   for (jsub *s2 = b->subs; s2; s2 = s2->next) uv_thread_join(&s2->thread);
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   herald_bus_delivery *acks = b->ack_head;
   b->ack_head = b->ack_tail = NULL;
   jpub *pubs = b->pub_head;
   b->pub_head = b->pub_tail = NULL;
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
   worker_acks(b, acks);
   if (pubs) worker_publish(b, pubs, 1);
-  if (b->nc) {
-    if (natsConnection_Status(b->nc) == NATS_CONN_STATUS_CONNECTED) {
-      if (b->js) {
-        jsPubOptions po;
-        jsPubOptions_Init(&po);
-        po.MaxWait = 2000;
-        js_PublishAsyncComplete(b->js, &po);
-      }
-      natsConnection_FlushTimeout(b->nc, 1000);
+  if (c->nc && natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED) {
+    if (b->js) {
+      jsPubOptions po;
+      jsPubOptions_Init(&po);
+      po.MaxWait = 2000;
+      js_PublishAsyncComplete(b->js, &po);
     }
-    natsConnection_Close(b->nc);
-    uv_mutex_lock(&b->mu);
-    uint64_t deadline = uv_hrtime() + CLOSE_WAIT_NS;
-    while (!b->closed_seen && uv_hrtime() < deadline) uv_cond_timedwait(&b->cond, &b->mu, 50 * 1000000ull);
-    uv_mutex_unlock(&b->mu);
+    natsConnection_FlushTimeout(c->nc, 1000);
   }
+  herald_nats_close(c); /* before the subscriptions and the context go; destroyed after us */
   for (jsub *s2 = b->subs; s2; s2 = s2->next) {
     natsSubscription_Destroy(s2->ns); /* destroy only: the durable consumer stays on the server */
     s2->ns = NULL;
@@ -482,7 +407,7 @@ static void worker_main(void *arg) {
   if (b->js) jsCtx_Destroy(b->js);
   b->js = NULL;
   /* PubAcks that never came: nats.c calls no handler after the close. */
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   for (int i = 0; i < PUB_BUCKETS; i++) {
     while (b->pending[i]) {
       jpub *p = b->pending[i];
@@ -495,11 +420,7 @@ static void worker_main(void *arg) {
       b->done_tail = p;
     }
   }
-  b->exited = 1;
-  uv_mutex_unlock(&b->mu);
-  if (b->nc) natsConnection_Destroy(b->nc);
-  b->nc = NULL;
-  uv_async_send(&b->async);
+  uv_mutex_unlock(&c->mu);
 }
 
 /* ---- CloudEvent decoding (fetch workers) ---- */
@@ -678,7 +599,7 @@ static int sub_subscribe(jsub *s) {
   natsStatus st = js_PullSubscribe(&s->ns, b->js, s->filter, s->consumer, NULL, &so, &jerr);
   if (st != NATS_OK) {
     note(b, HLOG_WARN, "%s: cannot create consumer %s on %s: %s", s->label, s->consumer, s->filter,
-         status_text(st));
+         herald_nats_status_text(st));
     s->ns = NULL;
     return 0;
   }
@@ -690,19 +611,19 @@ static void fetch_main(void *arg) {
   jsub *s = arg;
   jbus *b = s->bus;
   for (;;) {
-    uv_mutex_lock(&b->mu);
-    while (!b->stop && !s->closed &&
-           (!b->connected || !b->stream_ready || !b->js || s->outstanding >= s->max_inflight ||
+    uv_mutex_lock(&b->client.mu);
+    while (!b->client.stop && !s->closed &&
+           (!stream_ready(b) || !b->js || s->outstanding >= s->max_inflight ||
             b->kv_gate > 0))
-      uv_cond_timedwait(&s->cond, &b->mu, RETRY_WAIT_NS); /* connection changes are polled */
-    int done = b->stop || s->closed;
+      uv_cond_timedwait(&s->cond, &b->client.mu, RETRY_WAIT_NS); /* connection changes are polled */
+    int done = b->client.stop || s->closed;
     uint32_t room = s->max_inflight - s->outstanding;
-    uv_mutex_unlock(&b->mu);
+    uv_mutex_unlock(&b->client.mu);
     if (done) break;
     if (!s->ns && !sub_subscribe(s)) {
-      uv_mutex_lock(&b->mu);
-      if (!b->stop && !s->closed) uv_cond_timedwait(&s->cond, &b->mu, RETRY_WAIT_NS * 4);
-      uv_mutex_unlock(&b->mu);
+      uv_mutex_lock(&b->client.mu);
+      if (!b->client.stop && !s->closed) uv_cond_timedwait(&s->cond, &b->client.mu, RETRY_WAIT_NS * 4);
+      uv_mutex_unlock(&b->client.mu);
       continue;
     }
     natsMsgList list = {0};
@@ -710,11 +631,11 @@ static void fetch_main(void *arg) {
     natsStatus st = natsSubscription_Fetch(&list, s->ns, (int)(room < FETCH_BATCH ? room : FETCH_BATCH),
                                            FETCH_EXPIRY_MS, &jerr);
     if (st != NATS_OK && st != NATS_TIMEOUT && list.Count == 0) {
-      uv_mutex_lock(&b->mu);
-      int quiet = b->stop || !b->connected;
-      if (!b->stop && !s->closed) uv_cond_timedwait(&s->cond, &b->mu, RETRY_WAIT_NS);
-      uv_mutex_unlock(&b->mu);
-      if (!quiet) note(b, HLOG_WARN, "%s: fetch failed: %s", s->label, status_text(st));
+      uv_mutex_lock(&b->client.mu);
+      int quiet = b->client.stop || !b->client.connected;
+      if (!b->client.stop && !s->closed) uv_cond_timedwait(&s->cond, &b->client.mu, RETRY_WAIT_NS);
+      uv_mutex_unlock(&b->client.mu);
+      if (!quiet) note(b, HLOG_WARN, "%s: fetch failed: %s", s->label, herald_nats_status_text(st));
       continue;
     }
     herald_bus_delivery *head = NULL, *tail = NULL;
@@ -745,13 +666,13 @@ static void fetch_main(void *arg) {
     }
     natsMsgList_Destroy(&list);
     if (!head) continue;
-    uv_mutex_lock(&b->mu);
+    uv_mutex_lock(&b->client.mu);
     s->outstanding += n;
     if (b->ready_tail) b->ready_tail->next = head;
     else b->ready_head = head;
     b->ready_tail = tail;
-    uv_mutex_unlock(&b->mu);
-    uv_async_send(&b->async);
+    uv_mutex_unlock(&b->client.mu);
+    herald_nats_wake(&b->client);
   }
 }
 
@@ -805,14 +726,14 @@ static void give_back(jbus *b, herald_bus_delivery *d, int64_t nak_delay) {
   d->ev = NULL;
   d->nak_delay = nak_delay;
   d->next = NULL;
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   if (b->ack_tail) b->ack_tail->next = d;
   else b->ack_head = d;
   b->ack_tail = d;
   s->outstanding--;
-  uv_cond_signal(&b->cond);
+  uv_cond_signal(&b->client.cond);
   uv_cond_signal(&s->cond);
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
 }
 
 static void free_sub(jsub *s) {
@@ -821,51 +742,40 @@ static void free_sub(jsub *s) {
   free(s);
 }
 
-static void bus_freed(uv_handle_t *h) {
-  jbus *b = h->data;
+/* (loop, last) The client is closed and its worker joined. */
+static void bus_freed(herald_nats *c) {
+  jbus *b = c->data;
   herald_bus_close_cb cb = b->close_cb;
+  /* Deliveries the worker's last pass left (it is gone: nothing sends their acks). */
+  while (b->ack_head) {
+    herald_bus_delivery *d = b->ack_head;
+    b->ack_head = d->next;
+    natsMsg_Destroy(d->msg);
+    free(d);
+  }
   while (b->subs) {
     jsub *s = b->subs;
     b->subs = s->next;
     free_sub(s);
   }
-  natsOptions_Destroy(b->opts);
-  uv_mutex_destroy(&b->mu);
-  uv_cond_destroy(&b->cond);
-  free(b->url);
+  free(b->client.url);
   free(b);
   if (cb) cb(NULL);
 }
 
-static void on_async(uv_async_t *a) {
-  jbus *b = a->data;
+/* (loop) After each hand-off: connection changes, notes (logged by the client), finished
+ * state ops, PubAcks, fetched messages. */
+static void on_wake(herald_nats *c, int events) {
+  jbus *b = c->data;
   kv_loop_drain(b); /* before any delivery: loaded state comes first */
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&c->mu);
   jpub *done = b->done_head;
   b->done_head = b->done_tail = NULL;
   herald_bus_delivery *ready = b->ready_head;
   b->ready_head = b->ready_tail = NULL;
-  int events = b->events;
-  b->events = 0;
-  int nnotes = b->nnotes, dropped = b->notes_dropped, exited = b->exited;
-  char *notes[MAX_NOTES];
-  int levels[MAX_NOTES];
-  memcpy(notes, b->notes, sizeof notes);
-  memcpy(levels, b->note_levels, sizeof levels);
-  b->nnotes = b->notes_dropped = 0;
-  uv_mutex_unlock(&b->mu);
-
-  if (events & EV_DISCONNECTED) herald_log_limited(&b->log, HLOG_WARN, "disconnected from %s: reconnecting", b->url);
-  if (events & EV_CONNECTED) herald_log(&b->log, HLOG_INFO, "connected to %s", b->url);
-  if (events & EV_RECONNECTED) herald_log(&b->log, HLOG_INFO, "reconnected to %s", b->url);
-  if (events & EV_DISCONNECTED) b->stats.disconnects++;
-  if (events & EV_RECONNECTED) b->stats.reconnects++;
-  for (int i = 0; i < nnotes; i++) {
-    if (levels[i] >= HLOG_WARN) herald_log_limited(&b->log, (herald_log_level)levels[i], "%s", notes[i]);
-    else herald_log(&b->log, (herald_log_level)levels[i], "%s", notes[i]);
-    free(notes[i]);
-  }
-  if (dropped) herald_log_limited(&b->log, HLOG_WARN, "%d log line(s) from the bus threads dropped", dropped);
+  uv_mutex_unlock(&c->mu);
+  if (events & HERALD_NATS_DISCONNECTED) b->stats.disconnects++;
+  if (events & HERALD_NATS_RECONNECTED) b->stats.reconnects++;
 
   while (done) {
     jpub *p = done;
@@ -897,21 +807,6 @@ static void on_async(uv_async_t *a) {
     b->stats.delivered++;
     b->deliveries_inflight++;
     s->pub->deliver(s->pub, d, d->ev);
-  }
-  if (exited && !uv_is_closing((uv_handle_t *)a)) {
-    uv_thread_join(&b->thread);
-    /* Deliveries the worker's last pass left (it is gone: nothing sends their acks). */
-    uv_mutex_lock(&b->mu);
-    herald_bus_delivery *acks = b->ack_head;
-    b->ack_head = b->ack_tail = NULL;
-    uv_mutex_unlock(&b->mu);
-    while (acks) {
-      herald_bus_delivery *d = acks;
-      acks = d->next;
-      natsMsg_Destroy(d->msg);
-      free(d);
-    }
-    uv_close((uv_handle_t *)a, bus_freed);
   }
 }
 
@@ -947,12 +842,12 @@ static int jb_publish(herald_bus *bus, herald_event *ev, herald_bus_publish_cb c
   p->status = 0;
   p->next = p->hnext = NULL;
   b->pubs_inflight++;
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   if (b->pub_tail) b->pub_tail->next = p;
   else b->pub_head = p;
   b->pub_tail = p;
-  uv_cond_signal(&b->cond);
-  uv_mutex_unlock(&b->mu);
+  uv_cond_signal(&b->client.cond);
+  uv_mutex_unlock(&b->client.mu);
   return 0;
 }
 
@@ -1013,10 +908,10 @@ static void jb_unsubscribe(herald_bus *bus, herald_bus_sub *sub) {
   if (!s) return;
   s->pub = NULL; /* the caller may free sub now; s lives until the bus closes */
   sub->priv = NULL;
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   s->closed = 1;
   uv_cond_signal(&s->cond);
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
 }
 
 static void jb_ack(herald_bus *bus, herald_bus_delivery *d) {
@@ -1041,20 +936,19 @@ static void jb_stats(herald_bus *bus, herald_bus_stats *out) {
   out->in_bus = b->pubs_inflight + b->deliveries_inflight;
   out->capacity = b->window;
   out->duplicates = b->duplicates;
-  uv_mutex_lock(&b->mu);
-  out->connected = b->connected && b->stream_ready;
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
+  out->connected = stream_ready(b);
+  uv_mutex_unlock(&b->client.mu);
 }
 
 static void jb_close(herald_bus *bus, herald_bus_close_cb cb) {
   jbus *b = (jbus *)bus;
   b->closing = 1;
   b->close_cb = cb;
-  uv_mutex_lock(&b->mu);
-  b->stop = 1;
-  uv_cond_broadcast(&b->cond);
+  herald_nats_stop(&b->client, bus_freed); /* the conn worker then wakes the fetch workers */
+  uv_mutex_lock(&b->client.mu);
   for (jsub *s = b->subs; s; s = s->next) uv_cond_broadcast(&s->cond);
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
 }
 
 /* ---- dependency state: a key-value bucket per sensor ----
@@ -1422,45 +1316,45 @@ static void kv_finish(jbus *b, jkv_op *op, int status) {
 /* (worker) Runs the queued ops in order while connected. */
 static void kv_worker_run(jbus *b) {
   for (;;) {
-    uv_mutex_lock(&b->mu);
+    uv_mutex_lock(&b->client.mu);
     jkv_op *op = b->kv_head;
-    int go = op && b->js && b->connected && !b->stop;
-    uv_mutex_unlock(&b->mu);
+    int go = op && b->js && b->client.connected && !b->client.stop;
+    uv_mutex_unlock(&b->client.mu);
     if (!go) return;
     natsStatus st = kv_do(b, op);
-    uv_mutex_lock(&b->mu);
-    if (st != NATS_OK && !b->connected) { /* stays at the head until the connection is back */
-      uv_mutex_unlock(&b->mu);
+    uv_mutex_lock(&b->client.mu);
+    if (st != NATS_OK && !b->client.connected) { /* stays at the head until the connection is back */
+      uv_mutex_unlock(&b->client.mu);
       return;
     }
     if (st != NATS_OK && op->kind != KV_LEASE && ++op->tries < KV_TRIES) { /* a lease is asked again anyway */
-      uv_mutex_unlock(&b->mu);
-      if (op->tries == 1) note(b, HLOG_WARN, "sensor %s: state: %s: retrying", op->sensor, status_text(st));
-      uv_mutex_lock(&b->mu);
-      if (!b->stop) uv_cond_timedwait(&b->cond, &b->mu, RETRY_WAIT_NS);
-      uv_mutex_unlock(&b->mu);
+      uv_mutex_unlock(&b->client.mu);
+      if (op->tries == 1) note(b, HLOG_WARN, "sensor %s: state: %s: retrying", op->sensor, herald_nats_status_text(st));
+      uv_mutex_lock(&b->client.mu);
+      if (!b->client.stop) uv_cond_timedwait(&b->client.cond, &b->client.mu, RETRY_WAIT_NS);
+      uv_mutex_unlock(&b->client.mu);
       continue;
     }
     b->kv_head = op->next;
     if (!b->kv_head) b->kv_tail = NULL;
     kv_finish(b, op, st == NATS_OK ? 0 : HERALD_EIO);
-    uv_mutex_unlock(&b->mu);
+    uv_mutex_unlock(&b->client.mu);
     if (st != NATS_OK && op->kind != KV_LEASE)
-      note(b, HLOG_ERROR, "sensor %s: state: %s: giving up", op->sensor, status_text(st));
-    uv_async_send(&b->async);
+      note(b, HLOG_ERROR, "sensor %s: state: %s: giving up", op->sensor, herald_nats_status_text(st));
+    herald_nats_wake(&b->client);
   }
 }
 
 /* (worker, closing) Completes what is left with HERALD_ECLOSED and drops the buckets. */
 static void kv_worker_close(jbus *b) {
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   while (b->kv_head) {
     jkv_op *op = b->kv_head;
     b->kv_head = op->next;
     kv_finish(b, op, HERALD_ECLOSED);
   }
   b->kv_tail = NULL;
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
   while (b->kv_buckets) kv_forget_bucket(b, b->kv_buckets->sensor);
   if (b->lease_kv) kvStore_Destroy(b->lease_kv);
   b->lease_kv = NULL;
@@ -1468,10 +1362,10 @@ static void kv_worker_close(jbus *b) {
 
 /* (loop) Runs the callbacks of finished ops, in order. */
 static void kv_loop_drain(jbus *b) {
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   jkv_op *op = b->kv_done_head;
   b->kv_done_head = b->kv_done_tail = NULL;
-  uv_mutex_unlock(&b->mu);
+  uv_mutex_unlock(&b->client.mu);
   while (op) {
     jkv_op *next = op->next;
     if (op->kind == KV_OPEN) {
@@ -1479,10 +1373,10 @@ static void kv_loop_drain(jbus *b) {
         herald_log(&b->log, HLOG_ERROR, "sensor %s: cannot load the dependency state: %s", op->sensor,
                    herald_strerror(op->status));
       op->load_cb(op->data, op->status, op->entries);
-      uv_mutex_lock(&b->mu);
+      uv_mutex_lock(&b->client.mu);
       b->kv_gate--;
       for (jsub *s = b->subs; s; s = s->next) uv_cond_signal(&s->cond);
-      uv_mutex_unlock(&b->mu);
+      uv_mutex_unlock(&b->client.mu);
     } else if (op->kind == KV_LEASE) {
       op->lease_cb(op->data, op->status < 0 ? op->status : op->lease_status, op->rev, op->value);
     } else if (op->cb) {
@@ -1494,13 +1388,13 @@ static void kv_loop_drain(jbus *b) {
 }
 
 static int kv_queue(jbus *b, jkv_op *op) {
-  uv_mutex_lock(&b->mu);
+  uv_mutex_lock(&b->client.mu);
   if (op->kind == KV_OPEN) b->kv_gate++;
   if (b->kv_tail) b->kv_tail->next = op;
   else b->kv_head = op;
   b->kv_tail = op;
-  uv_cond_signal(&b->cond);
-  uv_mutex_unlock(&b->mu);
+  uv_cond_signal(&b->client.cond);
+  uv_mutex_unlock(&b->client.mu);
   return 0;
 }
 
@@ -1602,60 +1496,34 @@ static const herald_bus_ops jetstream_ops = {
     .lease = jb_lease,
 };
 
-/* The URL without its user:password@ part, for logs. */
-static char *redacted_url(const char *url) {
-  const char *scheme = strstr(url, "://");
-  const char *start = scheme ? scheme + 3 : url;
-  const char *at = strchr(start, '@');
-  const char *slash = strchr(start, '/');
-  if (!at || (slash && slash < at)) return herald_xstrdup(url);
-  return herald_xasprintf("%.*s%s", (int)(start - url), url, at + 1);
-}
-
 herald_bus *herald_bus_jetstream_new(uv_loop_t *loop, const herald_jetstream_config *cfg, int *err) {
   jbus *b = herald_xcalloc(1, sizeof *b);
   b->base.ops = &jetstream_ops;
   b->base.loop = loop;
   b->log.name = "bus:jetstream";
-  b->url = redacted_url(cfg->url);
   b->window = cfg->window ? cfg->window : DEFAULT_WINDOW;
   b->stream = *cfg;
   b->stream.url = b->stream.user = b->stream.password = b->stream.token = b->stream.creds_file = NULL;
   b->stream.ca_pem = b->stream.cert_pem = b->stream.key_pem = NULL;
-  natsOptions *o = NULL;
-  natsStatus s = natsOptions_Create(&o);
-  if (s == NATS_OK) s = natsOptions_SetURL(o, cfg->url);
-  if (s == NATS_OK && cfg->user) s = natsOptions_SetUserInfo(o, cfg->user, cfg->password ? cfg->password : "");
-  if (s == NATS_OK && cfg->token) s = natsOptions_SetToken(o, cfg->token);
-  if (s == NATS_OK && cfg->creds_file) s = natsOptions_SetUserCredentialsFromFiles(o, cfg->creds_file, NULL);
-  if (s == NATS_OK && (cfg->tls || strncmp(cfg->url, "tls://", 6) == 0)) s = natsOptions_SetSecure(o, true);
-  if (s == NATS_OK && cfg->ca_pem) s = natsOptions_SetCATrustedCertificates(o, cfg->ca_pem);
-  if (s == NATS_OK && cfg->cert_pem && cfg->key_pem)
-    s = natsOptions_SetCertificatesChain(o, cfg->cert_pem, cfg->key_pem);
-  if (s == NATS_OK && cfg->tls_insecure) s = natsOptions_SkipServerVerification(o, true);
-  if (s == NATS_OK) s = natsOptions_SetName(o, "herald");
-  /* Not natsOptions_SetSendAsap: measured (bench/RESULTS.md, JetStream section) it cost 25% of
-   * the throughput and raised p99 on 2 vCPUs; nats.c's buffering adds ~1 ms to p50 instead. */
-  if (s == NATS_OK) s = natsOptions_SetTimeout(o, 2000);
-  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(o, -1);
-  if (s == NATS_OK) s = natsOptions_SetCustomReconnectDelay(o, reconnect_delay, b);
-  if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, b);
-  if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(o, on_disconnected, b);
-  if (s == NATS_OK) s = natsOptions_SetReconnectedCB(o, on_reconnected, b);
-  if (s == NATS_OK) s = natsOptions_SetClosedCB(o, on_closed, b);
-  if (s != NATS_OK) {
-    herald_log(NULL, HLOG_ERROR, "bus %s: %s", b->url, status_text(s));
-    natsOptions_Destroy(o);
-    free(b->url);
+  herald_nats_config nc = {
+      .url = cfg->url,
+      .user = cfg->user,
+      .password = cfg->user ? (cfg->password ? cfg->password : "") : NULL, /* as given, or none */
+      .token = cfg->token,
+      .creds_file = cfg->creds_file,
+      .tls = cfg->tls,
+      .ca_pem = cfg->ca_pem,
+      .cert_pem = cfg->cert_pem,
+      .key_pem = cfg->key_pem,
+      .tls_insecure = cfg->tls_insecure,
+      /* reconnect_wait_ms 0, max_reconnects 0: backoff, for ever (a bus outlives any outage) */
+  };
+  b->client.data = b;
+  int r = herald_nats_start(loop, &b->client, &nc, &b->log, worker_main, on_wake);
+  if (r) {
     free(b);
-    *err = HERALD_EINVAL;
+    *err = r;
     return NULL;
   }
-  b->opts = o;
-  uv_mutex_init(&b->mu);
-  uv_cond_init(&b->cond);
-  uv_async_init(loop, &b->async, on_async);
-  b->async.data = b;
-  if (uv_thread_create(&b->thread, worker_main, b) != 0) HERALD_ASSERT(!"cannot start the bus thread");
   return &b->base;
 }
