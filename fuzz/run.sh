@@ -4,6 +4,7 @@
 # Each target fuzzes its own corpus BUILD_DIR/corpus/<t> (new inputs are kept there) seeded
 # from the specs (fuzz/seed_corpus.lua) in fork mode, so a crash is recorded in
 # BUILD_DIR/artifacts/<t>/ and fuzzing goes on; the log is BUILD_DIR/logs/<t>.log.
+# FUZZ_MAX_LEN overrides the per-target input size limit.
 set -euo pipefail
 build=$1 secs=$2
 shift 2
@@ -11,6 +12,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$build/logs"
 luajit "$src/fuzz/seed_corpus.lua" "$src" "$build/seeds" >/dev/null
 maxlen() {
+  if [ -n "${FUZZ_MAX_LEN:-}" ]; then echo "$FUZZ_MAX_LEN"; return; fi
   case $1 in
     http_request|yaml_load) echo 16384 ;;
     cloudevent) echo 8192 ;;
