@@ -3,8 +3,9 @@
 require "helpers.stdlib"
 local el = require "herald.exprlang"
 local cjson = require "cjson"
+local hjson = require "herald.json" -- decodes as Herald does: empty arrays marked
 
-local DATA = cjson.decode([[{
+local DATA = hjson.decode([[{
   "header": {"Content-Type": ["application/json"], "X-Foo": ["bar"]},
   "body": {"id": 4, "name": "Joe", "price": 2.5, "tags": ["a", "b", "c"],
            "items": [{"n": 1, "ok": true}, {"n": 5, "ok": false}, {"n": 7, "ok": true}],

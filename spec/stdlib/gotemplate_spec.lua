@@ -4,6 +4,7 @@
 require "helpers.stdlib"
 local tpl = require "herald.gotemplate"
 local cjson = require "cjson"
+local hjson = require "herald.json" -- decodes as Herald does: empty arrays marked
 
 local function render(text, data, opts)
   opts = opts or {}
@@ -14,7 +15,7 @@ local function render(text, data, opts)
 end
 
 local DATA = {
-  Input = cjson.decode([[{
+  Input = hjson.decode([[{
     "body": {"message": "hello world", "n": 3, "f": 2.5, "big": 1e21, "zero": 0,
              "items": [1, 2, 3], "names": ["b", "a"], "m": {"b": 2, "a": 1}, "nul": null,
              "empty": "", "t": true, "nested": {"deep": {"x": "y"}}, "objs": [{"id": 1}, {"id": 2}]},

@@ -23,9 +23,10 @@ local floor, ceil, huge, fmod = math.floor, math.ceil, math.huge, math.fmod
 
 local GR = gv.runtime
 local NULL = GR.NULL
-local is_array, go_v, go_g = GR.is_array, GR.go_v, GR.go_g
-local has_cjson, cjson = pcall(require, "cjson")
-local ARRAY_MT = has_cjson and cjson.array_mt or nil
+local is_array, go_v = GR.is_array, GR.go_v
+local cjson = require "cjson"
+local json = require "herald.json"
+local gjson = require "herald.gjson"
 
 ---------------------------------------------------------------------------------------------
 -- Runtime (the generated code calls these through the upvalue L)
@@ -35,10 +36,7 @@ local L = {}
 _M.runtime = L
 L.NULL = NULL
 
-local function new_array()
-  if ARRAY_MT then return setmetatable({}, ARRAY_MT) end
-  return {}
-end
+local new_array = json.array
 L.new_array = new_array
 
 local function isnil(v) return v == nil or v == NULL end
@@ -260,45 +258,11 @@ end
 
 -- JSON (encoding/json.Marshal: sorted keys, HTML-safe escapes, Go float format) ------------
 
-local ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t',
-  ['<'] = '\\u003c', ['>'] = '\\u003e', ['&'] = '\\u0026' }
-local function json_string(s)
-  s = s:gsub('[%c"\\<>&]', function(c) return ESC[c] or fmt("\\u%04x", byte(c)) end)
-  s = s:gsub("\226\128\168", "\\u2028"):gsub("\226\128\169", "\\u2029")
-  return '"' .. s .. '"'
-end
-
-local function to_json(v, indent, cur)
-  local t = type(v)
-  if isnil(v) then return "null" end
-  if t == "boolean" then return v and "true" or "false" end
-  if t == "string" then return json_string(v) end
-  if t == "number" then
-    if v ~= v or v == huge or v == -huge then raise("json: unsupported value: " .. go_g(v, -4, 21)) end
-    return go_g(v, -6, 21, true)
-  end
-  if t == "table" then
-    local nl, ind, sep = "", "", ","
-    if indent then nl = "\n"; ind = cur .. indent end
-    local parts = {}
-    local arr = v[1] ~= nil or (ARRAY_MT ~= nil and getmetatable(v) == ARRAY_MT)
-    if arr then
-      for i = 1, #v do parts[i] = ind .. to_json(v[i], indent, ind) end
-      if #parts == 0 then return "[]" end
-      return "[" .. nl .. concat(parts, sep .. nl) .. nl .. (indent and cur or "") .. "]"
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-    sort(keys)
-    for i, k in ipairs(keys) do
-      local val = v[k]
-      if val == nil then val = v[tonumber(k)] end
-      parts[i] = ind .. json_string(k) .. (indent and ": " or ":") .. to_json(val, indent, ind)
-    end
-    if #parts == 0 then return "{}" end
-    return "{" .. nl .. concat(parts, sep .. nl) .. nl .. (indent and cur or "") .. "}"
-  end
-  raise("json: unsupported type: " .. gotype(v))
+--- encoding/json.MarshalIndent (indent given) or Marshal: sorted keys, HTML-safe escapes.
+local function to_json(v, indent)
+  local ok, s = pcall(json.encode, v, true, indent)
+  if not ok then raise(tostring(s)) end
+  return s
 end
 L.to_json = to_json
 
@@ -531,11 +495,11 @@ function B.take(v, n)
   for i = 1, math.min(n, #v) do out[i] = v[i] end
   return out
 end
-function B.toJSON(v) return to_json(v, "  ", "") end
+function B.toJSON(v) return to_json(v, "  ") end
 function B.fromJSON(s)
   S(s)
-  local ok, v = pcall(cjson.decode, s)
-  if not ok then raise(tostring(v)) end
+  local v, err = json.try_decode(s)
+  if err then raise(err) end
   return v
 end
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -650,36 +614,20 @@ end
 _M.jsonpath_query = jsonpath_query
 
 --- Argo's jsonpath(jsonStr, path): paths starting with "$" are JSONPath (Argo uses
---- evilmonkeyinc/jsonpath); other paths are read with herald.gjson when it is installed.
+--- evilmonkeyinc/jsonpath); other paths are read with herald.gjson.
 function L.jsonpath(s, path)
   S(s); S(path)
-  local ok, data = pcall(cjson.decode, s)
-  if not ok then raise(tostring(data)) end
+  local data, err = json.try_decode(s)
+  if err then raise(err) end
   if sub(path, 1, 1) == "$" then return jsonpath_query(data, path) end
-  local hok, gjson = pcall(require, "herald.gjson")
-  if hok and type(gjson) == "table" and gjson.get then
-    local r = gjson.get(data, path)
-    if type(r) == "table" and r.exists ~= nil then return r.exists and r.value or nil end
-    return r
-  end
-  local v = data
-  for part in path:gmatch("[^%.]+") do
-    if type(v) ~= "table" then return nil end
-    local nv = v[part]
-    if nv == nil and tonumber(part) and is_array(v) then nv = v[tonumber(part) + 1] end
-    v = nv
-  end
-  return v
+  return gjson.get(data, path)
 end
 
 local sprig_mod
---- sprig.<fn>: looked up in herald.sprig (name -> Lua function) when it is installed.
+--- sprig.<fn>: looked up in herald.sprig (name -> Lua function).
 function L.sprig(name, ...)
-  if sprig_mod == nil then
-    local ok, m = pcall(require, "herald.sprig")
-    sprig_mod = ok and type(m) == "table" and m or false
-  end
-  local f = sprig_mod and sprig_mod[name]
+  sprig_mod = sprig_mod or require "herald.sprig"
+  local f = sprig_mod[name]
   if type(f) ~= "function" then raise("sprig function '" .. name .. "' is not available") end
   local v, err = f(...)
   if v == nil and type(err) == "string" then raise(err) end
@@ -1373,11 +1321,7 @@ end
 -- Public API
 ---------------------------------------------------------------------------------------------
 
-local function sprig_table()
-  local ok, m = pcall(require, "herald.sprig")
-  return ok and type(m) == "table" and m or {}
-end
-L.sprig_table = setmetatable({}, { __index = function(_, k) return sprig_table()[k] end })
+L.sprig_table = setmetatable({}, { __index = function(_, k) return require("herald.sprig")[k] end })
 
 ---@class herald.exprlang.Compiled
 ---@field expr string the expression

@@ -15,11 +15,11 @@
 -- an empty one still prints as [].
 --
 -- Values lost in decoding: object key order (wildcard keys, @keys, @values, @dig and JSON
--- text use sorted keys instead of document order), the distinction between [] and {} for
--- decoded empty tables (an empty table is an array for #, queries and @flatten, and prints as
--- {}), the original spelling of numbers and strings (printed the way Go's gjson prints
--- computed values). See docs/compat.md.
+-- text use sorted keys instead of document order), the original spelling of numbers and
+-- strings (printed the way Go's gjson prints computed values). Empty arrays are told from
+-- empty objects by herald.json's marker (herald.json.decode sets it). See docs/compat.md.
 local cjson = require "cjson"
+local json = require "herald.json"
 
 local type, next, pairs, tonumber, pcall, load = type, next, pairs, tonumber, pcall, load
 local getmetatable, setmetatable, error = getmetatable, setmetatable, error
@@ -30,16 +30,16 @@ local concat, sort = table.concat, table.sort
 local floor, huge = math.floor, math.huge
 
 local null = cjson.null
-local decode = cjson.decode
+local decode = json.decode
 
 local _M = {}
 
 _M.null = null
 
---- Metatable marking arrays built by this module (so an empty one prints as []).
-local ARRAY_MT = cjson.array_mt or { __name = "herald.gjson.array" }
-local CJSON_EMPTY_ARRAY_MT = cjson.empty_array_mt
+--- Metatable marking arrays (herald.json's), so an empty one prints as [].
+local ARRAY_MT = json.ARRAY_MT
 _M.array_mt = ARRAY_MT
+local is_array = json.is_array
 
 -- bytes
 local DOT, PIPE, HASH, AT, BANG, BSL = 46, 124, 35, 64, 33, 92
@@ -47,19 +47,13 @@ local STAR, QM, LBRK, RBRK, LBRC, RBRC, LPAR, RPAR = 42, 63, 91, 93, 123, 125, 4
 local DQ, COLON, COMMA, EQ, LT, GT, PCT, TILDE = 34, 58, 44, 61, 60, 62, 37, 126
 local PLUS, MINUS, ZERO, NINE = 43, 45, 48, 57
 
-local OBJECT, ARRAY, EMPTY = 1, 2, 3
+local OBJECT, ARRAY = 1, 2
 
-local function new_array()
-  return setmetatable({}, ARRAY_MT)
-end
+local new_array = json.array
 
---- Kind of a table: ARRAY (keys 1..n or marked), OBJECT, or EMPTY (decoded [] or {}).
+--- Kind of a table: ARRAY (herald.json.is_array) or OBJECT.
 local function kind(t)
-  if t[1] ~= nil then return ARRAY end
-  local mt = getmetatable(t)
-  if mt ~= nil and (mt == ARRAY_MT or mt == CJSON_EMPTY_ARRAY_MT) then return ARRAY end
-  if next(t) == nil then return EMPTY end
-  return OBJECT
+  return is_array(t) and ARRAY or OBJECT
 end
 
 local function sorted_keys(t)
@@ -73,33 +67,8 @@ end
 
 -- Scalars and text ---------------------------------------------------------------------------
 
---- strconv.FormatFloat(n, 'f', -1, 64): shortest round-trip digits, never an exponent.
-local function go_number(n)
-  if n ~= n then return "NaN" end
-  if n == huge then return "+Inf" end
-  if n == -huge then return "-Inf" end
-  if n == floor(n) and n > -1e15 and n < 1e15 then
-    if n == 0 and 1 / n < 0 then return "-0" end
-    return fmt("%d", n)
-  end
-  local s
-  for p = 1, 17 do
-    s = fmt("%." .. (p - 1) .. "e", n)
-    if tonumber(s) == n then break end
-  end
-  local sign, d1, ds, ex = match(s, "^(-?)(%d)%.?(%d*)e([-+]%d+)$")
-  local digits = gsub(d1 .. ds, "0+$", "")
-  if digits == "" then digits = "0" end
-  local point = tonumber(ex) + 1
-  local nd = #digits
-  if point <= 0 then
-    return sign .. "0." .. rep("0", -point) .. digits
-  elseif point >= nd then
-    return sign .. digits .. rep("0", point - nd)
-  end
-  return sign .. sub(digits, 1, point) .. "." .. sub(digits, point + 1)
-end
-_M.go_number = go_number
+--- strconv.FormatFloat(n, 'f', -1, 64): how gjson prints a computed number.
+local go_number = json.format_f
 
 local JSON_ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
   ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
@@ -129,8 +98,6 @@ local function encode_into(v, buf)
         encode_into(v[i], buf)
       end
       buf[#buf + 1] = "]"
-    elseif k == EMPTY then
-      buf[#buf + 1] = "{}"
     else
       buf[#buf + 1] = "{"
       local keys = sorted_keys(v)
@@ -1325,7 +1292,6 @@ end
 local function mod_group(v)
   if type(v) ~= "table" then return nil end
   local k = kind(v)
-  if k == EMPTY then return new_array() end
   if k ~= OBJECT then return nil end
   local all = new_array()
   local keys = sorted_keys(v)
@@ -1399,7 +1365,7 @@ end
 
 -- For herald.sjson, which locates values with the same path rules.
 _M._internal = {
-  kind = kind, OBJECT = OBJECT, ARRAY = ARRAY, EMPTY = EMPTY, new_array = new_array,
+  kind = kind, OBJECT = OBJECT, ARRAY = ARRAY, new_array = new_array,
   sorted_keys = sorted_keys, parse_object_path = parse_object_path,
   parse_array_path = parse_array_path, split_possible_pipe = split_possible_pipe,
   make_matcher = make_matcher, compile_glob = compile_glob, glob_match = glob_match,

@@ -17,6 +17,8 @@
 -- "template: NAME:LINE:COL: executing \"NAME\" at <node>: msg" (COL is the 0-based byte
 -- offset in the line, as Go's ErrorContext). Render errors are returned, never raised.
 local cjson = require "cjson"
+local json = require "herald.json"
+local luagen = require "herald.luagen"
 
 local type, tostring, tonumber, pairs, select, error = type, tostring, tonumber, pairs, select, error
 local getmetatable, setmetatable, next, pcall = getmetatable, setmetatable, next, pcall
@@ -35,11 +37,18 @@ _M.null = null
 -- Values: kinds, Go type names, printing (fmt %v)
 -------------------------------------------------------------------------------------------
 
---- True when a table is a list (cjson array); an empty table counts as a list.
-local function is_list(t)
-  return t[1] ~= nil or next(t) == nil
-end
+--- True when a table is a list (herald.json.is_array).
+local is_list = json.is_array
 _M.is_list = is_list
+
+--- The metatable of a value with a Go type of its own (sprig's time values), nil for plain
+--- values: lists marked by herald.json are plain.
+local ARRAY_MT = json.ARRAY_MT
+local function typed(v)
+  local mt = getmetatable(v)
+  if mt ~= ARRAY_MT then return mt end
+end
+_M.typed = typed
 
 --- Go type name of a value, for error messages.
 local function type_name(v)
@@ -49,7 +58,7 @@ local function type_name(v)
   if t == "boolean" then return "bool" end
   if v == nil or v == null then return "<nil>" end
   if t == "table" then
-    local mt = getmetatable(v)
+    local mt = typed(v)
     if mt and mt.__name then return mt.__name end
     if is_list(v) then return "[]interface {}" end
     return "map[string]interface {}"
@@ -59,55 +68,11 @@ local function type_name(v)
 end
 _M.type_name = type_name
 
---- Shortest decimal digits that read back as x: returns digits (no dot, no trailing zeros)
---- and the decimal exponent of the first digit.
-local function shortest(x)
-  if x < 0 then x = -x end
-  for p = 1, 17 do
-    local s = fmt("%." .. (p - 1) .. "e", x)
-    if p == 17 or tonumber(s) == x then
-      local m, e = s:match("^([%d%.]+)e([-+]%d+)$")
-      local d = gsub(m, "%.", "")
-      d = gsub(d, "0+$", "")
-      if d == "" then d = "0" end
-      return d, tonumber(e)
-    end
-  end
-end
+--- strconv's shortest 'g' layout (herald.json.format_g).
+local format_g = json.format_g
 
---- Go strconv 'g' (and 'e') layout of shortest digits; eprec is the exponent threshold.
-local function format_shortest(x, eprec, upper)
-  if x ~= x then return "NaN" end
-  if x == huge then return "+Inf" end
-  if x == -huge then return "-Inf" end
-  local neg = x < 0 or (x == 0 and 1 / x < 0)
-  local d, e = shortest(x)
-  local s
-  if e < -4 or e >= eprec then
-    local m = sub(d, 1, 1)
-    if #d > 1 then m = m .. "." .. sub(d, 2) end
-    local es = e < 0 and "-" or "+"
-    local ea = e < 0 and -e or e
-    s = m .. (upper and "E" or "e") .. es .. (ea < 10 and "0" or "") .. ea
-  elseif e >= 0 then
-    if #d <= e + 1 then
-      s = d .. rep("0", e + 1 - #d)
-    else
-      s = sub(d, 1, e + 1) .. "." .. sub(d, e + 2)
-    end
-  else
-    s = "0." .. rep("0", -e - 1) .. d
-  end
-  return neg and ("-" .. s) or s
-end
-
---- A number as Go prints it with %v (integral values below 1e21 in full, see header).
-local function fmt_num(x)
-  if x == floor(x) and x > -1e21 and x < 1e21 then
-    return fmt("%.0f", x)
-  end
-  return format_shortest(x, 21)
-end
+--- A number as Herald's templates print it (herald.json.format_print, docs/compat.md).
+local fmt_num = json.format_print
 _M.fmt_num = fmt_num
 
 local fmt_v
@@ -134,7 +99,7 @@ function fmt_v(v)
   if t == "boolean" then return v and "true" or "false" end
   if v == nil or v == null then return "<nil>" end
   if t == "table" then
-    local mt = getmetatable(v)
+    local mt = typed(v)
     if mt and mt.__tostring then return tostring(v) end
     if v[1] ~= nil or next(v) == nil then
       local parts = {}
@@ -171,7 +136,7 @@ local function truth(v)
   if t == "string" then return v ~= "" end
   if t == "number" then return v ~= 0 end
   if t == "table" then
-    if getmetatable(v) then return true end
+    if typed(v) then return true end
     return next(v) ~= nil
   end
   return true
@@ -327,7 +292,7 @@ local function fmt_float(x, verb, spec)
     if spec.prec then
       s = fmt("%." .. spec.prec .. (verb == "G" and "G" or "g"), a)
     else
-      s = format_shortest(a, 6, verb == "G")
+      s = format_g(a, -4, 6, verb == "G")
     end
   elseif verb == "v" then
     s = fmt_num(a)
@@ -369,7 +334,7 @@ local function fmt_one(verb, v, spec)
     elseif verb == "d" or verb == "x" or verb == "X" or verb == "o" or verb == "b" then
       if v == floor(v) and v > -1e21 and v < 1e21 then return fmt_integer(v, verb, spec) end
       if verb == "x" or verb == "X" or verb == "b" then
-        return pad(format_shortest(v, 21), spec)
+        return pad(format_g(v, -4, 21), spec)
       end
       return bad_verb(verb, v)
     elseif verb == "e" or verb == "E" or verb == "f" or verb == "F" or verb == "g" or verb == "G" then
@@ -515,7 +480,7 @@ local function fld(v, name, p)
   if type(v) == "table" then
     local r = v[name]
     if r ~= nil then return r end
-    if getmetatable(v) == nil and v[1] ~= nil then
+    if typed(v) == nil and v[1] ~= nil then
       fail(p, "can't evaluate field " .. name .. " in type []interface {}")
     end
     return nil
@@ -530,7 +495,7 @@ _M.field = fld
 local function rng(v, p)
   if v == nil or v == null then return nil, nil, 0 end
   local t = type(v)
-  if t == "table" and not getmetatable(v) then
+  if t == "table" and not typed(v) then
     if v[1] ~= nil then return v, nil, #v end
     if next(v) == nil then return nil, nil, 0 end
     local keys, n = sorted_keys(v)
@@ -594,7 +559,7 @@ function B.ge(a, b) return not less(a, b) end
 function B.len(v)
   local t = type(v)
   if t == "string" then return #v end
-  if t == "table" and not getmetatable(v) then
+  if t == "table" and not typed(v) then
     if v[1] ~= nil or next(v) == nil then return #v end
     local n = 0
     for _ in pairs(v) do n = n + 1 end
@@ -623,7 +588,7 @@ function B.index(item, ...)
     if t == "string" then
       local x = int_index(k, #item, "slice/array")
       item = byte(item, x + 1)
-    elseif t == "table" and not getmetatable(item) then
+    elseif t == "table" and not typed(item) then
       if is_list(item) and (type(k) == "number" or next(item) ~= nil) then
         local x = int_index(k, #item, "slice/array")
         item = item[x + 1]
@@ -650,7 +615,7 @@ function B.slice(item, ...)
   if t == "string" then
     if n == 3 then error("cannot 3-index slice a string", 0) end
     cap = #item
-  elseif t == "table" and is_list(item) and not getmetatable(item) then
+  elseif t == "table" and is_list(item) and not typed(item) then
     cap = #item
   else
     error("can't slice item of type " .. type_name(item), 0)
@@ -1435,23 +1400,12 @@ end
 -- Code generation
 -------------------------------------------------------------------------------------------
 
-local LUA_KEYWORDS = {}
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat "
-  .. "return then true until while"):gmatch("%a+") do LUA_KEYWORDS[w] = true end
-
 local function lua_key(name)
-  if name:match("^[%a_][%w_]*$") and not LUA_KEYWORDS[name] then return "." .. name end
+  if luagen.is_name(name) then return "." .. name end
   return "[" .. fmt("%q", name) .. "]"
 end
 
-local function lua_str(s)
-  return (fmt("%q", s):gsub("\\\n", "\\n"))
-end
-
-local function lua_num(v)
-  if v == floor(v) and v > -1e15 and v < 1e15 then return fmt("%d", v) end
-  return fmt("%.17g", v)
-end
+local lua_str, lua_num = luagen.string, luagen.scalar
 
 local Gen = {}
 Gen.__index = Gen
@@ -1648,7 +1602,6 @@ function Gen:predeclare(pipe)
   self:emit("local " .. concat(ls, ", "))
 end
 
-local luagen = require "herald.luagen"
 
 --- A comment line of generated code naming template text (any bytes): shortened, then made
 --- safe by luagen.comment, the one place that does (no newline can end the comment).

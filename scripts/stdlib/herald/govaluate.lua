@@ -23,9 +23,9 @@ local fmt, concat, sort = string.format, table.concat, table.sort
 local byte, sub, find = string.byte, string.sub, string.find
 local floor, huge = math.floor, math.huge
 
-local has_cjson, cjson = pcall(require, "cjson")
-local NULL = has_cjson and cjson.null or setmetatable({}, { __tostring = function() return "null" end })
-local ARRAY_MT = has_cjson and cjson.array_mt or nil
+local cjson = require "cjson"
+local json = require "herald.json"
+local NULL = cjson.null
 
 ---------------------------------------------------------------------------------------------
 -- Runtime helpers (shared with herald.exprlang): Go value formatting and equality.
@@ -35,44 +35,15 @@ local R = {}
 _M.runtime = R
 R.NULL = NULL
 
---- True for a Lua table that stands for a JSON array (cjson gives arrays keys 1..n; an empty
---- table counts as an array).
+--- True for a Lua table that stands for a JSON array (herald.json.is_array).
+local json_is_array = json.is_array
 local function is_array(t)
-  return type(t) == "table" and (t[1] ~= nil or next(t) == nil or (ARRAY_MT ~= nil and getmetatable(t) == ARRAY_MT))
+  return type(t) == "table" and json_is_array(t)
 end
 R.is_array = is_array
 
---- The shortest %e text that reads back as f, and its number of digits after the point.
-local function shortest_e(f)
-  for prec = 0, 16 do
-    local s = fmt("%." .. prec .. "e", f)
-    if tonumber(s) == f then return s, prec end
-  end
-  return fmt("%.16e", f), 16
-end
-
---- strconv.FormatFloat(f, 'g', -1, 64) with %e used when the exponent is < lo or >= hi.
---- fmt's %v uses lo = -4, hi = 6 ("1e+06"); encoding/json uses 'f' unless < -6 or >= 21.
-local function go_g(f, lo, hi, json_exp)
-  if f ~= f then return "NaN" end
-  if f == huge then return "+Inf" end
-  if f == -huge then return "-Inf" end
-  if f == 0 then return (1 / f < 0) and "-0" or "0" end
-  local s, prec = shortest_e(f)
-  local mant, exp = s:match("^(-?[%d%.]+)e([-+]%d+)$")
-  exp = tonumber(exp)
-  if exp < lo or exp >= hi then
-    if json_exp then return fmt("%se%s%d", mant, exp < 0 and "-" or "+", exp < 0 and -exp or exp) end
-    return fmt("%se%s%02d", mant, exp < 0 and "-" or "+", exp < 0 and -exp or exp)
-  end
-  local decimals = prec - exp
-  if decimals < 0 then decimals = 0 end
-  return fmt("%." .. decimals .. "f", f)
-end
-R.go_g = go_g
-
 --- fmt's %v for a float64.
-local function go_v_float(f) return go_g(f, -4, 6) end
+local go_v_float = json.format_v
 R.go_v_float = go_v_float
 
 local function go_v(v)
@@ -129,9 +100,7 @@ end
 local core_mod
 local function regex_compile(pattern)
   if not core_mod then
-    local ok, m = pcall(require, "herald.core")
-    if not ok then return nil, "herald.core is not available: " .. tostring(m) end
-    core_mod = m
+    core_mod = require "herald.core"
   end
   return core_mod.regex_compile(pattern)
 end
@@ -193,10 +162,10 @@ end
 function R.seplist(first, n, ...)
   local out
   if is_array(first) then
-    out = {}
+    out = json.array()
     for i = 1, #first do out[i] = first[i] end
   else
-    out = { first == nil and NULL or first }
+    out = json.array({ first == nil and NULL or first })
   end
   for i = 1, n do
     local x = select(i, ...)
@@ -206,7 +175,7 @@ function R.seplist(first, n, ...)
 end
 
 local bit = require "bit"
-local has_ffi, ffi = pcall(require, "ffi")
+local ffi = require "ffi"
 local TWO63 = 2 ^ 63
 local function i64(x) return ffi.new("int64_t", x) end
 local function u64(x)
@@ -227,7 +196,6 @@ function R.shr(a, b)
   if n >= 64 then return 0 end
   return tonumber(bit.rshift(u64(a), tonumber(n)))
 end
-assert(has_ffi, "herald.govaluate needs LuaJIT's ffi for the bitwise operators")
 
 ---------------------------------------------------------------------------------------------
 -- Dates: govaluate turns a string literal that parses as a date into its Unix time.

@@ -20,172 +20,19 @@ local concat, fmt, char, byte = table.concat, string.format, string.char, string
 local yield = coroutine.yield
 
 -- JSON ---------------------------------------------------------------------------------------
--- lua-cjson 2.1.0 decodes [] to {} and encodes it back as {}: a replaced object would change
--- `args: []` into `args: {}`. This small codec marks decoded arrays with ARRAY instead.
-
--- the marker gjson and herald.rt use too, so an empty array in event data that a parameter puts
--- into an object is still [] when the object is sent
-local ARRAY = require("herald.gjson").array_mt
+-- herald.json: lua-cjson 2.1.0 decodes [] to {} and encodes it back as {}, so a replaced object
+-- would change `args: []` into `args: {}`; herald.json marks empty arrays (the one marker every
+-- Herald module honours, event data included) and encodes them as [].
+local json = require "herald.json"
+local ARRAY = json.ARRAY_MT
 _M.ARRAY = ARRAY
 
-local ESC = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+--- Decodes JSON text; returns the value (null as cjson.null, empty arrays marked) or nil, err.
+_M.json_decode = json.try_decode
 
-local function utf8_char(cp)
-  if cp < 0x80 then return char(cp) end
-  if cp < 0x800 then return char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
-  if cp < 0x10000 then
-    return char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
-  return char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-    0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-end
-
---- Decodes JSON text; returns the value (null as cjson.null) or nil, err.
-function _M.json_decode(s)
-  local pos = 1
-  local function fail(what) error({ fmt("invalid JSON at byte %d: %s", pos, what) }, 0) end
-  local function ws() pos = s:find("[^ \t\r\n]", pos) or #s + 1 end
-  local value
-  local function str()
-    pos = pos + 1
-    local buf = {}
-    while true do
-      local a = s:find('["\\]', pos)
-      if not a then fail("unterminated string") end
-      buf[#buf + 1] = s:sub(pos, a - 1)
-      if byte(s, a) == 34 then pos = a + 1 break end
-      local c = s:sub(a + 1, a + 1)
-      if c == "u" then
-        local cp = tonumber(s:sub(a + 2, a + 5), 16) or fail("bad \\u escape")
-        pos = a + 6
-        if cp >= 0xD800 and cp <= 0xDBFF and s:sub(pos, pos + 1) == "\\u" then
-          local lo = tonumber(s:sub(pos + 2, pos + 5), 16)
-          if lo and lo >= 0xDC00 and lo <= 0xDFFF then
-            cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
-            pos = pos + 6
-          end
-        end
-        buf[#buf + 1] = utf8_char(cp)
-      else
-        buf[#buf + 1] = ESC[c] or fail("bad escape")
-        pos = a + 2
-      end
-    end
-    return concat(buf)
-  end
-  function value()
-    ws()
-    local c = s:sub(pos, pos)
-    if c == "{" then
-      local t = {}
-      pos = pos + 1
-      ws()
-      if s:sub(pos, pos) == "}" then pos = pos + 1 return t end
-      while true do
-        ws()
-        if s:sub(pos, pos) ~= '"' then fail("expected a key") end
-        local k = str()
-        ws()
-        if s:sub(pos, pos) ~= ":" then fail("expected ':'") end
-        pos = pos + 1
-        t[k] = value()
-        ws()
-        local d = s:sub(pos, pos)
-        pos = pos + 1
-        if d == "}" then return t end
-        if d ~= "," then fail("expected ',' or '}'") end
-      end
-    elseif c == "[" then
-      local t = setmetatable({}, ARRAY)
-      pos = pos + 1
-      ws()
-      if s:sub(pos, pos) == "]" then pos = pos + 1 return t end
-      while true do
-        t[#t + 1] = value()
-        ws()
-        local d = s:sub(pos, pos)
-        pos = pos + 1
-        if d == "]" then return t end
-        if d ~= "," then fail("expected ',' or ']'") end
-      end
-    elseif c == '"' then
-      return str()
-    elseif s:find("^true", pos) then pos = pos + 4 return true
-    elseif s:find("^false", pos) then pos = pos + 5 return false
-    elseif s:find("^null", pos) then pos = pos + 4 return null
-    else
-      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
-      local n = num and tonumber(num)
-      if not n then fail("unexpected character") end
-      pos = pos + #num
-      return n
-    end
-  end
-  local ok, v = pcall(function()
-    local r = value()
-    ws()
-    if pos <= #s then fail("trailing characters") end
-    return r
-  end)
-  if ok then return v end
-  return nil, type(v) == "table" and v[1] or tostring(v)
-end
-
-local function is_array(t)
-  if getmetatable(t) == ARRAY then return true end
-  local n = #t
-  if n == 0 then return false end
-  local count = 0
-  for _ in pairs(t) do count = count + 1 end
-  return count == n
-end
-
-local function enc(v, out)
-  local tv = type(v)
-  if tv == "string" then
-    out[#out + 1] = '"' .. v:gsub('[%c"\\]', function(c)
-      local e = ({ ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" })[c]
-      return e or fmt("\\u%04x", byte(c))
-    end) .. '"'
-  elseif tv == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then out[#out + 1] = "null"
-    elseif v == math.floor(v) and math.abs(v) < 2 ^ 53 then out[#out + 1] = fmt("%d", v)
-    else out[#out + 1] = fmt("%.17g", v) end
-  elseif tv == "boolean" then
-    out[#out + 1] = v and "true" or "false"
-  elseif tv == "table" then
-    if is_array(v) then
-      out[#out + 1] = "["
-      for i = 1, #v do
-        if i > 1 then out[#out + 1] = "," end
-        enc(v[i], out)
-      end
-      out[#out + 1] = "]"
-    else
-      local keys = {}
-      for k in pairs(v) do keys[#keys + 1] = tostring(k) end
-      table.sort(keys)
-      out[#out + 1] = "{"
-      for i, k in ipairs(keys) do
-        if i > 1 then out[#out + 1] = "," end
-        enc(k, out)
-        out[#out + 1] = ":"
-        local x = v[k]
-        if x == nil then x = v[tonumber(k)] end
-        enc(x, out)
-      end
-      out[#out + 1] = "}"
-    end
-  else
-    out[#out + 1] = "null" -- cjson.null, and anything that has no JSON form
-  end
-end
-
---- Encodes a Lua value as JSON text (objects with sorted keys).
+--- Encodes a Lua value as JSON text (objects with sorted keys, numbers as Go writes them).
 function _M.json_encode(v)
-  local out = {}
-  enc(v, out)
-  return concat(out)
+  return json.encode(v)
 end
 
 -- Cluster configuration ----------------------------------------------------------------------
@@ -373,7 +220,7 @@ end
 
 local function map_of(t, k)
   local v = t[k]
-  if type(v) ~= "table" or getmetatable(v) == ARRAY then
+  if type(v) ~= "table" or json.is_array(v) then
     v = {}
     t[k] = v
   end
@@ -393,7 +240,7 @@ end
 local function merge(dst, src)
   for k, v in pairs(src) do
     local d = dst[k]
-    if type(v) == "table" and not is_array(v) and type(d) == "table" and not is_array(d) then
+    if type(v) == "table" and not json.is_array(v) and type(d) == "table" and not json.is_array(d) then
       merge(d, v)
     elseif v ~= null then
       dst[k] = v

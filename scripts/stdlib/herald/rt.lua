@@ -7,91 +7,28 @@
 -- avoided, no string building on the success path.
 local cjson = require "cjson"
 local core = require "herald.core"
+local json = require "herald.json"
+local gjson = require "herald.gjson"
+local sjson = require "herald.sjson"
+local gotemplate = require "herald.gotemplate"
+local govaluate = require "herald.govaluate"
 
 local type, tostring, tonumber, pairs, ipairs = type, tostring, tonumber, pairs, ipairs
-local floor, huge = math.floor, math.huge
-local fmt, concat = string.format, table.concat
+local fmt = string.format
 local null = cjson.null
-local encode = cjson.encode
+local encode = json.encode
 
 local _M = {}
 
-_M.null = null
+_M.encode = encode -- event and payload JSON (herald.json: Go's numbers, [] kept)
 
-local has_empty_array, encode_marked -- defined with the empty-array codec below
-local has_gjson_early, gjson_early = pcall(require, "herald.gjson")
+_M.null = null
 
 local sandboxes = {} -- sensor name -> its sandbox (created with its first script)
 
---- Splits a simple gjson path ("body.items.0.name", with "\." for a literal dot) into keys.
---- Numeric segments are kept as strings here; path_get tries them as array indexes.
----@param path string
----@return string[]
-function _M.split_path(path)
-  local keys, cur = {}, {}
-  local i, n = 1, #path
-  while i <= n do
-    local c = path:sub(i, i)
-    if c == "\\" and i < n then
-      cur[#cur + 1] = path:sub(i + 1, i + 1)
-      i = i + 2
-    elseif c == "." then
-      keys[#keys + 1] = concat(cur)
-      cur = {}
-      i = i + 1
-    else
-      cur[#cur + 1] = c
-      i = i + 1
-    end
-  end
-  keys[#keys + 1] = concat(cur)
-  return keys
-end
-
-local function is_array(t)
-  -- cjson decodes JSON arrays to tables with only 1..n keys; an empty table counts as both.
-  return t[1] ~= nil or next(t) == nil
-end
-
---- Reads keys (from split_path) in a decoded JSON value. Returns the value, or nil when the
---- path does not exist (JSON null is returned as cjson.null: it exists).
-function _M.path_get(v, keys)
-  for i = 1, #keys do
-    if type(v) ~= "table" then return nil end
-    local k = keys[i]
-    local nv = v[k]
-    if nv == nil and is_array(v) then
-      local idx = tonumber(k)
-      if idx and idx >= 0 and floor(idx) == idx then nv = v[idx + 1] end
-    end
-    v = nv
-    if v == nil then return nil end
-  end
-  return v
-end
-
---- A number as Go's strconv.FormatFloat(f, 'f', -1, 64) prints it for the common cases
---- (integers without a decimal point, others with the shortest round-trip digits).
-local function number_string(n)
-  if n == floor(n) and n > -1e21 and n < 1e21 then return fmt("%d", n) end
-  for prec = 15, 17 do
-    local s = fmt("%." .. prec .. "g", n)
-    if tonumber(s) == n then return s end
-  end
-  return fmt("%.17g", n)
-end
-_M.number_string = number_string
-
---- gjson Result.String(): strings as is, numbers and booleans as text, null as "", objects
---- and arrays as JSON.
-function _M.to_string(v)
-  local t = type(v)
-  if t == "string" then return v end
-  if t == "number" then return number_string(v) end
-  if t == "boolean" then return v and "true" or "false" end
-  if v == null or v == nil then return "" end
-  return encode(v)
-end
+--- gjson Result.String(): strings as is, numbers as Go's FormatFloat 'f', booleans as text,
+--- null as "", objects and arrays as JSON.
+_M.to_string = gjson.string
 local to_string = _M.to_string
 
 --- gjson Result.Bool(): true, non-zero numbers, and strings strconv.ParseBool accepts as true.
@@ -141,139 +78,24 @@ function _M.regex(pattern)
   return core.regex_compile(pattern)
 end
 
--- Empty JSON arrays ---------------------------------------------------------------------------
--- lua-cjson 2.1.0 (Debian 12) decodes [] and {} to the same empty table and encodes it as {}:
--- it has neither cjson.empty_array nor array metatables. An empty array in event data (or one a
--- Lua transform returns) would come out of a parameter as {}. So JSON text that holds an empty
--- array is decoded with it marked by gjson's array metatable (the one marker every Herald
--- module honours: gjson, sjson, testing, kube), and a value holding a marked empty table is
--- encoded by encode_marked. Text without "[]" takes cjson's fast path untouched.
-
-local ARRAY_MT = has_gjson_early and gjson_early.array_mt or { __name = "herald.gjson.array" }
-_M.ARRAY_MT = ARRAY_MT
-local EMPTY_MARK = "\0herald:empty-array\0" -- a string no event carries in practice
-local find, sub, byte = string.find, string.sub, string.byte
-
---- Replaces the marker strings that stand for empty arrays by marked empty tables.
-local function unmark(v)
-  if type(v) ~= "table" then return v end
-  if v[1] == EMPTY_MARK and v[2] == nil then return setmetatable({}, ARRAY_MT) end
-  for k, x in pairs(v) do
-    if type(x) == "table" then v[k] = unmark(x) end
-  end
-  return v
-end
-
---- cjson.decode, except that empty arrays come out marked (see above). Raises as cjson does.
-function _M.decode(json)
-  if type(json) ~= "string" or not find(json, "%[%s*%]") then return cjson.decode(json) end
-  local parts, from, i, n = {}, 1, 1, #json
-  while i <= n do
-    local a = find(json, '["%[]', i)
-    if not a then break end
-    if byte(json, a) == 34 then -- a string: skip it whole, escapes included
-      local j = a + 1
-      while true do
-        local q = find(json, '["\\]', j)
-        if not q then return cjson.decode(json) end -- unterminated: cjson says why
-        if byte(json, q) == 92 then j = q + 2 else i = q + 1 break end
-      end
-    else
-      local _, e = find(json, "^%s*%]", a + 1)
-      if e then
-        parts[#parts + 1] = sub(json, from, a)
-        parts[#parts + 1] = '"\\u0000herald:empty-array\\u0000"]'
-        from = e + 1
-        i = e + 1
-      else
-        i = a + 1
-      end
-    end
-  end
-  if #parts == 0 then return cjson.decode(json) end
-  parts[#parts + 1] = sub(json, from)
-  return unmark(cjson.decode(concat(parts)))
-end
-
---- Whether v holds a marked empty table (which cjson would print as {}).
-function has_empty_array(v)
-  if type(v) ~= "table" then return false end
-  if next(v) == nil then return getmetatable(v) == ARRAY_MT end
-  for _, x in pairs(v) do
-    if type(x) == "table" and has_empty_array(x) then return true end
-  end
-  return false
-end
-_M.has_empty_array = has_empty_array
-
---- JSON text of v with marked empty tables as [] (cjson for everything else).
-function encode_marked(v)
-  if type(v) ~= "table" then return encode(v) end
-  if next(v) == nil then return getmetatable(v) == ARRAY_MT and "[]" or "{}" end
-  local parts = {}
-  if v[1] ~= nil then
-    for i = 1, #v do parts[i] = encode_marked(v[i]) end
-    return "[" .. concat(parts, ",") .. "]"
-  end
-  for k, x in pairs(v) do parts[#parts + 1] = encode(tostring(k)) .. ":" .. encode_marked(x) end
-  return "{" .. concat(parts, ",") .. "}"
-end
-_M.encode_marked = encode_marked
+-- Empty JSON arrays: lua-cjson 2.1.0 decodes [] and {} alike; herald.json decodes empty
+-- arrays marked and encodes them back as [] (see there).
+_M.decode = json.decode
 
 -- Trigger parameters ------------------------------------------------------------------------
-
---- Writes value at the sjson-style dotted path in t (creating intermediate tables; "-1"
---- appends to an array). operation: "overwrite" (default), "append", "prepend" (string
---- concatenation with the existing value, as Argo does).
-function _M.set_path(t, keys, value, operation)
-  for i = 1, #keys - 1 do
-    local k = keys[i]
-    local idx = tonumber(k)
-    if idx and type(t) == "table" and is_array(t) and next(t) ~= nil then k = idx + 1 end
-    local nxt = t[k]
-    if type(nxt) ~= "table" then
-      nxt = {}
-      t[k] = nxt
-    end
-    t = nxt
-  end
-  local k = keys[#keys]
-  local idx = tonumber(k)
-  if k == "-1" then
-    t[#t + 1] = value
-    return
-  elseif idx and is_array(t) and next(t) ~= nil then
-    k = idx + 1
-  end
-  if operation == "append" and t[k] ~= nil then
-    value = to_string(t[k]) .. to_string(value)
-  elseif operation == "prepend" and t[k] ~= nil then
-    value = to_string(value) .. to_string(t[k])
-  end
-  t[k] = value
-end
 
 -- Paths, templates and expressions: thin adapters over the language modules, so generated
 -- sensor code does not depend on their internals. -------------------------------------------
 
-local has_gjson, gjson = pcall(require, "herald.gjson")
-local has_sjson, sjson = pcall(require, "herald.sjson")
-local has_tpl, gotemplate = pcall(require, "herald.gotemplate")
-local has_gv, govaluate = pcall(require, "herald.govaluate")
-
 --- Compiles a gjson path. Returns get(value) -> the value at the path (gjson's "light"
 --- result: nil when it does not exist, cjson.null for JSON null), or nil, err.
-function _M.path(path)
-  if has_gjson then return gjson.compile(path) end
-  local keys = _M.split_path(path)
-  return function(v) return _M.path_get(v, keys) end
-end
+_M.path = gjson.compile
 
 --- gjson Result.String() of a path's value.
-_M.res_string = has_gjson and gjson.string or to_string
+_M.res_string = gjson.string
 
 --- gjson Result.Bool() of a path's value.
-_M.res_bool = has_gjson and gjson.bool or _M.to_bool
+_M.res_bool = gjson.bool
 
 --- gjson Result.Value(): the Lua value, with JSON null as nil.
 function _M.res_value(v)
@@ -283,7 +105,6 @@ end
 
 --- Compiles a Go text/template; returns t or nil, err.
 function _M.template(text)
-  if not has_tpl then return nil, "Go templates are not available" end
   return gotemplate.compile(text)
 end
 
@@ -294,7 +115,6 @@ end
 
 --- Compiles a govaluate expression; returns fn(params) -> value | nil, err.
 function _M.govaluate(expr)
-  if not has_gv then return nil, "govaluate expressions are not available" end
   local c, err = govaluate.compile(expr)
   if not c then return nil, err end
   return c.fn
@@ -302,25 +122,18 @@ end
 
 --- Compiles an sjson destination path; returns set(doc, value, operation) or nil, err.
 function _M.setter(path)
-  if has_sjson then
-    local set, err = sjson.compile(path)
-    if not set then return nil, err end
-    local get = has_gjson and gjson.compile(path) or nil
-    return function(doc, value, operation)
-      if operation == "append" or operation == "prepend" then
-        local cur = get and get(doc)
-        if cur ~= nil then
-          local old = gjson.string(cur)
-          value = operation == "append" and (old .. to_string(value)) or (to_string(value) .. old)
-        end
-      end
-      return set(doc, value)
-    end
-  end
-  local keys = _M.split_path(path)
+  local set, err = sjson.compile(path)
+  if not set then return nil, err end
+  local get = gjson.compile(path)
   return function(doc, value, operation)
-    _M.set_path(doc, keys, value, operation)
-    return doc
+    if operation == "append" or operation == "prepend" then
+      local cur = get(doc)
+      if cur ~= nil then
+        local old = to_string(cur)
+        value = operation == "append" and (old .. to_string(value)) or (to_string(value) .. old)
+      end
+    end
+    return set(doc, value)
   end
 end
 
@@ -368,7 +181,7 @@ function _M.lua_trigger(sensor_name, id, events)
     if err and err:find("returned nil, not a table", 1, true) then return "none" end
     return nil, "lua trigger: " .. tostring(err)
   end
-  local a = cjson.decode(json)
+  local a = _M.decode(json)
   local kind = a.type or "none"
   if kind == "none" then return "none" end
   if kind == "log" then
@@ -377,9 +190,10 @@ function _M.lua_trigger(sensor_name, id, events)
   if kind == "http" then
     if type(a.url) ~= "string" then return nil, "lua trigger: an http action needs a url" end
     local body = a.body
-    if type(body) == "table" then body = (encode(body):gsub("\\/", "/")) end
-    return "http", { url = a.url, method = a.method or "POST", headers = a.headers, body = body,
-      timeout = a.timeout, events = events }
+    if type(body) == "table" then body = encode(body) end
+    -- the http trigger's own action (triggers/http/http.lua), as a compiled http trigger builds it
+    return "http", require("herald.triggers.http").action(
+      { url = a.url, method = a.method, headers = a.headers, timeout = a.timeout }, body, events)
   end
   return nil, "lua trigger: unknown action type " .. tostring(kind) .. " (http, log or none)"
 end
@@ -389,8 +203,7 @@ end
 --- The event as JSON, as a parameter with no key or template resolves to it (data as JSON,
 --- where Argo gives base64: docs/compat.md).
 local function whole_event(ev)
-  local v = { context = ev.context, data = ev.data }
-  return has_empty_array(ev.data) and encode_marked(v) or encode(v)
+  return encode({ context = ev.context, data = ev.data })
 end
 
 --- Resolves one compiled parameter source (see Compiler:params) in Argo's order
@@ -454,20 +267,17 @@ end
 function _M.build_payload(params, events)
   local doc = {}
   local whole
-  local marked = false -- a raw value may hold an empty array: the slower encoder keeps it []
   for i = 1, #params do
     local p = params[i]
-    local v, raw, err = _M.resolve(events, p)
+    local v, _, err = _M.resolve(events, p)
     if err then return nil, err end
     if v ~= nil then
-      if raw and type(v) == "table" and not marked then marked = has_empty_array(v) end
       if p.dest then doc = p.dest(doc, v, p.operation) or doc
       else whole = v end
     end
   end
-  local enc = marked and encode_marked or encode
-  if whole ~= nil then return type(whole) == "string" and whole or (enc(whole):gsub("\\/", "/")) end
-  return (enc(doc):gsub("\\/", "/")) -- cjson escapes "/", which JSON allows but does not need
+  if whole ~= nil then return type(whole) == "string" and whole or encode(whole) end
+  return encode(doc)
 end
 
 --- The Kubernetes object an ArtifactLocation (`source` of a k8s / argoWorkflow trigger) holds:

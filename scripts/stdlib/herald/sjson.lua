@@ -22,7 +22,7 @@ local byte, sub, lower, find = string.byte, string.sub, string.lower,
 local concat = table.concat
 
 local I = gjson._internal
-local kind, OBJECT, ARRAY, EMPTY = I.kind, I.OBJECT, I.ARRAY, I.EMPTY
+local kind, OBJECT, ARRAY = I.kind, I.OBJECT, I.ARRAY
 local new_array, sorted_keys = I.new_array, I.sorted_keys
 local null = cjson.null
 
@@ -141,11 +141,7 @@ end
 function set_in(cur, comps, i, value)
   local c = comps[i]
   if type(cur) == "table" then
-    local k = kind(cur)
-    if k == ARRAY then return set_array(cur, comps, i, value) end
-    if k == OBJECT then return set_object(cur, comps, i, value) end
-    -- empty table: decoded [] or {}; numeric keys and -1 treat it as an array
-    if c.numeric or c.append then return set_array(cur, comps, i, value) end
+    if kind(cur) == ARRAY then return set_array(cur, comps, i, value) end
     return set_object(cur, comps, i, value)
   end
   -- missing, or a scalar in the way: a new array for a numeric key, else an object
@@ -337,8 +333,7 @@ function _M.compile(path)
         return function(doc, value)
           if value == nil then value = null end
           if type(doc) == "table" then
-            local k = kind(doc)
-            if k == OBJECT or k == EMPTY then
+            if kind(doc) == OBJECT then
               doc[key] = value
               return doc
             end

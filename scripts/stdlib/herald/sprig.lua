@@ -43,6 +43,8 @@
 local cjson = require "cjson"
 local bit = require "bit"
 local G = require "herald.gotemplate"
+local json = require "herald.json"
+local core = require "herald.core"
 
 local type, tostring, tonumber, pairs, ipairs, select, error = type, tostring, tonumber, pairs,
   ipairs, select, error
@@ -55,12 +57,11 @@ local band, bor, bxor, bnot, lshift, rshift, rol, ror, tobit = bit.band, bit.bor
   bit.bnot, bit.lshift, bit.rshift, bit.rol, bit.ror, bit.tobit
 local null = cjson.null
 
-local fmt_v, type_name, is_list, sorted_keys = G.fmt_v, G.type_name, G.is_list, G.sorted_keys
+local fmt_v, type_name, is_list, sorted_keys, typed = G.fmt_v, G.type_name, G.is_list, G.sorted_keys, G.typed
 local arg_error, go_quote, fmt_num = G.arg_error, G.go_quote, G.fmt_num
 local utf8_decode, utf8_char = G.utf8_decode, G.utf8_char
 
-local has_core, core = pcall(require, "herald.core")
-if not has_core then core = nil end
+local array = json.array -- lists are marked: an empty one prints [] (herald.json)
 
 local _M = {}
 
@@ -85,7 +86,7 @@ end
 
 local function is_nil(v) return v == nil or v == null end
 
-local function is_plain_table(v) return type(v) == "table" and getmetatable(v) == nil end
+local function is_plain_table(v) return type(v) == "table" and typed(v) == nil end
 
 local function is_map(v) return is_plain_table(v) and v[1] == nil and next(v) ~= nil end
 
@@ -146,7 +147,7 @@ local function empty(v)
   if t == "string" then return v == "" end
   if t == "number" then return v == 0 end
   if t == "table" then
-    if getmetatable(v) then return false end
+    if typed(v) then return false end
     return next(v) == nil
   end
   return false
@@ -159,7 +160,7 @@ local function L(v, what)
 end
 
 local function copy_list(l, i, j)
-  local out = {}
+  local out = array()
   for k = i or 1, j or #l do out[#out + 1] = l[k] end
   return out
 end
@@ -177,7 +178,7 @@ local function deep_equal(a, b)
 end
 
 local function deep_copy(v)
-  if type(v) ~= "table" or getmetatable(v) then return v end
+  if type(v) ~= "table" or typed(v) then return v end
   local out = {}
   for k, x in pairs(v) do out[k] = deep_copy(x) end
   return out
@@ -186,13 +187,13 @@ end
 -- Sprig strslice: lists become string lists (nil elements dropped), other values one string.
 local function strslice(v)
   if is_plain_table(v) and is_list(v) then
-    local out = {}
+    local out = array()
     for i = 1, #v do
       if not is_nil(v[i]) then out[#out + 1] = strval(v[i]) end
     end
     return out
   end
-  if is_nil(v) then return {} end
+  if is_nil(v) then return array() end
   return { strval(v) }
 end
 
@@ -335,7 +336,7 @@ function _M.abbrevboth(left, right, s)
 end
 
 function _M.initials(s)
-  local out = {}
+  local out = array()
   for w in S(s):gmatch("%S+") do
     local _, ni = utf8_decode(w, 1)
     out[#out + 1] = sub(w, 1, ni - 1)
@@ -345,7 +346,7 @@ end
 
 local function rand_from(chars, n)
   n = I(n)
-  local out = {}
+  local out = array()
   for i = 1, n do
     local k = math.random(1, #chars)
     out[i] = sub(chars, k, k)
@@ -366,7 +367,7 @@ function _M.hasPrefix(prefix, s) prefix = S(prefix); return sub(S(s), 1, #prefix
 function _M.hasSuffix(suffix, s) suffix = S(suffix); return suffix == "" or sub(S(s), -#suffix) == suffix end
 
 function _M.quote(...)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local v = select(i, ...)
     if v ~= nil then out[#out + 1] = go_quote(strval(v)) end
@@ -375,7 +376,7 @@ function _M.quote(...)
 end
 
 function _M.squote(...)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local v = select(i, ...)
     if v ~= nil then out[#out + 1] = "'" .. strval(v) .. "'" end
@@ -384,7 +385,7 @@ function _M.squote(...)
 end
 
 function _M.cat(...)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local v = select(i, ...)
     if v ~= nil then out[#out + 1] = strval(v) end
@@ -435,7 +436,7 @@ local function is_upper(c) return c and c >= 65 and c <= 90 end
 -- xstrings.ToSnakeCase / ToKebabCase (ASCII case rules).
 local function camel_to_lower(s, delim)
   if s == "" then return "" end
-  local out = {}
+  local out = array()
   local function w(c) out[#out + 1] = c end
   local i, len = 1, #s
   local prev, r0 = "_", "_"
@@ -488,7 +489,7 @@ function _M.kebabcase(s) return camel_to_lower(S(s), "-") end
 function _M.camelcase(s)
   s = S(s)
   if s == "" then return "" end
-  local out = {}
+  local out = array()
   local i = 1
   local r0
   while i <= #s do
@@ -534,7 +535,7 @@ local function wrap_custom(s, width, nl, long_words)
   if nl == "" then nl = "\n" end
   if width < 1 then width = 1 end
   local len, off = #s, 0
-  local out = {}
+  local out = array()
   while len - off > width do
     if sub(s, off + 1, off + 1) == " " then
       off = off + 1
@@ -579,7 +580,7 @@ function _M.wrap(width, s) return wrap_custom(S(s), I(width), "\n", false) end
 function _M.wrapWith(width, sep, s) return wrap_custom(S(s), I(width), S(sep), true) end
 
 local function split_plain(s, sep, n)
-  local out = {}
+  local out = array()
   if n == 0 then return out end
   if sep == "" then
     local i = 1
@@ -616,7 +617,7 @@ function _M.join(sep, v) return concat(strslice(v), S(sep)) end
 
 function _M.sortAlpha(v)
   if not (is_plain_table(v) and is_list(v)) then return { strval(v) } end
-  local out = {}
+  local out = array()
   for i = 1, #v do out[i] = strval(v[i]) end
   sort(out)
   return out
@@ -630,93 +631,8 @@ function _M.hello() return "Hello!" end
 -- JSON (encoding/json: sorted keys, Go float format, HTML-escaped unless raw)
 -------------------------------------------------------------------------------------------
 
-local function json_num(x)
-  if x ~= x or x == huge or x == -huge then
-    error("json: unsupported value: " .. (x ~= x and "NaN" or (x > 0 and "+Inf" or "-Inf")), 0)
-  end
-  local a = abs(x)
-  if x == floor(x) and a < 1e21 then return fmt("%.0f", x) end
-  if a ~= 0 and (a < 1e-6 or a >= 1e21) then
-    local s = fmt_num(x)
-    if not s:find("e") then
-      -- fmt_num gave the fixed form; build the exponent form from the shortest digits
-      s = fmt("%.17e", x)
-      for p = 1, 17 do
-        local c = fmt("%." .. (p - 1) .. "e", x)
-        if tonumber(c) == x then s = c; break end
-      end
-      s = s:gsub("%.?0+e", "e")
-    end
-    return (s:gsub("e([-+])0(%d)$", "e%1%2"))
-  end
-  return fmt_num(x)
-end
-
-local JSON_ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
-local function json_str(s, html)
-  local pat = html and '[%c"\\<>&\226]' or '[%c"\\\226]'
-  s = gsub(s, pat, function(c)
-    local e = JSON_ESC[c]
-    if e then return e end
-    if c == "\226" then return c end
-    return fmt("\\u%04x", byte(c))
-  end)
-  s = gsub(s, "\226\128\168", "\\u2028")
-  s = gsub(s, "\226\128\169", "\\u2029")
-  return '"' .. s .. '"'
-end
-
-local function json_enc(v, html, indent, cur, out)
-  local t = type(v)
-  if t == "string" then out[#out + 1] = json_str(v, html)
-  elseif t == "number" then out[#out + 1] = json_num(v)
-  elseif t == "boolean" then out[#out + 1] = v and "true" or "false"
-  elseif v == nil or v == null then out[#out + 1] = "null"
-  elseif t == "table" then
-    local mt = getmetatable(v)
-    if mt and mt.__tojson then
-      out[#out + 1] = json_str(mt.__tojson(v), html)
-      return
-    end
-    local inner = indent and (cur .. indent) or nil
-    if v[1] ~= nil then
-      out[#out + 1] = "["
-      for i = 1, #v do
-        if i > 1 then out[#out + 1] = "," end
-        if inner then out[#out + 1] = "\n" .. inner end
-        json_enc(v[i], html, indent, inner, out)
-      end
-      if inner then out[#out + 1] = "\n" .. cur end
-      out[#out + 1] = "]"
-    elseif next(v) == nil then
-      out[#out + 1] = "{}"
-    else
-      local keys, n = sorted_keys(v)
-      out[#out + 1] = "{"
-      for i = 1, n do
-        local k = keys[i]
-        if i > 1 then out[#out + 1] = "," end
-        if inner then out[#out + 1] = "\n" .. inner end
-        out[#out + 1] = json_str(type(k) == "string" and k or fmt_v(k), html)
-        out[#out + 1] = inner and ": " or ":"
-        json_enc(v[k], html, indent, inner, out)
-      end
-      if inner then out[#out + 1] = "\n" .. cur end
-      out[#out + 1] = "}"
-    end
-  else
-    error("json: unsupported type: " .. type_name(v), 0)
-  end
-end
-
---- Go's json.Marshal (html = escape <>&; indent = MarshalIndent's indent).
-local function json_encode(v, html, indent)
-  local out = {}
-  json_enc(v, html, indent, "", out)
-  return concat(out)
-end
-_M._json_encode = json_encode
+--- Go's json.Marshal (html = escape <>&; indent = MarshalIndent's indent): herald.json.
+local json_encode = json.encode
 
 function _M.mustToJson(v) return json_encode(v, true) end
 function _M.mustToPrettyJson(v) return json_encode(v, true, "  ") end
@@ -736,14 +652,12 @@ end
 
 function _M.mustFromJson(s)
   s = S(s)
-  local ok, v = pcall(cjson.decode, s)
-  if not ok then error(tostring(v):gsub("^.-:%d+: ", ""), 0) end
+  local v, err = json.try_decode(s)
+  if err then error(err, 0) end
   return v
 end
 function _M.fromJson(s)
-  local ok, v = pcall(cjson.decode, S(s))
-  if not ok then return nil end
-  return v
+  return (json.try_decode(S(s)))
 end
 
 -------------------------------------------------------------------------------------------
@@ -814,7 +728,7 @@ local function kind_of(v)
   if t == "boolean" then return "bool" end
   if v == nil or v == null then return "invalid" end
   if t == "table" then
-    if getmetatable(v) then return "struct" end
+    if typed(v) then return "struct" end
     if v[1] ~= nil or next(v) == nil then return "slice" end
     return "map"
   end
@@ -843,7 +757,7 @@ for i = 1, 64 do B64_INV[byte(B64, i)] = i - 1 end
 
 function _M.b64enc(s)
   s = strval(s)
-  local out = {}
+  local out = array()
   for i = 1, #s, 3 do
     local a, b, c = byte(s, i, i + 2)
     local n = a * 65536 + (b or 0) * 256 + (c or 0)
@@ -859,7 +773,7 @@ end
 
 function _M.b64dec(s)
   s = strval(s):gsub("[\r\n]", "")
-  local out = {}
+  local out = array()
   local len = #s
   if len % 4 ~= 0 then
     -- Go reports the offset of the first byte it cannot use
@@ -897,7 +811,7 @@ for i = 1, 32 do B32_INV[byte(B32, i)] = i - 1 end
 
 function _M.b32enc(s)
   s = strval(s)
-  local out = {}
+  local out = array()
   for i = 1, #s, 5 do
     local chunk = sub(s, i, i + 4)
     local bits = {}
@@ -929,7 +843,7 @@ function _M.b32dec(s)
     if not d then return "illegal base32 data at input byte " .. (i - 1) end
     for k = 4, 0, -1 do bits[#bits + 1] = floor(d / 2 ^ k) % 2 end
   end
-  local out = {}
+  local out = array()
   for i = 1, #bits - 7, 8 do
     local v = 0
     for k = 0, 7 do v = v * 2 + bits[i + k] end
@@ -1012,7 +926,7 @@ local function sha256(msg)
     h[1], h[2], h[3], h[4] = tobit(h[1] + a), tobit(h[2] + b), tobit(h[3] + c), tobit(h[4] + d)
     h[5], h[6], h[7], h[8] = tobit(h[5] + e), tobit(h[6] + f), tobit(h[7] + g), tobit(h[8] + hh)
   end
-  local out = {}
+  local out = array()
   for i = 1, 8 do out[i] = tohex32(h[i]) end
   return concat(out)
 end
@@ -1033,7 +947,7 @@ local seeded = false
 local function seed()
   if seeded then return end
   seeded = true
-  local t = (core and core.now and core.now()) or os.time()
+  local t = core.now()
   math.randomseed(floor((t * 1000003) % 2147483647) + floor(os.clock() * 1e6))
 end
 
@@ -1071,7 +985,7 @@ end
 -------------------------------------------------------------------------------------------
 
 function _M.list(...)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local v = select(i, ...)
     if v == nil then v = null end
@@ -1083,8 +997,8 @@ _M.tuple = _M.list
 
 function _M.mustFirst(l) l = L(l, "find first"); return l[1] end
 function _M.mustLast(l) l = L(l, "find last"); return l[#l] end
-function _M.mustRest(l) l = L(l, "find rest"); if #l == 0 then return {} end return copy_list(l, 2) end
-function _M.mustInitial(l) l = L(l, "find initial"); if #l == 0 then return {} end return copy_list(l, 1, #l - 1) end
+function _M.mustRest(l) l = L(l, "find rest"); if #l == 0 then return array() end return copy_list(l, 2) end
+function _M.mustInitial(l) l = L(l, "find initial"); if #l == 0 then return array() end return copy_list(l, 1, #l - 1) end
 function _M.mustPush(l, v)
   l = L(l, "push")
   local out = copy_list(l)
@@ -1098,7 +1012,7 @@ function _M.mustPrepend(l, v)
   return out
 end
 function _M.concat(...)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local l = select(i, ...)
     if not (is_plain_table(l) and is_list(l)) then
@@ -1110,7 +1024,7 @@ function _M.concat(...)
 end
 function _M.mustReverse(l)
   l = L(l, "find reverse")
-  local out = {}
+  local out = array()
   for i = #l, 1, -1 do out[#out + 1] = l[i] end
   return out
 end
@@ -1120,14 +1034,14 @@ local function in_list(l, v)
 end
 function _M.mustUniq(l)
   l = L(l, "find uniq")
-  local out = {}
+  local out = array()
   for i = 1, #l do if not in_list(out, l[i]) then out[#out + 1] = l[i] end end
   return out
 end
 function _M.mustWithout(l, ...)
   l = L(l, "find without")
   local omit = { ... }
-  local out = {}
+  local out = array()
   for i = 1, #l do if not in_list(omit, l[i]) then out[#out + 1] = l[i] end end
   return out
 end
@@ -1138,7 +1052,7 @@ function _M.mustHas(needle, haystack)
 end
 function _M.mustCompact(l)
   l = L(l, "compact")
-  local out = {}
+  local out = array()
   for i = 1, #l do if not empty(l[i]) then out[#out + 1] = l[i] end end
   return out
 end
@@ -1164,7 +1078,7 @@ end
 function _M.mustChunk(size, l)
   size = I(size)
   l = L(l, "chunk")
-  local out = {}
+  local out = array()
   if size <= 0 then error("runtime error: integer divide by zero", 0) end
   for i = 1, #l, size do out[#out + 1] = copy_list(l, i, math.min(i + size - 1, #l)) end
   return out
@@ -1179,7 +1093,7 @@ _M.mustAppend = _M.mustPush
 
 _M["until"] = function(count)
   count = I(count)
-  local out = {}
+  local out = array()
   local step = count < 0 and -1 or 1
   local i = 0
   while (step > 0 and i < count) or (step < 0 and i > count) do
@@ -1191,7 +1105,7 @@ end
 
 function _M.untilStep(start, stop, step)
   start, stop, step = I(start), I(stop), I(step)
-  local out = {}
+  local out = array()
   if step == 0 then return out end
   local i = start
   if step > 0 then
@@ -1222,7 +1136,7 @@ function _M.seq(...)
   else
     return ""
   end
-  local out = {}
+  local out = array()
   local i = start
   while (step > 0 and i <= stop) or (step < 0 and i >= stop) do
     out[#out + 1] = tostring(i)
@@ -1264,7 +1178,7 @@ function _M.unset(d, key) d, key = D(d), S(key); d[key] = nil; return d end
 function _M.hasKey(d, key) d, key = D(d), S(key); return d[key] ~= nil end
 
 function _M.keys(...)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local d = D((select(i, ...)))
     local ks = sorted_keys(d)
@@ -1276,14 +1190,14 @@ end
 function _M.values(d)
   d = D(d)
   local ks = sorted_keys(d)
-  local out = {}
+  local out = array()
   for i, k in ipairs(ks) do out[i] = d[k] end
   return out
 end
 
 function _M.pluck(key, ...)
   key = S(key)
-  local out = {}
+  local out = array()
   for i = 1, select("#", ...) do
     local d = D((select(i, ...)))
     if d[key] ~= nil then out[#out + 1] = d[key] end
@@ -1569,7 +1483,7 @@ end
 
 local function format_time(t, layout)
   local y, m, d, hh, mi, ss, wd, yday = t:fields()
-  local out = {}
+  local out = array()
   for _, ch in ipairs(layout_chunks(layout)) do
     local s = ch.std
     local r
@@ -1741,7 +1655,7 @@ _M._parse_time = parse_time
 local ZERO_TIME = days_from_civil(1, 1, 1) * 86400
 
 local function now_time()
-  local t = (core and core.now and core.now()) or os.time()
+  local t = core.now()
   local s = floor(t)
   return new_time(s, floor((t - s) * 1e9 + 0.5) % 1000000000)
 end
@@ -1898,7 +1812,6 @@ local function RE(pattern)
   pattern = S(pattern)
   local re = re_cache[pattern]
   if re then return re end
-  if not core or not core.regex_compile then error("regular expressions are not available", 0) end
   local r, err = core.regex_compile(pattern)
   if not r then error("error parsing regexp: " .. tostring(err) .. ": `" .. pattern .. "`", 0) end
   re_cache[pattern] = r
@@ -1907,7 +1820,7 @@ end
 
 --- All matches as Go's FindAll: { {start0, end0, captures}, ... } (0-based, end exclusive).
 local function find_all(re, s, n)
-  local out = {}
+  local out = array()
   local pos, prev_end = 0, -1
   local len = #s
   while (n < 0 or #out < n) and pos <= len do
@@ -1942,7 +1855,7 @@ function _M.mustRegexFind(regex, s)
 end
 function _M.mustRegexFindAll(regex, s, n)
   s, n = S(s), I(n)
-  local out = {}
+  local out = array()
   for _, m in ipairs(find_all(RE(regex), s, n)) do out[#out + 1] = sub(s, m[1] + 1, m[2]) end
   return out
 end
@@ -1973,7 +1886,7 @@ local function expand(repl, s, m)
 end
 
 local function replace_all(re, s, repl, literal)
-  local out = {}
+  local out = array()
   local last_end = 0
   local search = 0
   local len = #s
@@ -2005,11 +1918,11 @@ function _M.mustRegexReplaceAllLiteral(regex, s, repl) return replace_all(RE(reg
 
 function _M.mustRegexSplit(regex, s, n)
   s, n = S(s), I(n)
-  if n == 0 then return {} end
+  if n == 0 then return array() end
   regex = S(regex)
   if #regex > 0 and #s == 0 then return { "" } end
   local matches = find_all(RE(regex), s, n)
-  local out = {}
+  local out = array()
   local beg, stop = 0, 0
   for _, m in ipairs(matches) do
     if n > 0 and #out == n - 1 then break end

@@ -19,8 +19,7 @@ local rt = require "herald.rt"
 local _M = {}
 
 local null = cjson.null
-local has_gjson, gjson = pcall(require, "herald.gjson")
-local ARRAY_MT = has_gjson and gjson.array_mt or nil
+local is_array = require("herald.json").is_array
 
 local encode_raw
 
@@ -32,8 +31,7 @@ end
 function encode_raw(v)
   local t = type(v)
   if t == "table" then
-    local mt = getmetatable(v)
-    if v[1] ~= nil or (mt ~= nil and mt == ARRAY_MT) then
+    if is_array(v) then
       local parts = {}
       for i = 1, #v do parts[i] = encode_raw(v[i]) end
       return "[" .. table.concat(parts, ",") .. "]"
@@ -222,7 +220,7 @@ function _M.event_from_cloudevent(ce)
   local data = ce.data
   if data == nil then return { context = context } end
   return { context = context, data = data,
-    raw = rt.has_empty_array(data) and rt.encode_marked(data) or cjson.encode(data) }
+    raw = rt.encode(data) }
 end
 
 --- Reads a JSON-lines file of CloudEvents; returns events or nil, "file:line: message".
