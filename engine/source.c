@@ -194,10 +194,21 @@ char *herald_secret_field(herald_engine *eng, const herald_logger *lg, lua_State
     int sel = lua_gettop(L);
     const char *name = herald_cfg_string(L, sel, "name", NULL);
     const char *key = herald_cfg_string(L, sel, "key", NULL);
-    v = herald_secret_read(eng, name, key, err);
-    if (!v)
-      herald_log(lg, HLOG_ERROR, "%s: cannot read secret %s/%s: %s", what, name ? name : "?",
-                 key ? key : "?", herald_strerror(*err));
+    if (!name || !key) {
+      *err = HERALD_EINVAL;
+      herald_log(lg, HLOG_ERROR, "%s: expected a secret key selector {name: <secret>, key: <key>}",
+                 what);
+    } else if (!(v = herald_secret_read(eng, name, key, err))) {
+      /* the file, and how to fix it: the reader sees one path, the spec another */
+      herald_log(lg, HLOG_ERROR,
+                 "%s: cannot read secret %s/%s: %s (file %s/%s/%s; create it or fix %s, the "
+                 "secrets directory is set with --secrets-dir)",
+                 what, name, key, herald_strerror(*err), eng->opts.secrets_dir, name, key, what);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    *err = HERALD_EINVAL;
+    herald_log(lg, HLOG_ERROR, "%s: expected a secret key selector {name: <secret>, key: <key>}",
+               what);
   }
   lua_pop(L, 1);
   return v;

@@ -384,35 +384,13 @@ static int read_metadata(webhook *w, lua_State *L, int cfg) {
 
 /* stack: unchanged */
 static int read_auth(webhook *w, lua_State *L, int cfg) {
-  lua_getfield(L, cfg, "authSecret");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  const char *name = lua_istable(L, -1) ? herald_cfg_string(L, -1, "name", NULL) : NULL;
-  const char *key = lua_istable(L, -1) ? herald_cfg_string(L, -1, "key", NULL) : NULL;
-  if (!name || !key) {
-    lua_pop(L, 1);
-    herald_log(&w->src->log, HLOG_ERROR,
-               "authSecret: expected a secret key selector {name: <secret>, key: <key>}");
-    return HERALD_EINVAL;
-  }
   int err = 0;
-  herald_engine *eng = w->src->engine;
-  w->token = herald_secret_read(eng, name, key, &err);
-  if (!w->token) {
-    herald_log(&w->src->log, HLOG_ERROR,
-               "authSecret: cannot read secret %s/%s (file %s/%s/%s): %s; create the file or "
-               "fix authSecret (the secrets directory is set with --secrets-dir)",
-               name, key, eng->opts.secrets_dir, name, key, herald_strerror(err));
-    lua_pop(L, 1);
-    return err ? err : HERALD_ENOTFOUND;
-  }
-  lua_pop(L, 1);
-  if (!*w->token)
+  w->token = herald_secret_field(w->src->engine, &w->src->log, L, cfg, "authSecret",
+                                 "authSecret", &err);
+  if (err) return err;
+  if (w->token && !*w->token)
     herald_log(&w->src->log, HLOG_WARN,
-               "authSecret %s/%s is empty: requests need \"Authorization: Bearer \" only", name,
-               key);
+               "authSecret is empty: requests need \"Authorization: Bearer \" only");
   return 0;
 }
 
