@@ -10,7 +10,7 @@ TEST=(lua-busted lua-socket lua-posix lua-rex-pcre2 curl tmux nats-server nodejs
       clang libclang-rt-14-dev)  # clang + libFuzzer: spec/fuzz/fuzz_spec.lua builds fuzz/
 # kubectl is not in Debian 12 (only the old kubernetes-client); specs that need it are pending
 # when it is absent.
-BENCH=(wrk)
+BENCH=(wrk hyperfine)
 
 want=("${BUILD[@]}")
 case "${1:-build}" in
