@@ -13,6 +13,8 @@
 -- contents of --body-file (a manifest behind a trigger's source.url). Prints "listening <port>" on
 -- stdout once it accepts connections.
 local socket = require "socket"
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local stub = require "http_stub"
 local cjson = require "cjson"
 
 local opts = { port = 0, status = 200, delay_ms = 0, fail_first = 0, fail_status = 500 }
@@ -43,67 +45,14 @@ if not opts.out then
 end
 
 local out = assert(io.open(opts.out, "ab"))
-local server = assert(socket.bind("127.0.0.1", opts.port))
-server:settimeout(0)
-local _, bound_port = server:getsockname()
-io.stdout:write("listening ", bound_port, "\n")
-io.stdout:flush()
+local server = stub.listen(opts.port)
 
-local REASONS = { [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
-  [400] = "Bad Request", [404] = "Not Found", [429] = "Too Many Requests",
-  [500] = "Internal Server Error", [502] = "Bad Gateway", [503] = "Service Unavailable" }
+local REASONS = stub.REASONS
 
 local conns = {}  -- socket -> state {id=, buf=, pending = {due=, data=, close=}[], out=}
 local nrequests, naccepted, nopen = 0, 0, 0
 
--- Parses one request from st.buf; returns it (and consumes its bytes) or nil if incomplete.
-local function parse_request(st)
-  local buf = st.buf
-  local hend = buf:find("\r\n\r\n", 1, true)
-  if not hend then return nil end
-  local head = buf:sub(1, hend - 1)
-  local method, path = head:match("^(%S+)%s+(%S+)")
-  local headers = {}
-  for line in head:gmatch("\r\n([^\r\n]*)") do
-    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
-    if k then
-      k = k:lower()
-      headers[k] = headers[k] and (headers[k] .. ", " .. v) or v
-    end
-  end
-  local pos = hend + 4
-  local body
-  if (headers["transfer-encoding"] or ""):lower():find("chunked", 1, true) then
-    local parts = {}
-    while true do
-      local le = buf:find("\r\n", pos, true)
-      if not le then return nil end
-      local size = tonumber(buf:sub(pos, le - 1):match("^%x+"), 16)
-      if not size then return nil end
-      if size == 0 then
-        if buf:sub(le + 2, le + 3) == "\r\n" then
-          pos = le + 4
-        else -- trailer fields, then an empty line
-          local tend = buf:find("\r\n\r\n", le + 2, true)
-          if not tend then return nil end
-          pos = tend + 4
-        end
-        break
-      end
-      if #buf < le + 2 + size + 1 then return nil end
-      parts[#parts + 1] = buf:sub(le + 2, le + 1 + size)
-      pos = le + 2 + size + 2
-    end
-    body = table.concat(parts)
-  else
-    local len = tonumber(headers["content-length"] or "0") or 0
-    if #buf < pos + len - 1 then return nil end
-    body = buf:sub(pos, pos + len - 1)
-    pos = pos + len
-  end
-  st.buf = buf:sub(pos)
-  return { method = method, path = path, headers = headers, body = body }
-end
+local parse_request = stub.parse_request
 
 local function on_request(st, req)
   nrequests = nrequests + 1

@@ -8,8 +8,9 @@
 -- channel "ratelimited" -> HTTP 429; channel "down" -> HTTP 503; else {"ok":true,
 -- "channel":..., "ts":"<n>.000100"} with n counting the successful posts.
 -- Prints "listening <port>" on stdout once it accepts connections.
-local socket = require "socket"
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local cjson = require "cjson"
+local stub = require "http_stub"
 
 local opts = { port = 0 }
 do
@@ -46,60 +47,8 @@ local function answer(req)
     message = { text = msg.text, ts = posted .. ".000100" } })
 end
 
-local function parse_request(st)
-  local buf = st.buf
-  local hend = buf:find("\r\n\r\n", 1, true)
-  if not hend then return nil end
-  local head = buf:sub(1, hend - 1)
-  local method, path = head:match("^(%S+)%s+(%S+)")
-  local headers = {}
-  for line in head:gmatch("\r\n([^\r\n]*)") do
-    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
-    if k then headers[k:lower()] = v end
-  end
-  local len = tonumber(headers["content-length"] or "0") or 0
-  local pos = hend + 4
-  if #buf < pos + len - 1 then return nil end
-  st.buf = buf:sub(pos + len)
-  return { method = method, path = path, headers = headers, body = buf:sub(pos, pos + len - 1) }
-end
-
-local server = assert(socket.bind("127.0.0.1", opts.port))
-server:settimeout(0)
-local _, bound_port = server:getsockname()
-io.stdout:write("listening ", bound_port, "\n")
-io.stdout:flush()
-
-local conns = {}
-while true do
-  local readers = { server }
-  for c in pairs(conns) do readers[#readers + 1] = c end
-  local readable = socket.select(readers, nil, 1)
-  for _, c in ipairs(readable) do
-    if c == server then
-      local nc = server:accept()
-      if nc then
-        nc:settimeout(0)
-        conns[nc] = { buf = "" }
-      end
-    elseif conns[c] then
-      local st = conns[c]
-      local data, err, partial = c:receive(65536)
-      data = data or partial
-      if data and #data > 0 then st.buf = st.buf .. data end
-      while true do
-        local req = parse_request(st)
-        if not req then break end
-        local status, body = answer(req)
-        c:settimeout(5)
-        c:send(("HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s")
-          :format(status, status == 200 and "OK" or "Error", #body, body))
-        c:settimeout(0)
-      end
-      if err == "closed" then
-        conns[c] = nil
-        c:close()
-      end
-    end
-  end
-end
+stub.serve(opts.port, function(req)
+  local status, body = answer(req)
+  return { status = status, body = body,
+    headers = { ["Content-Type"] = "application/json; charset=utf-8" } }
+end)

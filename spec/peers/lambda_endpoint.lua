@@ -19,7 +19,8 @@
 -- JSON line: {"api":"lambda"|"sts", "verified":bool, "error":..., "access_key":...,
 -- "session_token":..., "function":..., "invocation_type":..., "payload":..., "role_arn":...}.
 -- Prints "listening <port>" on stdout once it accepts connections.
-local socket = require "socket"
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/../helpers/?.lua;" .. package.path
+local stub = require "http_stub"
 local cjson = require "cjson"
 local ffi = require "ffi"
 
@@ -253,71 +254,6 @@ local function handle(req)
   return resp
 end
 
--- HTTP/1.1 (keep-alive) on one select loop ---------------------------------------------------
-
-local function parse_request(st)
-  local buf = st.buf
-  local hend = buf:find("\r\n\r\n", 1, true)
-  if not hend then return nil end
-  local head = buf:sub(1, hend - 1)
-  local method, path = head:match("^(%S+)%s+(%S+)")
-  local headers = {}
-  for line in head:gmatch("\r\n([^\r\n]*)") do
-    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
-    if k then
-      k = k:lower()
-      headers[k] = headers[k] and (headers[k] .. "," .. v) or v
-    end
-  end
-  local len = tonumber(headers["content-length"] or "0") or 0
-  local pos = hend + 4
-  if #buf < pos + len - 1 then return nil end
-  st.buf = buf:sub(pos + len)
-  return { method = method, path = path, headers = headers, body = buf:sub(pos, pos + len - 1) }
-end
-
-local REASONS = { [200] = "OK", [202] = "Accepted", [204] = "No Content", [400] = "Bad Request",
-  [403] = "Forbidden", [404] = "Not Found", [429] = "Too Many Requests", [500] = "Internal Server Error" }
-
-local server = assert(socket.bind("127.0.0.1", opts.port))
-server:settimeout(0)
-local _, bound_port = server:getsockname()
-io.stdout:write("listening ", bound_port, "\n")
-io.stdout:flush()
-
-local conns = {}
-while true do
-  local readers = { server }
-  for c in pairs(conns) do readers[#readers + 1] = c end
-  local readable = socket.select(readers, nil, 1)
-  for _, c in ipairs(readable) do
-    if c == server then
-      local nc = server:accept()
-      if nc then
-        nc:settimeout(0)
-        conns[nc] = { buf = "" }
-      end
-    elseif conns[c] then
-      local st = conns[c]
-      local data, err, partial = c:receive(65536)
-      data = data or partial
-      if data and #data > 0 then st.buf = st.buf .. data end
-      while true do
-        local req = parse_request(st)
-        if not req then break end
-        local r = handle(req)
-        local lines = { ("HTTP/1.1 %d %s"):format(r.status, REASONS[r.status] or "Status") }
-        for k, v in pairs(r.headers) do lines[#lines + 1] = k .. ": " .. v end
-        lines[#lines + 1] = "Content-Length: " .. #r.body
-        local data_out = table.concat(lines, "\r\n") .. "\r\n\r\n" .. r.body
-        c:settimeout(5)
-        c:send(data_out)
-        c:settimeout(0)
-      end
-      if err == "closed" then
-        conns[c] = nil
-        c:close()
-      end
-    end
-  end
-end
+-- HTTP/1.1 (keep-alive) on one select loop: spec/helpers/http_stub.lua. Repeated headers are
+-- joined with "," as SigV4's canonical form does.
+stub.serve(opts.port, handle, ",")
