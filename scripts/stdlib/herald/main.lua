@@ -268,6 +268,7 @@ local function cmd_test(paths, opts)
     eprint("herald test: expected a Sensor file with --events, or test files/folders")
     return 2
   end
+  jit.on() -- tests feed events: the per-event code is hot
   if opts.events then return cmd_test_events(paths, opts) end
   return cmd_test_files(paths)
 end
@@ -356,6 +357,7 @@ local function build_and_start(name, objects)
   objects = nil -- dropped for the collection below
   collectgarbage()
   core.log("debug", "herald", ("Lua heap after start-up: %d KB"):format(collectgarbage("count")))
+  jit.on() -- from here on the code that runs is the per-event code
   local started, serr = core.start()
   if not started then
     eprint(("herald %s: failed to start: "):format(name), serr)
@@ -531,6 +533,11 @@ end
 
 --- Entry point: returns exit_code, run_loop.
 function _M.main(argv)
+  -- Start-up runs interpreted: loading specs and compiling sensors is run-once code, and each
+  -- trace LuaJIT compiles costs two mprotect calls (~100 us each on a VM), more than such code
+  -- gains. The commands that then run hot loops (serving events, herald test, lua, the REPL)
+  -- turn the JIT back on (jit.on() below). bench/RESULTS.md, "Start-up and idle cost".
+  jit.off()
   if #argv == 0 then
     io.stderr:write(USAGE)
     return 2
@@ -559,8 +566,12 @@ function _M.main(argv)
   if cmd == "compile" then return cmd_compile(paths) end
   if cmd == "test" then return cmd_test(paths, opts) end
   if cmd == "emit" then return cmd_emit(paths, opts) end
-  if cmd == "repl" then return require("herald.repl").main(paths, opts) end
+  if cmd == "repl" then
+    jit.on()
+    return require("herald.repl").main(paths, opts)
+  end
   if cmd == "lua" then
+    jit.on() -- scripts and benchmarks get LuaJIT as usual
     local fn, err = loadfile(paths[1] or "")
     if not fn then
       eprint("herald lua: ", err or "no FILE given")
