@@ -8,7 +8,6 @@
 #include "common.h"
 #include "plugin.h"
 
-#include <lauxlib.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
