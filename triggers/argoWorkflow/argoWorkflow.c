@@ -13,7 +13,7 @@
  *
  * The flow is Lua (scripts/stdlib/herald/kube.lua); the client is shared with the k8s trigger.
  */
-#include "../k8s/kube.h"
+#include "kube/kube.h"
 
 /* `args` (extra argo CLI arguments) mean nothing without the CLI: the schema rejects them. */
 static int argo_init(herald_trigger *t, lua_State *L, int idx) {

@@ -11,7 +11,7 @@
  * The resource (plural, namespaced or not) comes from the server's discovery, cached per
  * trigger. The flow is Lua (kube.lua); the HTTP and credentials are kube.c.
  */
-#include "kube.h"
+#include "kube/kube.h"
 
 static int k8s_init(herald_trigger *t, lua_State *L, int idx) {
   return herald__kube_init(t->priv, t, L, idx, "k8s", "create");

@@ -9,6 +9,9 @@ local core = require "herald.core"
 local compiler = require "herald.sensor"
 local runtime = require "herald.sensor_runtime"
 local ffi = require "ffi"
+-- the source and trigger types of this build (sources/<type>/, triggers/<type>/); the schema
+-- rejects the others before we get here
+local registry = require "herald.registry"
 
 local _M = {}
 
@@ -20,7 +23,6 @@ _M.dry_run = false
 --- {sensor=, trigger=, type=, why=}. herald run says so once at start (see _M.cluster_notice).
 _M.no_cluster = {}
 
-local CLUSTER_TYPES = { k8s = true, argoWorkflow = true }
 local cluster_checked, cluster_err
 
 --- Whether a k8s / argoWorkflow trigger can have a cluster: nil, or why not (checked once).
@@ -53,7 +55,8 @@ end
 --- A trigger's executor, or the reason it has none (dry run, no cluster): handle | nil, err, skip.
 local function new_trigger(sensor, trig)
   if _M.dry_run then return nil, nil, "dry-run" end
-  if CLUSTER_TYPES[trig.type] then
+  local tmod = registry.trigger_module(trig.type)
+  if tmod and tmod.cluster then -- its module (triggers/<type>/) says it needs a cluster
     local why = cluster_missing()
     if why then
       _M.no_cluster[#_M.no_cluster + 1] = { sensor = sensor.name, trigger = trig.name, type = trig.type, why = why }
@@ -73,8 +76,6 @@ local function print_dry_run(sensor, trig, action, events)
   io.stdout:flush()
 end
 
--- Source types this build runs; the schema rejects the others before we get here.
-local SOURCE_TYPES = { "webhook", "calendar" }
 
 local function locate_with(obj)
   local ok, loader = pcall(require, "herald.loader")
@@ -107,8 +108,9 @@ end
 
 local function build_eventsource(obj, locate)
   local spec = obj.doc.spec
-  for _, typ in ipairs(SOURCE_TYPES) do
-    local events = spec[typ]
+  for _, e in ipairs(registry.sources) do
+    local typ = e.name
+    local events = e.built and spec[typ]
     if events then
       local names = {}
       for name in pairs(events) do names[#names + 1] = name end
@@ -276,7 +278,7 @@ local function build_sensor(obj, subs)
         return
       end
       local handle = trig.handle
-      if trig.type == "lua" then -- Herald's Lua trigger: its script chose what to do
+      if trig.handles then -- e.g. the lua trigger: its script chose which executor runs the action
         if action.dispatch == "none" then return end
         handle, action = trig.handles[action.dispatch], action.action
       end
@@ -300,13 +302,15 @@ local function build_sensor(obj, subs)
     local handle, terr, skip
     if _M.dry_run then
       skip = "dry-run"
-    elseif trig.type == "lua" then
-      -- the script's actions run on the http and log executors, under this trigger's name
-      trig.handles = {
-        http = core.trigger_new("http", sensor.name, trig.name, { url = "lua:" }, trig.delivery),
-        log = core.trigger_new("log", sensor.name, trig.name, {}, trig.delivery),
-      }
-      handle = trig.handles.http
+    elseif registry.trigger_module(trig.type).dispatch then
+      -- a type whose actions run on other types' executors (the lua trigger: http and log),
+      -- under this trigger's name; the action's `dispatch` picks one
+      local tmod = registry.trigger_module(trig.type)
+      trig.handles = {}
+      for _, d in ipairs(tmod.dispatch_order) do
+        trig.handles[d] = core.trigger_new(d, sensor.name, trig.name, tmod.dispatch[d], trig.delivery)
+      end
+      handle = trig.handles[tmod.dispatch_order[1]]
     else
       handle, terr, skip = new_trigger(sensor, trig)
     end
@@ -394,9 +398,9 @@ function _M.leases(objects)
       if obj.kind == "Sensor" then
         names[#names + 1] = "sensor-" .. obj.name
       elseif obj.kind == "EventSource" then
-        local fields = require("herald.schema").event_source_spec.fields
-        for _, t in ipairs(SOURCE_TYPES) do
-          if spec[t] and not fields[t].active_active then -- Argo's "AP" types
+        for _, e in ipairs(registry.sources) do
+          local mod = registry.module(e)
+          if mod and spec[e.name] and not mod.active_active then -- Argo's "AP" types
             names[#names + 1] = "eventsource-" .. obj.name
             break
           end

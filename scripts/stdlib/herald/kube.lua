@@ -1,5 +1,5 @@
 -- herald/kube.lua: what the k8s and argoWorkflow triggers do, as Lua coroutines that
--- talk to the Kubernetes API server through their C host (triggers/k8s/kube.c).
+-- talk to the Kubernetes API server through their C host (lib/kube/kube.c).
 --
 --   kube.c execute(action) --> coroutine _M.run(ctx)
 --        ^                         | coroutine.yield(method, path, body, content_type)
@@ -643,7 +643,7 @@ end
 
 --- source.git (Argo's GitArtifact): fetches the repository (into cloneDirectory, or a cache
 --- directory per URL) and reads filePath at the ref, tag, branch or the remote's default branch,
---- on the thread pool (triggers/k8s/git.c). With `remote`, the revision comes from that remote
+--- on the thread pool (lib/kube/git.c). With `remote`, the revision comes from that remote
 --- (its first URL), in the same directory. Credentials come from the secrets named.
 local function fetch_git(g)
   local function secret(sel, what)

@@ -12,6 +12,7 @@
 -- (`port: 12000` -> "12000").
 
 local schema = require "herald.schema"
+local registry = require "herald.registry"
 
 local _M = {}
 
@@ -449,6 +450,8 @@ local function validate_object(ctx, s, v, path)
       else
         err_key(ctx, v, k, kp, "unknown field")
       end
+    elseif fs.not_built then -- a type whose folder is left out of this build (herald.registry)
+      err_key(ctx, v, k, kp, fs.not_built)
     elseif not is_supported(fs) then
       local val = v[k]
       if val ~= nil and not (fs.default ~= nil and val == fs.default) then
@@ -697,63 +700,21 @@ function _M.parse_conditions(expr)
   return names
 end
 
--- A webhook event with no `port` listens where the EventSource's Service sends its traffic:
--- the targetPort (else port) of spec.service.ports when it holds exactly one. Argo Events
--- requires `port`; manifests written for it (and courses) often leave it to the Service.
-local function webhook_ports(ctx, spec)
-  local m = spec.webhook
-  if type(m) ~= "table" or what_is(m, ctx.pos) ~= "mapping" then return end
-  local svc = type(spec.service) == "table" and spec.service or nil
-  local ports = svc and type(svc.ports) == "table" and svc.ports or {}
-  for _, ev in ipairs(keys_in_order(ctx.pos, m)) do
-    local e = m[ev]
-    if type(e) == "table" and what_is(e, ctx.pos) == "mapping" and not has_key(ctx.pos, e, "port") then
-      local path = "spec.webhook." .. _M.show(ev) .. ".port"
-      local function where(i, key)
-        local line, col = _M.value_position(ctx.pos, ports[i], key)
-        return fmt("%s:%d:%d", ctx.file, line or 1, col or 1)
-      end
-      local function port_of(i)
-        local sp = ports[i]
-        if type(sp) ~= "table" then return nil end
-        local key = sp.targetPort ~= nil and "targetPort" or "port"
-        local n = tonumber(sp[key])
-        return n, key
-      end
-      if #ports == 1 then
-        local n, key = port_of(1)
-        if n and n == math.floor(n) and n >= 1 and n <= 65535 then
-          e.port = fmt("%d", n)
-          local p = ctx.pos[e]
-          local sl, sc = _M.value_position(ctx.pos, ports[1], key)
-          if p and p.keys then p.keys.port = { line = sl, col = sc, vline = sl, vcol = sc } end
-          ctx.notes[#ctx.notes + 1] = _M.format_error(ctx.file, sl, sc, path,
-            fmt("port %s taken from spec.service.ports[0].%s", e.port, key))
-        else
-          err_table(ctx, e, path, fmt("required: spec.service.ports[0].%s (%s) is not a port number Herald can listen on; add port: \"12000\" (the port this endpoint listens on) under spec.webhook.%s",
-            key or "port", where(1, key or "port"), _M.show(ev)))
-        end
-      elseif #ports == 0 then
-        err_table(ctx, e, path, fmt("required: add port: \"12000\" (the port this endpoint listens on) under spec.webhook.%s; without it Herald takes the port from spec.service.ports, which holds none here",
-          _M.show(ev)))
-      else
-        local list_ = {}
-        for i = 1, #ports do
-          local n, key = port_of(i)
-          list_[#list_ + 1] = fmt("%s at %s", n and fmt("%d", n) or "?", where(i, key or "port"))
-        end
-        local first = port_of(1)
-        err_table(ctx, e, path, fmt("required: spec.service.ports holds %d ports (%s), so Herald cannot tell which this endpoint listens on; add port: \"%s\" under spec.webhook.%s",
-          #ports, list(list_), first and fmt("%d", first) or "12000", _M.show(ev)))
-      end
-    end
-  end
+-- What a source type's `lint` hook (herald.sources.<type>) may use: it checks or completes the
+-- EventSource before validation (e.g. the webhook's port from spec.service.ports).
+local function lint_helpers()
+  return { what_is = what_is, keys_in_order = keys_in_order, has_key = has_key, list = list,
+    err_table = err_table, show = _M.show, value_position = _M.value_position,
+    format_error = _M.format_error }
 end
 
 local function check_event_source(ctx, doc)
   local spec = doc.spec
   if type(spec) ~= "table" then return end
-  webhook_ports(ctx, spec)
+  for _, e in ipairs(registry.sources) do
+    local mod = registry.module(e)
+    if mod and mod.lint then mod.lint(ctx, spec, lint_helpers()) end
+  end
   local fields = schema.event_source_spec.fields
   local seen, n_sources, aa, ap = {}, 0, nil, nil
   for _, t in ipairs(keys_in_order(ctx.pos, spec)) do
@@ -1044,8 +1005,10 @@ local function resolve_configmaps(result)
     local function one(tr, base)
       local tpl = type(tr) == "table" and type(tr.template) == "table" and tr.template
       if not tpl then return end
-      for _, t in ipairs({ "k8s", "argoWorkflow" }) do
-        local src = type(tpl[t]) == "table" and type(tpl[t].source) == "table" and tpl[t].source
+      for _, e in ipairs(registry.triggers) do -- the types whose source is a Kubernetes object
+        local t = e.name
+        local mod = registry.module(e)
+        local src = mod and mod.resource and type(tpl[t]) == "table" and type(tpl[t].source) == "table" and tpl[t].source
         local sel = src and type(src.configmap) == "table" and src.configmap
         if sel and type(sel.name) == "string" then
           local cm

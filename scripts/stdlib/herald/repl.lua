@@ -417,8 +417,13 @@ function Repl:fire(trig_name)
     template = tok and template or null, action = T.describe_action(trig, action) }, nil, notes
 end
 
--- trigger types whose type parameters apply to the Kubernetes object (herald.sensor)
-local RESOURCE_TYPES = { k8s = true, argoWorkflow = true }
+-- trigger types whose type parameters apply to the Kubernetes object (herald.sensor): their
+-- module in triggers/<type>/ says `resource`
+local registry = require "herald.registry"
+local function is_resource(ttype)
+  local mod = registry.trigger_module(ttype)
+  return mod ~= nil and mod.resource == true
+end
 
 --- The spec table at a compiled `where` ("spec.triggers[0].template.http.payload[2]").
 local function spec_at(doc, where)
@@ -463,14 +468,14 @@ function Repl:params(trig_name)
     { "template", fmt("spec.triggers[%d].parameters (apply to the whole template)", ti - 1), function() return template end,
       function(t) template = t end },
     { "type", fmt("spec.triggers[%d].template.%s.parameters", ti - 1, trig.type), function()
-        if RESOURCE_TYPES[trig.type] then -- they apply to the Kubernetes object, not the spec
+        if is_resource(trig.type) then -- they apply to the Kubernetes object, not the spec
           local object, err = rt.load_resource((template[trig.type] or {}).source)
           if not object then fail("cannot load the trigger's object: " .. tostring(err)) end
           return object
         end
         return template[trig.type] or {}
       end,
-      function(t) if not RESOURCE_TYPES[trig.type] then template[trig.type] = t end end },
+      function(t) if not is_resource(trig.type) then template[trig.type] = t end end },
     { "payload", fmt("spec.triggers[%d].template.%s.payload (the body)", ti - 1, trig.type), function() return {} end,
       function() end },
   }

@@ -542,12 +542,19 @@ function Compiler:params(list, path)
   return self:const("PARAMS", "{\n" .. concat(parts, ",\n") .. ",\n}")
 end
 
-local TRIGGER_TYPES = { "log", "http", "k8s", "argoWorkflow", "nats", "kafka", "awsLambda", "slack", "email", "lua" }
--- trigger types whose `payload` builds the message body
-local PAYLOAD_TYPES = { http = true, awsLambda = true, kafka = true, nats = true }
--- trigger types whose own `parameters` apply to the Kubernetes object they act on (Argo's
--- ApplyResourceParameters), not to the trigger spec
-local RESOURCE_TYPES = { k8s = true, argoWorkflow = true }
+-- The trigger types (triggers/<type>/<type>.lua, through herald.registry). What the compiler
+-- reads from a type's module:
+--   payload       true: its `payload` parameters build the message body
+--   resource      true: it acts on a Kubernetes object from spec.source, and its own
+--                 `parameters` apply to that object (Argo's ApplyResourceParameters), not to
+--                 the trigger spec
+--   copies_spec   true: the action function always copies the spec
+--   prepare(c, t) optional: compiles what else the action needs before it is emitted (may set
+--                 t.changes_spec, so the spec is copied per firing)
+--   compile(c, t) optional: emits the end of the action function (default: the spec and the
+--                 payload's body, as the executors in C read them)
+-- where t = {tpath=, target=, type=, spec=, payload=, type_params=, allow=, trig=}.
+local registry = require "herald.registry"
 
 --- Go duration text or nanoseconds -> milliseconds (Argo's Int64OrString).
 local function duration_ms(v)
@@ -581,13 +588,36 @@ function Compiler:delivery(trig, tpath)
   return pol
 end
 
+--- The end of the action function of a trigger that acts on a Kubernetes object (a type module
+--- with `resource`, e.g. k8s and argoWorkflow): the object from spec.source with the type's
+--- parameters applied, or, for a source fetched when the trigger runs, what to fetch.
+function Compiler:resource_action(t)
+  local trig, tpath, type_params = t.trig, t.tpath, t.type_params
+  local k8s_policy = trig.policy and trig.policy.k8s
+  local policy = k8s_policy and self:lit(k8s_policy, "    ") or "nil"
+  self:comment("    -- spec.source.url, .git or .s3: the trigger fetches it when it runs, then applies its parameters")
+  self:emit("    if type(spec.source) == \"table\" and (spec.source.url or spec.source.git or spec.source.s3) then")
+  self:emit("      return { spec = spec, fetch = spec.source, params = %s, events = events, policy = %s }, template",
+    type_params or "nil", policy)
+  self:emit("    end")
+  self:comment("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
+  self:emit("    local object, oerr = load_resource(spec.source)")
+  self:emit("    if not object then return nil, oerr end")
+  if type_params then
+    self:comment("    -- %s.template.%s.parameters apply to the object", tpath, t.type)
+    self:emit("    object = apply_params(object, %s, events)", type_params)
+  end
+  self:emit("    return { spec = spec, object = object, events = events, policy = %s }, template", policy)
+end
+
 function Compiler:trigger(trig, i, target, tpath)
   tpath = tpath or fmt("spec.triggers[%d]", i - 1)
   target = target or fmt("sensor.triggers[%d]", i)
   local tmpl = trig.template
-  local ttype
-  for _, t in ipairs(TRIGGER_TYPES) do
-    if tmpl[t] then ttype = t end
+  local ttype, tmod
+  for _, e in ipairs(registry.triggers) do
+    local mod = tmpl[e.name] and registry.module(e)
+    if mod then ttype, tmod = e.name, mod end
   end
   if not ttype then self:fail(tpath .. ".template", trig, "template", "no supported trigger type") end
   local deps
@@ -647,8 +677,10 @@ function Compiler:trigger(trig, i, target, tpath)
   end
   local tparams = self:params(trig.parameters, tpath .. ".parameters")
   local type_params = self:params(tmpl[ttype].parameters, fmt("%s.template.%s.parameters", tpath, ttype))
-  local payload = PAYLOAD_TYPES[ttype] and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
-  local dyn_headers = ttype == "http" and self:params(tmpl.http.dynamicHeaders, tpath .. ".template.http.dynamicHeaders") or nil
+  local payload = tmod.payload and self:params(tmpl[ttype].payload, fmt("%s.template.%s.payload", tpath, ttype)) or nil
+  local t = { tpath = tpath, target = target, type = ttype, spec = tmpl[ttype], payload = payload,
+              type_params = type_params, allow = allow, trig = trig }
+  if tmod.prepare then tmod.prepare(self, t) end
   -- the compiled parameter lists, for the REPL's :params (nil when absent)
   if self.explain or tparams or type_params or payload then
     self:emit("  params = { template = %s, type = %s, payload = %s },", tparams or "nil", type_params or "nil", payload or "nil")
@@ -664,13 +696,13 @@ function Compiler:trigger(trig, i, target, tpath)
     self:comment("    -- %s.parameters apply to the whole template", tpath)
     self:emit("    template = apply_params(copy(%s), %s, events)", tconst, tparams)
     self:emit("    local spec = template.%s", ttype)
-  elseif type_params or dyn_headers or RESOURCE_TYPES[ttype] or ttype == "lua" or self.explain then
+  elseif type_params or t.changes_spec or tmod.resource or tmod.copies_spec or self.explain then
     self:emit("    local spec = copy(%s.config)", target)
   else
     -- nothing here changes the spec and the executor (C) only reads it: no copy per firing
     self:emit("    local spec = %s.config", target)
   end
-  if type_params and not RESOURCE_TYPES[ttype] then
+  if type_params and not tmod.resource then
     self:emit("    spec = apply_params(spec, %s, events)", type_params)
   end
   if tconst then
@@ -679,49 +711,8 @@ function Compiler:trigger(trig, i, target, tpath)
     self:emit("      template.%s = spec", ttype)
     self:emit("    end")
   end
-  if ttype == "log" then
-    self:emit("    return { events = events, intervalSeconds = spec.intervalSeconds }, template")
-  elseif ttype == "http" then
-    if dyn_headers then
-      self:comment("    -- %s.template.http.dynamicHeaders: header values from the events", tpath)
-      self:emit("    spec.headers = apply_params(spec.headers or {}, %s, events)", dyn_headers)
-    end
-    self:emit("    local body")
-    if payload then
-      self:comment("    -- %s.template.http.payload builds the request body", tpath)
-      self:emit("    local err3")
-      self:emit("    body, err3 = build_payload(%s, events)", payload)
-      self:emit("    if not body then return nil, err3 end")
-    end
-    self:emit("    return { url = spec.url, method = spec.method or \"POST\", headers = spec.headers,")
-    self:emit("             body = body, timeout = spec.timeout, spec = spec, events = events,")
-    self:emit("             allow = %s }, template", allow and self:lit(allow) or "nil")
-  elseif ttype == "lua" then
-    local where = tpath .. ".template.lua.script"
-    local script = tmpl.lua.script
-    local id, err = rt.script(self.name, script, "=" .. where)
-    if not id then self:fail(where, tmpl.lua, "script", "script does not compile: " .. tostring(err)) end
-    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(script), self:lit("=" .. where)))
-    self:comment("    -- %s: sandboxed Lua; `events` holds each dependency's event; it returns the action", where)
-    self:emit("    local dispatch, action = lua_trigger(%s, %s, events)", self:lit(self.name), sid)
-    self:emit("    if not dispatch then return nil, action end")
-    self:emit("    return { dispatch = dispatch, action = action, events = events }, template")
-  elseif RESOURCE_TYPES[ttype] then
-    local k8s_policy = trig.policy and trig.policy.k8s
-    local policy = k8s_policy and self:lit(k8s_policy, "    ") or "nil"
-    self:comment("    -- spec.source.url, .git or .s3: the trigger fetches it when it runs, then applies its parameters")
-    self:emit("    if type(spec.source) == \"table\" and (spec.source.url or spec.source.git or spec.source.s3) then")
-    self:emit("      return { spec = spec, fetch = spec.source, params = %s, events = events, policy = %s }, template",
-      type_params or "nil", policy)
-    self:emit("    end")
-    self:comment("    -- the Kubernetes object: from spec.source (resource, inline, file, configmap)")
-    self:emit("    local object, oerr = load_resource(spec.source)")
-    self:emit("    if not object then return nil, oerr end")
-    if type_params then
-      self:comment("    -- %s.template.%s.parameters apply to the object", tpath, ttype)
-      self:emit("    object = apply_params(object, %s, events)", type_params)
-    end
-    self:emit("    return { spec = spec, object = object, events = events, policy = %s }, template", policy)
+  if tmod.compile then
+    tmod.compile(self, t)
   else
     self:emit("    local body")
     if payload then

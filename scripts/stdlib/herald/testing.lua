@@ -52,58 +52,42 @@ function encode_raw(v)
 end
 _M.encode = encode
 
---- The dry-run description of what a trigger would do (herald test's "action").
-local function describe_action(trig, action)
-  if trig.type == "lua" then
-    if action.dispatch == "none" then return { type = "none" } end
-    local inner = describe_action({ type = action.dispatch }, action.action)
-    if action.dispatch == "log" and action.action.message then inner.message = action.action.message end
-    return inner
+--- The dry-run description of what a trigger would do (herald test's "action"): the trigger
+--- type's module says (triggers/<type>/<type>.lua, `describe(action, spec, D)`), with these
+--- helpers.
+local registry = require "herald.registry"
+local describe_action
+local D = {
+  null = null,
+  decode = function(s) return rt.decode(s) end,
+  describe = function(trig, action) return describe_action(trig, action) end,
+}
+
+--- The action's body (a message payload): decoded when it is JSON text, null when absent.
+function D.body(action)
+  local b = action.body
+  if type(b) == "string" then
+    local ok, v = pcall(rt.decode, b)
+    if ok then return v end
   end
-  if trig.type == "http" then
-    local body = action.body
-    if type(body) == "string" then
-      local ok, v = pcall(rt.decode, body)
-      if ok then body = v end
-    end
-    return { type = "http", method = action.method or "POST", url = action.url,
-      headers = action.headers or {}, body = body == nil and null or body }
-  elseif trig.type == "log" then
-    return { type = "log" }
-  end
-  local spec = action.spec or {}
-  local function body()
-    local b = action.body
-    if type(b) == "string" then
-      local ok, v = pcall(rt.decode, b)
-      if ok then return v end
-    end
-    if b == nil then return null end
-    return b
-  end
-  if trig.type == "k8s" or trig.type == "argoWorkflow" then
-    -- a source.url, .git or .s3 manifest is fetched only when the trigger runs: the dry run names it
-    return { type = trig.type, operation = spec.operation or (trig.type == "k8s" and "create" or "submit"),
-      object = action.object or null,
-      url = action.fetch and action.fetch.url and action.fetch.url.path or nil,
-      git = action.fetch and action.fetch.git and action.fetch.git.url or nil,
-      s3 = action.fetch and action.fetch.s3 and type(action.fetch.s3.bucket) == "table"
-        and (tostring(action.fetch.s3.bucket.name) .. "/" .. tostring(action.fetch.s3.bucket.key)) or nil }
-  elseif trig.type == "nats" then
-    return { type = "nats", subject = spec.subject, payload = body() }
-  elseif trig.type == "kafka" then
-    return { type = "kafka", topic = spec.topic, key = spec.partitioningKey or null,
-      headers = spec.headers or {}, payload = body() }
-  elseif trig.type == "awsLambda" then
-    return { type = "awsLambda", functionName = spec.functionName,
-      invocationType = spec.invocationType or "RequestResponse", payload = body() }
-  elseif trig.type == "slack" then
-    return { type = "slack", channel = spec.channel, message = spec.message or null,
-      attachments = spec.attachments or null, blocks = spec.blocks or null }
-  elseif trig.type == "email" then
-    return { type = "email", from = spec.from, to = spec.to or {}, subject = spec.subject or "",
-      body = spec.body or "" }
-  end
+  if b == nil then return null end
+  return b
+end
+
+--- An action on a Kubernetes object (k8s, argoWorkflow): a source.url, .git or .s3 manifest is
+--- fetched only when the trigger runs, so the dry run names it.
+function D.resource(ttype, action, spec, default_operation)
+  return { type = ttype, operation = spec.operation or default_operation,
+    object = action.object or null,
+    url = action.fetch and action.fetch.url and action.fetch.url.path or nil,
+    git = action.fetch and action.fetch.git and action.fetch.git.url or nil,
+    s3 = action.fetch and action.fetch.s3 and type(action.fetch.s3.bucket) == "table"
+      and (tostring(action.fetch.s3.bucket.name) .. "/" .. tostring(action.fetch.s3.bucket.key)) or nil }
+end
+
+function describe_action(trig, action)
+  local mod = registry.trigger_module(trig.type)
+  if mod and mod.describe then return mod.describe(action, action.spec or {}, D) end
   return { type = trig.type }
 end
 _M.describe_action = describe_action

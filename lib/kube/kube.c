@@ -1,5 +1,5 @@
 /*
- * triggers/k8s/kube.c: the Kubernetes API client under the k8s and argoWorkflow triggers.
+ * lib/kube/kube.c: the Kubernetes API client under the k8s and argoWorkflow triggers.
  *
  *   execute(action) -> Lua coroutine kube.run(ctx) --yield(method, path, body, type)-->
  *   a transfer on engine/curl_loop.h (libcurl multi on the libuv loop, shared with the other

@@ -1,12 +1,13 @@
 /*
- * triggers/k8s/kube.h: a Kubernetes API client shared by the k8s and argoWorkflow triggers.
+ * lib/kube/kube.h: the Kubernetes API client shared by the k8s and argoWorkflow triggers (and
+ * any type that talks to a cluster): its one public header.
  *
  * The what (discovery, create/update/patch/delete, the Argo Workflows edits) is Lua, in
  * kube.lua, run as one coroutine per action; the how (HTTP on libcurl's multi interface driven
  * by the libuv loop, TLS and credentials) is kube.c. See kube.lua for the coroutine protocol.
  */
-#ifndef HERALD_TRIGGER_KUBE_H
-#define HERALD_TRIGGER_KUBE_H
+#ifndef HERALD_LIB_KUBE_H
+#define HERALD_LIB_KUBE_H
 
 #include "buf.h"
 #include "plugin.h"

@@ -1,5 +1,5 @@
 /*
- * triggers/k8s/git.c: a k8s or argoWorkflow trigger's source.git (Argo's GitArtifact), read
+ * lib/kube/git.c: a k8s or argoWorkflow trigger's source.git (Argo's GitArtifact), read
  * with libgit2 on libuv's thread pool, since fetching blocks on the network.
  *
  *   kube.lua yields ("GIT", {url, file, branch | tag | ref, dir, username, password, ssh_key,
