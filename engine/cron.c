@@ -929,8 +929,18 @@ static int64_t add_date(const herald_tz *tz, int64_t t, int months, int days) {
   return herald_tz_date(tz, c.year, c.month + months, c.day + days, c.hour, c.minute, c.second);
 }
 
+/* 1 when a field matches nothing (robfig accepts "," as an empty list), so no time ever
+ * matches: spec_next would walk five years minute by minute to find that out (~1 s of loop). */
+static int never_fires(const herald_cron *s) {
+  uint64_t dom = s->dom & ~STAR_BIT, dow = s->dow & ~STAR_BIT;
+  int day_never = ((s->dom | s->dow) & STAR_BIT) ? (!dom || !dow) : (!dom && !dow);
+  return !(s->second & ~STAR_BIT) || !(s->minute & ~STAR_BIT) || !(s->hour & ~STAR_BIT) ||
+         !(s->month & ~STAR_BIT) || day_never;
+}
+
 /* robfig/cron v3 SpecSchedule.Next, on whole seconds. */
 static int64_t spec_next(const herald_cron *s, int64_t t) {
+  if (never_fires(s)) return INT64_MIN;
   const herald_tz *loc = s->tz;
   herald_civil c;
   t += 1; /* the upcoming second */
