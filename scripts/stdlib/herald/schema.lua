@@ -573,6 +573,7 @@ do
     if mod then
       fields[e.name] = source(mod.schema(S), mod.what or (e.name .. " event source"), true,
                               mod.active_active)
+      fields[e.name].extension = mod.extension -- Herald's own type, not Argo's
     else
       fields[e.name] = any { supported = NO, not_built = registry.not_built(e), source_type = true,
                              what = e.name .. " event source" }
