@@ -7,7 +7,8 @@
  * connection made by the harness itself (connect + accept on a plain socket) and handed to the
  * server's own accept path (on_connection) the way its listener would (libuv's uv_accept takes
  * the listener's accepted_fd); the server's listener never sees traffic. The client end is
- * closed with a reset, so no TIME_WAIT piles up. The input is written in chunks whose size the
+ * closed with a reset, and each connection comes from a new 127.1.x.y address, so the
+ * server's TIME_WAITs never exhaust the ports. The input is written in chunks whose size the
  * first byte picks (so requests are also split across reads), then that end is shut down and
  * the loop runs until the server has closed the connection. Routes: POST /sync (answered in
  * the handler), /later with a bearer token (answered on the next loop turn) and GET /small
@@ -119,8 +120,17 @@ static void setup(void) {
 
 /* A connected loopback pair: *client for the harness, the return value for the server. */
 static int tcp_pair(int *client) {
+  /* The server's end closes first when it answers with Connection: close, and its TIME_WAIT
+   * blocks that client port for a minute: at ~2,000 connections a second one source address
+   * would run out of ports. The client takes a new loopback address each time instead. */
+  static uint32_t n;
+  n = (n + 1) & 0xffff;
+  struct sockaddr_in src = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(0x7f010000u | n | 1u)}; /* 127.1.x.y */
   int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (cfd < 0 || connect(cfd, (struct sockaddr *)&laddr, sizeof laddr) != 0) bad("connect");
+  if (cfd < 0 || bind(cfd, (struct sockaddr *)&src, sizeof src) != 0 ||
+      connect(cfd, (struct sockaddr *)&laddr, sizeof laddr) != 0)
+    bad("connect");
   int sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (sfd < 0) bad("accept");
   fcntl(cfd, F_SETFL, fcntl(cfd, F_GETFL) | O_NONBLOCK);
