@@ -4,10 +4,11 @@
 # stubs generated from the library's exports (cmake/lazy_stubs.lua); its include directories
 # stay. The first call of a stub loads the library. -DHERALD_LAZY_LIBS=OFF links them as usual
 # (also the case off x86-64 Linux, where no stubs are written).
-option(HERALD_LAZY_LIBS "Load libcurl, libnats, librdkafka, libgit2, libjq and OpenSSL on first use, not at exec (x86-64 Linux)" ON)
-# libedit and pcre2 stay linked: libedit exports variables the REPL sets (rl_*), which a stub
-# cannot stand for, and both are small.
-set(HERALD_LAZY_LIB_NAMES curl nats rdkafka git2 jq ssl crypto)
+option(HERALD_LAZY_LIBS "Load libcurl, libnats, librdkafka, libgit2, libjq, OpenSSL and libedit on first use, not at exec (x86-64 Linux)" ON)
+# libedit (the REPL's line editor, with libtinfo, libbsd and libmd) is lazy too: engine/repl.c
+# reaches its variables through herald__lazy_var under HERALD_LAZY_EDIT. pcre2, libuv, libyaml
+# and LuaJIT stay linked: most runs use them.
+set(HERALD_LAZY_LIB_NAMES curl nats rdkafka git2 jq ssl crypto edit)
 
 if(HERALD_LAZY_LIBS AND CMAKE_SYSTEM_NAME STREQUAL "Linux" AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   string(JOIN "|" _lazy_re ${HERALD_LAZY_LIB_NAMES})
@@ -52,6 +53,8 @@ if(HERALD_LAZY_LIBS AND CMAKE_SYSTEM_NAME STREQUAL "Linux" AND CMAKE_SYSTEM_PROC
         message(FATAL_ERROR "lazy_libs: stubs for ${f}: ${_err}")
       endif()
       target_sources(heraldcore PRIVATE ${_out})
+      string(TOUPPER "${_id}" _ID)
+      target_compile_definitions(heraldcore PUBLIC HERALD_LAZY_${_ID})
       set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${f} ${CMAKE_SOURCE_DIR}/cmake/lazy_stubs.lua)
     endforeach()
     if(_incs)

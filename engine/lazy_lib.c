@@ -25,16 +25,29 @@ static void lazy_fail(const herald_lazy_lib *lib, const char *what) {
   _exit(70); /* EX_SOFTWARE: no atexit handlers: another thread may be inside them */
 }
 
+/* with lazy_mu held */
+static void lazy_load(herald_lazy_lib *lib) {
+  if (lib->handle) return;
+  /* RTLD_LOCAL: the library's symbols stay out of the global scope (the stubs are hidden,
+   * so nothing interposes on anything) */
+  lib->handle = dlopen(lib->soname, RTLD_NOW | RTLD_LOCAL);
+  if (!lib->handle) lazy_fail(lib, "load the library");
+}
+
+void *herald__lazy_var(herald_lazy_lib *lib, const char *name) {
+  pthread_mutex_lock(&lazy_mu);
+  lazy_load(lib);
+  void *p = dlsym(lib->handle, name);
+  if (!p) lazy_fail(lib, name);
+  pthread_mutex_unlock(&lazy_mu);
+  return p;
+}
+
 void *herald__lazy_resolve(herald_lazy_lib *lib, uint32_t idx) {
   pthread_mutex_lock(&lazy_mu);
   void *fn = lib->tab[idx];
   if (!fn) {
-    if (!lib->handle) {
-      /* RTLD_LOCAL: its symbols stay out of the global scope, as they would not interpose
-       * anything if linked either (the stubs are hidden, so they interpose nothing either) */
-      lib->handle = dlopen(lib->soname, RTLD_NOW | RTLD_LOCAL);
-      if (!lib->handle) lazy_fail(lib, "load the library");
-    }
+    lazy_load(lib);
     fn = dlsym(lib->handle, lib->names + lib->offs[idx]);
     if (!fn) lazy_fail(lib, lib->names + lib->offs[idx]);
     __atomic_store_n(&lib->tab[idx], fn, __ATOMIC_RELEASE);

@@ -32,4 +32,11 @@ typedef struct herald_lazy_lib {
  * is broken: the build found the library). Thread-safe. */
 void *herald__lazy_resolve(herald_lazy_lib *lib, uint32_t idx);
 
+/* The address of variable name in lib, loading lib when needed (a stub can stand only for a
+ * function). lazy_libs.cmake defines HERALD_LAZY_<ID> (e.g. HERALD_LAZY_EDIT) for each lazy
+ * library, and the descriptor is herald__lazy_lib_<id>; a caller that uses a library's
+ * variables reaches them through this under that define (engine/repl.c does for libedit).
+ * Ends the process like herald__lazy_resolve when the library or variable is missing. */
+void *herald__lazy_var(herald_lazy_lib *lib, const char *name);
+
 #endif

@@ -41,6 +41,24 @@
 
 #include <editline/readline.h>
 
+#ifdef HERALD_LAZY_EDIT
+/* libedit is loaded when the REPL first calls it (engine/lazy_lib.h): its functions through
+ * stubs, its variables through their addresses, looked up here. */
+#include "lazy_lib.h"
+extern herald_lazy_lib herald__lazy_lib_edit;
+#define HERALD_RL_VAR(name) (*(__typeof__(name) *)herald__lazy_var(&herald__lazy_lib_edit, #name))
+#define rl_readline_name HERALD_RL_VAR(rl_readline_name)
+#define rl_line_buffer HERALD_RL_VAR(rl_line_buffer)
+#define rl_point HERALD_RL_VAR(rl_point)
+#define rl_basic_word_break_characters HERALD_RL_VAR(rl_basic_word_break_characters)
+#define rl_completer_word_break_characters HERALD_RL_VAR(rl_completer_word_break_characters)
+#define rl_attempted_completion_function HERALD_RL_VAR(rl_attempted_completion_function)
+#define rl_attempted_completion_over HERALD_RL_VAR(rl_attempted_completion_over)
+#define rl_completion_append_character HERALD_RL_VAR(rl_completion_append_character)
+#define rl_catch_signals HERALD_RL_VAR(rl_catch_signals)
+#define rl_getc_function HERALD_RL_VAR(rl_getc_function)
+#endif
+
 #define HISTORY_MAX 1000
 
 static volatile sig_atomic_t interrupted; /* set by on_sigint while readline() runs */
