@@ -43,6 +43,7 @@
 #include "log.h"
 #include "lua_host.h"
 #include "plugin.h"
+#include "buf.h"
 #include "sandbox_strlib.h"
 
 #include <lauxlib.h>
@@ -452,9 +453,16 @@ static const char BOOTSTRAP[] =
     "  else error('Cannot serialise ' .. t .. ': type not supported', 0) end\n"
     "end\n"
     "local function encode(v) local out = {} put(v, out, 0) return concat(out) end\n"
+    "local SENTINEL, ARRAY_MT = '\\0herald:empty-array\\0', { __is_array = true }\n"
+    "local function unmark(v)\n"
+    "  if type(v) ~= 'table' then return v end\n"
+    "  if v[1] == SENTINEL and v[2] == nil then return setmetatable({}, ARRAY_MT) end\n"
+    "  for k, x in pairs(v) do if type(x) == 'table' then v[k] = unmark(x) end end\n"
+    "  return v\n"
+    "end\n"
     "return function()\n"
     "  return setmetatable({}, { __index = globals, __metatable = false })\n"
-    "end, encode\n";
+    "end, encode, unmark\n";
 
 static int open_libs(lua_State *L) {
   static const lua_CFunction libs[] = {luaopen_base, luaopen_string, luaopen_table, luaopen_math,
@@ -483,7 +491,8 @@ static int open_libs(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "herald.null");
   lua_pushcfunction(L, sb_enter);
   lua_pushcfunction(L, sb_leave);
-  lua_call(L, 5, 2);
+  lua_call(L, 5, 3);
+  lua_setfield(L, LUA_REGISTRYINDEX, "herald.unmark");
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.encode");
   lua_setfield(L, LUA_REGISTRYINDEX, "herald.newenv");
   lua_newtable(L);
@@ -569,6 +578,34 @@ static int l_sandbox_compile(lua_State *L) {
   return 1;
 }
 
+/* cjson decodes an empty JSON array to an empty table, which encodes back as {}. As Herald's
+ * own decoder does (herald.json), "[]" outside strings becomes a one-element array holding a
+ * sentinel, and the bootstrap's unmark() turns each into an empty table carrying the array
+ * metatable the encoder honours. Returns 1 and fills out when json has an empty array. */
+#define EMPTY_ARRAY_SENTINEL "\\u0000herald:empty-array\\u0000"
+static int mark_empty_arrays(const char *json, size_t len, herald_buf *out) {
+  size_t from = 0;
+  int found = 0;
+  for (size_t i = 0; i < len; i++) {
+    if (json[i] == '"') { /* skip the string, escapes included */
+      for (i++; i < len && json[i] != '"'; i++)
+        if (json[i] == '\\') i++;
+      continue;
+    }
+    if (json[i] != '[') continue;
+    size_t j = i + 1;
+    while (j < len && (json[j] == ' ' || json[j] == '\t' || json[j] == '\n' || json[j] == '\r')) j++;
+    if (j >= len || json[j] != ']') continue;
+    herald_buf_append(out, json + from, i + 1 - from);
+    herald_buf_puts(out, "\"" EMPTY_ARRAY_SENTINEL "\"]");
+    from = j + 1;
+    i = j;
+    found = 1;
+  }
+  if (found) herald_buf_append(out, json + from, len - from);
+  return found;
+}
+
 enum { RUN_FILTER, RUN_TRANSFORM };
 
 /* Runs script `id` (arg 2) with `event` (or the name in arg 4) = the decoded JSON (arg 3),
@@ -590,9 +627,17 @@ static int sb_run(lua_State *L, sandbox *sb, int base, int mode) {
     return luaL_error(L, "no script %d in this sandbox", id);
   }
   lua_getfenv(S, -1);
+  herald_buf marked = HERALD_BUF_INIT;
+  int has_empty = mark_empty_arrays(json, len, &marked);
+  /* stack(S): fn env -> fn env unmark? decode json -> fn env data */
+  if (has_empty) lua_getfield(S, LUA_REGISTRYINDEX, "herald.unmark");
   lua_getfield(S, LUA_REGISTRYINDEX, "herald.decode");
-  lua_pushlstring(S, json, len);
-  if (lua_pcall(S, 1, 1, 0) != 0) {
+  if (has_empty) lua_pushlstring(S, marked.data, marked.len);
+  else lua_pushlstring(S, json, len);
+  herald_buf_free(&marked);
+  int rc = lua_pcall(S, 1, 1, 0);
+  if (rc == 0 && has_empty) rc = lua_pcall(S, 1, 1, 0);
+  if (rc != 0) {
     lua_pushnil(L);
     push_error(L, S);
     lua_settop(S, base);
