@@ -17,12 +17,17 @@
 
 static pthread_mutex_t lazy_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void lazy_fail(const herald_lazy_lib *lib, const char *what) {
+/* name: the symbol not found, or NULL when the library itself could not be loaded */
+static void lazy_fail(const herald_lazy_lib *lib, const char *name) {
   const char *err = dlerror();
-  fprintf(stderr, "herald: cannot %s from %s: %s (is the library installed?)\n", what, lib->soname,
-          err ? err : "not found");
+  if (name)
+    fprintf(stderr, "herald: %s has no symbol %s (%s): not the version herald was built with?\n",
+            lib->soname, name, err ? err : "not found");
+  else
+    fprintf(stderr, "herald: cannot load %s, which this feature needs: %s\n", lib->soname,
+            err ? err : "not found");
   fflush(stderr);
-  _exit(70); /* EX_SOFTWARE: no atexit handlers: another thread may be inside them */
+  _exit(70); /* EX_SOFTWARE; no atexit handlers: another thread may be inside them */
 }
 
 /* with lazy_mu held */
@@ -31,7 +36,7 @@ static void lazy_load(herald_lazy_lib *lib) {
   /* RTLD_LOCAL: the library's symbols stay out of the global scope (the stubs are hidden,
    * so nothing interposes on anything) */
   lib->handle = dlopen(lib->soname, RTLD_NOW | RTLD_LOCAL);
-  if (!lib->handle) lazy_fail(lib, "load the library");
+  if (!lib->handle) lazy_fail(lib, NULL);
 }
 
 void *herald__lazy_var(herald_lazy_lib *lib, const char *name) {
