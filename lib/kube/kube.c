@@ -193,25 +193,15 @@ static int s3_start(herald_kube_req *kr) {
 
 /* Starts the request the coroutine yielded: (method, path, body|nil, content_type|nil) on
  * kr->co's stack, which is cleared. Returns 0 or a negative error. */
-static int http_start(herald_kube_req *kr) {
+/* A request to the API server at path with the cluster's credentials and TLS, finished by
+ * done. Returns 0, or an error after releasing what it set up. */
+static int http_begin(herald_kube_req *kr, const char *method, const char *path, const char *body,
+                      size_t blen, const char *ctype, herald_curl_done_cb done) {
   herald_kube_client *kc = kr->kc;
-  lua_State *co = kr->co;
-  const char *method = lua_tostring(co, 1);
-  const char *path = lua_tostring(co, 2);
-  size_t blen = 0;
-  const char *body = lua_tolstring(co, 3, &blen);
-  const char *ctype = lua_tostring(co, 4);
-  if (!method || !path) {
-    lua_settop(co, 0);
-    return HERALD_EINVAL;
-  }
   char *url = herald_xasprintf("%s%s", kc->server, path);
   CURL *e = xfer_begin(kr, url);
   free(url);
-  if (!e) {
-    lua_settop(co, 0);
-    return HERALD_ENOMEM;
-  }
+  if (!e) return HERALD_ENOMEM;
   if (strcmp(method, "GET") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   if (body) {
     kr->body = herald_xstrndup(body, blen);
@@ -219,7 +209,6 @@ static int http_start(herald_kube_req *kr) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
     add_header(kr, "Content-Type: %s", ctype ? ctype : "application/json");
   }
-  lua_settop(co, 0);
   add_header(kr, "%s", "Accept: application/json");
   add_header(kr, "%s", "Expect:");
   /* Credentials: a bearer token (re-read from its file each time: projected service-account
@@ -250,11 +239,64 @@ static int http_start(herald_kube_req *kr) {
   else if (kc->cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, kc->cert_file);
   if (kc->key_data.len) set_blob(e, CURLOPT_SSLKEY_BLOB, &kc->key_data);
   else if (kc->key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, kc->key_file);
-  if (herald_curl_xfer_start(&kr->x, on_transfer_done) != 0) {
+  if (herald_curl_xfer_start(&kr->x, done) != 0) {
     http_release(kr);
     return HERALD_EIO;
   }
   return 0;
+}
+
+/* The coroutine yielded ("HTTP", method, path, body, content type). The stack is cleared. */
+static int http_start(herald_kube_req *kr) {
+  lua_State *co = kr->co;
+  const char *method = lua_tostring(co, 1);
+  const char *path = lua_tostring(co, 2);
+  size_t blen = 0;
+  const char *body = lua_tolstring(co, 3, &blen);
+  const char *ctype = lua_tostring(co, 4);
+  int rc = method && path ? http_begin(kr, method, path, body, blen, ctype, on_transfer_done) : HERALD_EINVAL;
+  lua_settop(co, 0);
+  return rc;
+}
+
+/* ---- the start-up probe ----
+ * herald run says once, at start, when a trigger's cluster cannot be reached, instead of
+ * leaving it to each firing: a GET of /version (what kubectl asks first), whose failure to
+ * connect (or a 401/403) is logged with what to do. Any other answer means the server is there. */
+static void on_probe_done(herald_curl_xfer *x, CURLcode rc) {
+  herald_kube_req *kr = x->data;
+  herald_kube_client *kc = kr->kc;
+  herald_trigger *t = kc->trigger;
+  long status = 0;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+  if (rc != CURLE_OK)
+    herald_log(&t->log, HLOG_WARN,
+               "Kubernetes API server %s not reachable (%s): this %s trigger will fail until it is; "
+               "check the kubeconfig (KUBECONFIG) or use herald run --dry-run to see what it would do",
+               kc->server, x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc), kc->kind);
+  else if (status == 401 || status == 403)
+    herald_log(&t->log, HLOG_WARN,
+               "Kubernetes API server %s refused the kubeconfig's credentials (HTTP %ld): this %s "
+               "trigger will fail until they are fixed", kc->server, status, kc->kind);
+  else
+    herald_log(&t->log, HLOG_DEBUG, "Kubernetes API server %s answers (HTTP %ld)", kc->server, status);
+  http_release(kr);
+  kc->probe = NULL;
+  free(kr);
+}
+
+static void probe_start(herald_kube_client *kc) {
+  if (!kc->server) return;
+  herald_kube_req *kr = herald_xcalloc(1, sizeof *kr);
+  kr->kc = kc;
+  kr->co_ref = LUA_NOREF;
+  if (http_begin(kr, "GET", "/version", NULL, 0, NULL, on_probe_done) != 0) {
+    free(kr);
+    return;
+  }
+  curl_easy_setopt(kr->x.easy, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+  curl_easy_setopt(kr->x.easy, CURLOPT_TIMEOUT_MS, 10000L);
+  kc->probe = kr;
 }
 
 /* Resumes the coroutine with the nargs values on its stack, and starts each request it asks
@@ -436,7 +478,9 @@ int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, i
   lua_newtable(L);
   kc->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   G.refs++;
-  return herald_curl_loop_ref(t->engine->loop);
+  int rc = herald_curl_loop_ref(t->engine->loop);
+  if (rc == 0) probe_start(kc);
+  return rc;
 }
 
 int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_State *L, int idx) {
@@ -500,6 +544,11 @@ int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_St
 }
 
 void herald__kube_close(herald_kube_client *kc) {
+  if (kc->probe) {
+    http_release(kc->probe);
+    free(kc->probe);
+    kc->probe = NULL;
+  }
   for (herald_kube_req *kr = G.inflight, *next; kr; kr = next) {
     next = kr->next;
     if (kr->kc != kc) continue;

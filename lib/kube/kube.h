@@ -29,6 +29,7 @@ typedef struct herald_kube_client {
   char *namespace;  /* the default namespace: the context's, else "default" */
   int insecure;
   int cache_ref;    /* Lua table "apiVersion/kind" -> {plural, namespaced} (discovery cache) */
+  struct herald_kube_req *probe; /* the start-up GET /version, while in flight */
 } herald_kube_client;
 
 /* Per action (lives in req->priv): the coroutine and its HTTP round trip in flight. */
