@@ -1133,6 +1133,8 @@ local function compile_plain(path)
   end
   src[#src + 1] = "  return v\nend\n"
   local chunk = load(concat(src), "=gjson")
+  -- e.g. LuaJIT's 60 upvalues: 50 keys, some numeric, need k and n locals each
+  if not chunk then return nil end -- the general compiler takes it
   return chunk(keys, idx)
 end
 
