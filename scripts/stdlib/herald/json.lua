@@ -56,10 +56,14 @@ end
 local function shortest(x)
   if x < 0 then x = -x end
   if x == 0 then return "0", 1 end
+  -- 15 significant digits first: when they round-trip, the shortest digits that do are these
+  -- with their trailing zeros dropped (x is within half an ulp of that shorter decimal, far
+  -- less than the 15th digit's half unit); else 16, else 17, which always round-trip
+  -- (a subnormal has fewer bits, so it is searched from one digit up)
   local s
-  for p = 0, 16 do
+  for p = x < 2.2250738585072014e-308 and 0 or 14, 16 do
     s = fmt("%." .. p .. "e", x)
-    if tonumber(s) == x then break end
+    if p == 16 or tonumber(s) == x then break end
   end
   local d1, ds, ex = match(s, "^(%d)%.?(%d*)e([-+]%d+)$")
   local digits = gsub(d1 .. ds, "0+$", "")
