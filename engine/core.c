@@ -321,55 +321,6 @@ static int l_metric_add(lua_State *L) {
   return 0;
 }
 
-/* core.now() -> seconds since the epoch (float, ns precision where representable) */
-static int l_now(lua_State *L) {
-  lua_pushnumber(L, (double)herald_now_ns() / 1e9);
-  return 1;
-}
-
-/* core.cron_check(expr, tz) -> true | nil, err: parses a calendar schedule as the source will. */
-static int l_cron_check(lua_State *L) {
-  const char *expr = luaL_checkstring(L, 1);
-  const char *tz = luaL_optstring(L, 2, NULL);
-  char err[256];
-  herald_cron *c = NULL;
-  if (herald_cron_parse(expr, tz, HERALD_CRON_DESCRIPTORS, &c, err, sizeof err) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  herald_cron_free(c);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* core.duration_check(s) -> nanoseconds | nil, err (Go's time.ParseDuration) */
-static int l_duration_check(lua_State *L) {
-  int64_t ns;
-  char err[256];
-  if (herald_parse_duration_msg(luaL_checkstring(L, 1), &ns, err, sizeof err) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  lua_pushnumber(L, (double)ns);
-  return 1;
-}
-
-/* core.tz_check(name) -> true | nil, err (an IANA zone from the system tz database) */
-static int l_tz_check(lua_State *L) {
-  herald_tz *tz = NULL;
-  char err[256];
-  if (herald_tz_load(luaL_checkstring(L, 1), &tz, err, sizeof err) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  herald_tz_free(tz);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 /* ---- dependency state on the bus (JetStream); absent on the embedded bus ---- */
 
 typedef struct state_cb_ctx {
@@ -577,9 +528,7 @@ int herald_lua_open_core(lua_State *L) {
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"log_enabled", l_log_enabled},
       {"metric", l_metric},
-      {"metric_add", l_metric_add}, {"now", l_now},
-      {"cron_check", l_cron_check}, {"duration_check", l_duration_check},
-      {"tz_check", l_tz_check},
+      {"metric_add", l_metric_add},
       {"state_open", l_state_open}, {"state_put", l_state_put},
       {"bus_cleanup", l_bus_cleanup}, {"shutdown", l_shutdown},
       {"leader_elect", herald__lua_leader_elect},

@@ -3,6 +3,8 @@
  *
  *   core.tz_open(name) -> tz | nil, err        tz:clock(t) -> hour, minute, second, offset
  *   core.parse_time(rfc3339) -> seconds | nil   (fractional seconds since the epoch)
+ *   core.now() -> seconds since the epoch; core.cron_check(expr, tz), core.duration_check(s),
+ *   core.tz_check(name): the checks the loader makes (also what the fuzz targets reach)
  *   core.cron_timer(expr, tz, fn) -> true | nil, err
  *       calls fn() at every time the 5-field cron expression matches in zone tz (absolute due
  *       times, re-armed after each run, so no drift); used by conditionsReset. Timers do not keep
@@ -170,6 +172,55 @@ void herald__cron_timers_close(void) {
   }
 }
 
+/* core.now() -> seconds since the epoch (float, ns precision where representable) */
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (double)herald_now_ns() / 1e9);
+  return 1;
+}
+
+/* core.cron_check(expr, tz) -> true | nil, err: parses a calendar schedule as the source will. */
+static int l_cron_check(lua_State *L) {
+  const char *expr = luaL_checkstring(L, 1);
+  const char *tz = luaL_optstring(L, 2, NULL);
+  char err[256];
+  herald_cron *c = NULL;
+  if (herald_cron_parse(expr, tz, HERALD_CRON_DESCRIPTORS, &c, err, sizeof err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  herald_cron_free(c);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.duration_check(s) -> nanoseconds | nil, err (Go's time.ParseDuration) */
+static int l_duration_check(lua_State *L) {
+  int64_t ns;
+  char err[256];
+  if (herald_parse_duration_msg(luaL_checkstring(L, 1), &ns, err, sizeof err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushnumber(L, (double)ns);
+  return 1;
+}
+
+/* core.tz_check(name) -> true | nil, err (an IANA zone from the system tz database) */
+static int l_tz_check(lua_State *L) {
+  herald_tz *tz = NULL;
+  char err[256];
+  if (herald_tz_load(luaL_checkstring(L, 1), &tz, err, sizeof err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  herald_tz_free(tz);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void herald__lua_open_time(lua_State *L) {
   /* stack: core -> core */
   if (luaL_newmetatable(L, TZ_MT)) {
@@ -187,4 +238,13 @@ void herald__lua_open_time(lua_State *L) {
   lua_setfield(L, -2, "parse_time");
   lua_pushcfunction(L, l_cron_timer);
   lua_setfield(L, -2, "cron_timer");
+  static const luaL_Reg checks[] = {{"now", l_now},
+                                    {"cron_check", l_cron_check},
+                                    {"duration_check", l_duration_check},
+                                    {"tz_check", l_tz_check},
+                                    {NULL, NULL}};
+  for (const luaL_Reg *r = checks; r->name; r++) {
+    lua_pushcfunction(L, r->func);
+    lua_setfield(L, -2, r->name);
+  }
 }

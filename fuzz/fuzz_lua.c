@@ -30,66 +30,13 @@ int __lsan_is_turned_off(void) {
   return 1;
 }
 
-static int l_now(lua_State *L) {
-  lua_pushnumber(L, (double)herald_now_ns() / 1e9);
-  return 1;
-}
-
-static int l_cron_check(lua_State *L) {
-  const char *expr = luaL_checkstring(L, 1);
-  const char *tz = luaL_optstring(L, 2, NULL);
-  char err[256];
-  herald_cron *c = NULL;
-  if (herald_cron_parse(expr, tz, HERALD_CRON_DESCRIPTORS, &c, err, sizeof err) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  herald_cron_free(c);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int l_duration_check(lua_State *L) {
-  int64_t ns;
-  char err[256];
-  if (herald_parse_duration_msg(luaL_checkstring(L, 1), &ns, err, sizeof err) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  lua_pushnumber(L, (double)ns);
-  return 1;
-}
-
-static int l_tz_check(lua_State *L) {
-  herald_tz *tz = NULL;
-  char err[256];
-  if (herald_tz_load(luaL_checkstring(L, 1), &tz, err, sizeof err) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  herald_tz_free(tz);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 /* Replaces core.c's herald_lua_open_core, which lua_host.c registers as herald.core. */
 int herald_lua_open_core(lua_State *L) {
   lua_newtable(L);
-  lua_pushcfunction(L, l_now);
-  lua_setfield(L, -2, "now");
   lua_pushcfunction(L, herald__lua_yaml_load);
   lua_setfield(L, -2, "yaml_load");
-  lua_pushcfunction(L, l_cron_check);
-  lua_setfield(L, -2, "cron_check");
-  lua_pushcfunction(L, l_duration_check);
-  lua_setfield(L, -2, "duration_check");
-  lua_pushcfunction(L, l_tz_check);
-  lua_setfield(L, -2, "tz_check");
   herald__lua_open_regex(L);
-  herald__lua_open_time(L); /* tz_open, parse_time, ... (lua_time.c) */
+  herald__lua_open_time(L); /* now, the cron/duration/zone checks, tz_open, parse_time ... (lua_time.c) */
   return 1;
 }
 
