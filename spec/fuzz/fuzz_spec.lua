@@ -46,7 +46,7 @@ describe("fuzz targets", function()
       if not have_clang then return pending("clang is not installed") end
       assert(built, "the fuzz targets did not build")
       local work = H.tmpdir()
-      local ok, out = sh(("'%s/fuzz/fuzz_%s' -max_total_time=3 -timeout=10 -rss_limit_mb=2048 " ..
+      local ok, out = sh(("'%s/fuzz/fuzz_%s' -seed=1 -max_total_time=3 -timeout=10 -rss_limit_mb=2048 " ..
         "-max_len=4096 -artifact_prefix='%s/' '%s' '%s/seeds/%s'"):format(dir, t, work, work, dir, t))
       assert(ok, tail(out))
       -- it did run: the seeds were read and executions counted

@@ -63,7 +63,7 @@ describe("herald.exprlang", function()
       { "count(body.items, .ok)", 2 }, { "find(body.tags, # > 'a')", "b" }, { "findIndex(body.tags, # == 'c')", 2 },
       { "findLast(body.items, .ok).n", 7 }, { "findLastIndex(body.tags, # < 'c')", 1 }, { "findIndex([], true)", -1 },
       { "all(body.items, any(body.tags, # == 'a') && .n > 0)", true },
-      { "upper('abc')", "ABC" }, { "lower('ABC')", "abc" }, { "trim('  x  ')", "x" }, { "trim('xxaxx', 'x')", "a" },
+      { "upper('abc')", "ABC" }, { "lower('ABC')", "abc" }, { "trim('  x  ')", "x" }, { "trim('xxaxx', 'x')", "a" }, { "trim('[]a%[]', '[]%')", "a" }, { "trim('x\0ax\0', 'x\0')", "a" },
       { "trimPrefix('prefix-x', 'prefix-')", "x" }, { "trimSuffix('x.yaml', '.yaml')", "x" },
       { "split('a,b,c', ',')", { "a", "b", "c" } }, { "split('a,b,c', ',', 2)", { "a", "b,c" } },
       { "splitAfter('a,b', ',')", { "a,", "b" } }, { "join(['a', 'b'], '-')", "a-b" }, { "join(['a', 'b'])", "ab" },

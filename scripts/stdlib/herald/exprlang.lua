@@ -359,17 +359,12 @@ end
 
 function B.upper(s) return S(s):upper() end
 function B.lower(s) return S(s):lower() end
-local function trimset(s, cutset, left, right)
-  local cls = "[" .. cutset:gsub("[%]%[%^%-%%]", "%%%0") .. "]"
-  if left then s = s:gsub("^" .. cls .. "+", "") end
-  if right then s = s:gsub(cls .. "+$", "") end
-  return s
-end
 function B.trim(s, cutset)
   S(s)
   if cutset == nil then return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
   if S(cutset) == "" then return s end
-  return trimset(s, cutset, true, true)
+  -- Go's strings.Trim: the cutset is a set of runes (sprig's trimAll is the same function)
+  return require("herald.sprig").trim_set(s, cutset, true, true)
 end
 function B.trimPrefix(s, p)
   S(s); S(p)

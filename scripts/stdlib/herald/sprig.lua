@@ -233,6 +233,8 @@ local function trim_set(s, cutset, left, right)
   return sub(s, a, b)
 end
 
+--- Go's strings.Trim/TrimLeft/TrimRight: strip the runes of cutset from either end of s.
+_M.trim_set = trim_set
 function _M.trimAll(cutset, s) return trim_set(S(s), S(cutset), true, true) end
 _M.trimall = _M.trimAll
 function _M.trimPrefix(prefix, s)
