@@ -142,7 +142,11 @@ local function format_json(x)
   if x == floor(x) and x > -2 ^ 53 and x < 2 ^ 53 and not (x == 0 and 1 / x < 0) then
     return fmt("%d", x)
   end
-  local s = special(x)
+  -- the common case first: 15 significant digits that round-trip and need no exponent are the
+  -- shortest digits already, in the fixed layout Go uses below 1e21
+  local s = fmt("%.15g", x)
+  if tonumber(s) == x and not find(s, "[enN]") then return s end
+  s = special(x)
   if s then return nil, "json: unsupported value: " .. s end
   local a = x < 0 and -x or x
   if a ~= 0 and (a < 1e-6 or a >= 1e21) then
@@ -220,6 +224,8 @@ end
 
 --- A JSON string literal; html escapes <, > and & as json.Marshal does (SetEscapeHTML).
 local function quote(s, html)
+  -- most strings need no escape at all: one scan says so
+  if not html and not find(s, '[%z\1-\31"\\\226]') then return '"' .. s .. '"' end
   s = gsub(s, html and '[%z\1-\31"\\<>&]' or '[%z\1-\31"\\]', esc_char)
   if find(s, "\226\128[\168\169]") then
     s = gsub(gsub(s, "\226\128\168", "\\u2028"), "\226\128\169", "\\u2029")
