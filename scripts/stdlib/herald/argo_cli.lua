@@ -17,6 +17,8 @@ local VALUE_FLAGS = {
   ["--instanceid"] = "instanceid", ["--priority"] = "priority",
   ["-l"] = "labels", ["--labels"] = "labels",
   ["-o"] = "output", ["--output"] = "output",
+  -- what the CLI displays while it watches: no effect on the Workflow (argo submit has both)
+  ["--node-field-selector"] = "node_field_selector", ["--status"] = "status",
 }
 local BOOL_FLAGS = { ["--strict"] = true } -- validation by the CLI: the API server validates here
 
@@ -77,12 +79,13 @@ function _M.parse(args)
           return nil, fmt("--priority takes a 32-bit integer, got %q", v), i
         end
         opts.priority = p
-      elseif key ~= "output" then
+      elseif key ~= "output" and key ~= "node_field_selector" and key ~= "status" then
         opts[key] = v
       end
     else
       return nil, fmt("%q is not an `argo submit` flag Herald knows (it knows --name, --generate-name, " ..
-        "--entrypoint, -p/--parameter, --serviceaccount, --instanceid, --priority, -l/--labels, -o/--output, --strict)", a), at
+        "--entrypoint, -p/--parameter, --serviceaccount, --instanceid, --priority, -l/--labels, -o/--output, " ..
+        "--node-field-selector, --status, --strict)", a), at
     end
     i = i + 1
   end

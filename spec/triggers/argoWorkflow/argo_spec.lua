@@ -93,7 +93,8 @@ describe("argoWorkflow trigger", function()
     local args = [[
           args: ["--serviceaccount", "runner", "-p", "message=from args", "--parameter=extra=1",
                  "--labels=team=a,env=dev", "-l", "tier=x", "--entrypoint", "alt", "--generate-name", "custom-",
-                 "--instanceid", "i1", "--priority=5", "-o", "name", "--strict=false"]
+                 "--instanceid", "i1", "--priority=5", "-o", "name", "--strict=false",
+                 "--node-field-selector", "phase=Running", "--status=Running"]
 ]]
     local srv, p, port = start({
       { name = "sub", body = argo_body("submit", [[
