@@ -217,3 +217,159 @@ int herald_json_valid(const char *text, size_t len, int max_depth) {
   ws(&v);
   return v.p == v.end;
 }
+
+/* ---- structured-mode CloudEvents back into events (the JetStream bus, the spill file) ---- */
+
+/* Skips one JSON value at p (the whole text was validated first); returns the end. */
+static const char *skip_value(const char *p, const char *end) {
+  int depth = 0;
+  do {
+    if (p >= end) return end;
+    char c = *p;
+    if (c == '"') {
+      for (p++; p < end && *p != '"'; p++)
+        if (*p == '\\') p++;
+      p++;
+    } else if (c == '{' || c == '[') {
+      depth++, p++;
+    } else if (c == '}' || c == ']') {
+      depth--, p++;
+    } else if (c == ',' || c == ':' || c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      if (depth == 0) return p;
+      p++;
+    } else {
+      while (p < end && !strchr(",}] \t\r\n", *p)) p++;
+    }
+  } while (depth > 0);
+  return p;
+}
+
+static const char *skip_ws(const char *p, const char *end) {
+  while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+  return p;
+}
+
+static void put_utf8(herald_buf *b, unsigned cp) {
+  char u[4];
+  if (cp < 0x80) {
+    herald_buf_putc(b, (char)cp);
+  } else if (cp < 0x800) {
+    u[0] = (char)(0xc0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3f));
+    herald_buf_append(b, u, 2);
+  } else if (cp < 0x10000) {
+    u[0] = (char)(0xe0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    u[2] = (char)(0x80 | (cp & 0x3f));
+    herald_buf_append(b, u, 3);
+  } else {
+    u[0] = (char)(0xf0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), u[3] = (char)(0x80 | (cp & 0x3f));
+    herald_buf_append(b, u, 4);
+  }
+}
+
+static unsigned hex4(const char *p) {
+  unsigned v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = p[i];
+    v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+  }
+  return v;
+}
+
+/* Decodes the (validated) JSON string [p, end) starting at its quote into out (NUL-terminated);
+ * returns 0, or -1 when it holds a NUL (not a usable attribute). */
+static int json_string(const char *p, const char *end, herald_buf *out) {
+  out->len = 0;
+  for (p++; p < end && *p != '"'; p++) {
+    if (*p != '\\') {
+      herald_buf_putc(out, *p);
+      continue;
+    }
+    p++;
+    switch (*p) {
+    case 'b': herald_buf_putc(out, '\b'); break;
+    case 'f': herald_buf_putc(out, '\f'); break;
+    case 'n': herald_buf_putc(out, '\n'); break;
+    case 'r': herald_buf_putc(out, '\r'); break;
+    case 't': herald_buf_putc(out, '\t'); break;
+    case 'u': {
+      unsigned cp = hex4(p + 1);
+      p += 4;
+      if (cp >= 0xd800 && cp < 0xdc00 && p + 6 < end && p[1] == '\\' && p[2] == 'u') {
+        unsigned lo = hex4(p + 3);
+        if (lo >= 0xdc00 && lo < 0xe000) {
+          cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+          p += 6;
+        }
+      }
+      if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd; /* a lone surrogate, as Go's decoder */
+      if (cp == 0) return -1;
+      put_utf8(out, cp);
+      break;
+    }
+    default: herald_buf_putc(out, *p); break;
+    }
+  }
+  herald_buf_putc(out, '\0');
+  return 0;
+}
+
+enum { F_ID, F_TIME, F_SOURCE, F_SUBJECT, F_TYPE, F_CT, F_N };
+static const char *const field_names[F_N] = {"id", "time", "source", "subject", "type",
+                                             "datacontenttype"};
+
+herald_event *herald_event_from_json(const char *text, size_t len, const char **why) {
+  if (!herald_json_valid(text, len, 256)) {
+    *why = "not JSON";
+    return NULL;
+  }
+  const char *p = skip_ws(text, text + len), *end = text + len;
+  if (p >= end || *p != '{') {
+    *why = "not a JSON object";
+    return NULL;
+  }
+  herald_buf f[F_N];
+  for (int i = 0; i < F_N; i++) f[i] = (herald_buf)HERALD_BUF_INIT;
+  herald_buf key = HERALD_BUF_INIT;
+  const char *data = ""; /* no "data": the event has no data at all, which is not JSON null */
+  size_t data_len = 0;
+  herald_event *ev = NULL;
+  *why = "malformed attribute";
+  p++;
+  for (;;) {
+    p = skip_ws(p, end);
+    if (p < end && *p == '}') break;
+    if (p >= end || *p != '"') goto out;
+    const char *kend = skip_value(p, end);
+    if (json_string(p, kend, &key) != 0) goto out;
+    p = skip_ws(kend, end);
+    if (p >= end || *p != ':') goto out;
+    p = skip_ws(p + 1, end);
+    const char *vend = skip_value(p, end);
+    if (strcmp(key.data, "data") == 0) {
+      data = p;
+      data_len = (size_t)(vend - p);
+    } else {
+      for (int i = 0; i < F_N; i++) {
+        if (strcmp(key.data, field_names[i]) != 0) continue;
+        if (*p != '"' || json_string(p, vend, &f[i]) != 0) goto out;
+      }
+    }
+    p = skip_ws(vend, end);
+    if (p < end && *p == ',') p++;
+  }
+  for (int i = F_ID; i <= F_SUBJECT; i++) {
+    if (!f[i].len) {
+      *why = "missing id, time, source or subject";
+      goto out;
+    }
+  }
+  ev = herald_event_new_full(f[F_ID].data, f[F_TIME].data, f[F_SOURCE].data, f[F_SUBJECT].data,
+                             f[F_TYPE].len ? f[F_TYPE].data : "",
+                             f[F_CT].len ? f[F_CT].data : "application/json", data, data_len);
+  if (!ev) *why = "out of memory";
+out:
+  for (int i = 0; i < F_N; i++) herald_buf_free(&f[i]);
+  herald_buf_free(&key);
+  return ev;
+}

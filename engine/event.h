@@ -53,4 +53,9 @@ void herald_event_to_json(const herald_event *ev, struct herald_buf *b);
  * most max_depth deep. Returns 1 if valid, 0 if not. No allocation. */
 int herald_json_valid(const char *text, size_t len, int max_depth);
 
+/* Returns a new event from a structured-mode CloudEvent (what herald_event_to_json writes, or
+ * another producer's: any attribute order, no "data" meaning no data at all), or NULL with
+ * *why set to what is wrong. The caller drops it with herald_event_unref. */
+herald_event *herald_event_from_json(const char *text, size_t len, const char **why);
+
 #endif

@@ -187,107 +187,6 @@ int64_t herald__spill_write(herald_engine *eng) {
   return ok ? (int64_t)n : -(int64_t)n;
 }
 
-/* ---- reading a line back ---- */
-
-static int hexval(int c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-static int hex4(const char *p, const char *end, unsigned *out) {
-  if (end - p < 4) return -1;
-  unsigned v = 0;
-  for (int i = 0; i < 4; i++) {
-    int h = hexval((unsigned char)p[i]);
-    if (h < 0) return -1;
-    v = v << 4 | (unsigned)h;
-  }
-  *out = v;
-  return 0;
-}
-
-static void put_utf8(herald_buf *b, unsigned cp) {
-  char u[4];
-  size_t n;
-  if (cp < 0x80) u[0] = (char)cp, n = 1;
-  else if (cp < 0x800) u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
-  else if (cp < 0x10000)
-    u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | (cp >> 6 & 0x3F)), u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
-  else
-    u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | (cp >> 12 & 0x3F)),
-    u[2] = (char)(0x80 | (cp >> 6 & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
-  herald_buf_append(b, u, n);
-}
-
-/* Reads the JSON string at *pp (at its opening quote) into out (NUL-terminated); advances *pp
- * past the closing quote. Returns 0, or -1 if malformed. */
-static int json_str(const char **pp, const char *end, herald_buf *out) {
-  const char *p = *pp;
-  herald_buf_reset(out);
-  if (p >= end || *p != '"') return -1;
-  for (p++; p < end && *p != '"'; p++) {
-    if (*p != '\\') {
-      herald_buf_putc(out, *p);
-      continue;
-    }
-    if (++p >= end) return -1;
-    switch (*p) {
-    case '"': case '\\': case '/': herald_buf_putc(out, *p); break;
-    case 'b': herald_buf_putc(out, '\b'); break;
-    case 'f': herald_buf_putc(out, '\f'); break;
-    case 'n': herald_buf_putc(out, '\n'); break;
-    case 'r': herald_buf_putc(out, '\r'); break;
-    case 't': herald_buf_putc(out, '\t'); break;
-    case 'u': {
-      unsigned cp, lo;
-      if (hex4(p + 1, end, &cp) != 0) return -1;
-      p += 4;
-      if (cp >= 0xD800 && cp < 0xDC00 && end - p > 6 && p[1] == '\\' && p[2] == 'u' &&
-          hex4(p + 3, end, &lo) == 0 && lo >= 0xDC00 && lo < 0xE000) {
-        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        p += 6;
-      }
-      put_utf8(out, cp);
-      break;
-    }
-    default: return -1;
-    }
-  }
-  if (p >= end) return -1;
-  *pp = p + 1;
-  herald_buf_cstr(out);
-  return 0;
-}
-
-/* Returns a new event from one line written by herald__spill_write, or NULL. */
-static herald_event *parse_line(const char *p, const char *end) {
-  static const char *const keys[] = {"specversion", "id", "source", "subject", "type", "time",
-                                     "datacontenttype"};
-  herald_buf v[7], key = HERALD_BUF_INIT;
-  for (int i = 0; i < 7; i++) v[i] = (herald_buf)HERALD_BUF_INIT;
-  herald_event *ev = NULL;
-  while (end > p && (end[-1] == ' ' || end[-1] == '\r')) end--;
-  if (p >= end || *p != '{' || end[-1] != '}') goto out;
-  p++;
-  for (int i = 0; i < 7; i++) {
-    if (json_str(&p, end, &key) != 0 || strcmp(key.data, keys[i]) != 0) goto out;
-    if (p >= end || *p++ != ':') goto out;
-    if (json_str(&p, end, &v[i]) != 0) goto out;
-    if (p >= end || *p++ != ',') goto out;
-  }
-  if (json_str(&p, end, &key) != 0 || strcmp(key.data, "data") != 0 || p >= end || *p++ != ':') goto out;
-  const char *data = p;
-  size_t dlen = (size_t)(end - 1 - p);
-  if (!herald_json_valid(data, dlen, 256)) goto out;
-  ev = herald_event_new_full(v[1].data, v[5].data, v[2].data, v[3].data, v[4].data, v[6].data, data, dlen);
-out:
-  for (int i = 0; i < 7; i++) herald_buf_free(&v[i]);
-  herald_buf_free(&key);
-  return ev;
-}
-
 /* ---- replay ---- */
 
 static void pump(void);
@@ -346,7 +245,8 @@ int herald__spill_replay_start(herald_engine *eng) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *le = nl ? nl : end;
     if (le > p) {
-      herald_event *ev = parse_line(p, le);
+      const char *why;
+      herald_event *ev = herald_event_from_json(p, (size_t)(le - p), &why);
       if (!ev) {
         bad++;
       } else {

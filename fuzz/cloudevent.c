@@ -2,11 +2,17 @@
  * cloudevent.c: libFuzzer target for the CloudEvent decoding path: the JSON validator in
  * engine/event.c (herald_json_valid, which also decides whether a webhook body is kept as
  * JSON) and the structured-mode decoder the JetStream bus applies to every fetched message
- * and stored event (decode_event in engine/bus_jetstream.c, compiled into this file to reach
- * it; nothing of the bus runs). An event that decodes must have valid JSON data (or none) and
- * encode back (herald_event_to_json) to valid JSON that decodes to the same event.
+ * and stored event, and the drain's spill file to its lines (herald_event_from_json). An event
+ * that decodes must have valid JSON data (or none) and encode back (herald_event_to_json) to
+ * valid JSON that decodes to the same event.
  */
-#include "../engine/bus_jetstream.c"
+#include "event.h"
+#include "buf.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -17,10 +23,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   (void)herald_json_valid(text, size, depth);
 
   const char *why = NULL;
-  herald_event *ev = decode_event(text, size, &why);
+  herald_event *ev = herald_event_from_json(text, size, &why);
   if (!ev) {
     if (!why) {
-      fprintf(stderr, "fuzz: decode_event failed without a reason\n");
+      fprintf(stderr, "fuzz: herald_event_from_json failed without a reason\n");
       abort();
     }
   } else {
@@ -36,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       abort();
     }
     const char *why2 = NULL;
-    herald_event *ev2 = decode_event(b.data, b.len, &why2);
+    herald_event *ev2 = herald_event_from_json(b.data, b.len, &why2);
     if (!ev2 || strcmp(ev2->source, ev->source) != 0 || strcmp(ev2->subject, ev->subject) != 0 ||
         ev2->data_len != ev->data_len || memcmp(ev2->data, ev->data, ev->data_len) != 0) {
       fprintf(stderr, "fuzz: the event does not survive a round trip (%s): %.*s\n",
