@@ -124,6 +124,7 @@ static int l_configure(lua_State *L) {
   double n;
   if ((n = herald_cfg_number(L, 1, "bus_capacity", 0)) > 0) eng->opts.bus_capacity = (uint32_t)n;
   if ((n = herald_cfg_number(L, 1, "drain_timeout", 0)) > 0) eng->opts.drain_timeout_ms = (uint64_t)n;
+  if ((n = herald_cfg_number(L, 1, "max_message_bytes", 0)) > 0) eng->opts.max_message = (size_t)n;
   if ((n = herald_cfg_number(L, 1, "http_header_timeout", 0)) > 0) eng->http_limits.header_timeout_ms = (uint64_t)n;
   if ((n = herald_cfg_number(L, 1, "http_body_timeout", 0)) > 0) eng->http_limits.body_timeout_ms = (uint64_t)n;
   if ((n = herald_cfg_number(L, 1, "http_idle_timeout", 0)) > 0) eng->http_limits.keepalive_ms = (uint64_t)n;

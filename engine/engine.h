@@ -30,6 +30,7 @@ typedef struct herald_engine_opts {
   uint64_t drain_timeout_ms;/* on shutdown; default 10000 */
   const char *bus_dir;     /* embedded bus: keep events on disk there (bus_log.c); NULL = memory */
   const char *spill_file;  /* where a timed-out drain leaves events (spill.h); NULL = default */
+  size_t max_message;      /* sources drop larger messages (source_kit.c); 0 = 1 MiB */
 } herald_engine_opts;
 
 /* Exit code of a drain that ran out of time and left events behind (dead-lettered, spilled,

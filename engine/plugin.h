@@ -52,6 +52,10 @@ struct herald_source {
   struct herald_metric *m_sent, *m_sent_failed, *m_processing_failed, *m_duration;
   int filter_ref; /* EventSource filter.expression compiled to a Lua function, or LUA_NOREF */
   struct herald_metric *m_filtered;
+  /* source_kit.c's */
+  int conn_state; /* 0 never said, 1 connected, -1 not */
+  struct herald_metric *m_connected, *m_bad_body, *m_too_big;
+  void *room_wait;
 };
 
 /* Creates a source instance of `type` for event `ev` of EventSource `es` from the config table
@@ -87,6 +91,56 @@ char *herald_secret_path(herald_engine *eng, const char *name, const char *key, 
  * logged to lg as "<what>: cannot read secret <name>/<key>: <reason>"). */
 char *herald_secret_field(herald_engine *eng, const herald_logger *lg, lua_State *L, int idx,
                           const char *field, const char *what, int *err);
+
+/* The same with the CloudEvent id given (NULL: a random one), for sources whose upstream
+ * names each message (Kafka's es:event:broker:topic:partition:offset): a redelivered message
+ * then carries the same id, and the JetStream bus drops it as a duplicate. */
+int herald_source_emit_id(herald_source *src, const char *id, const char *json, size_t len,
+                          herald_bus_publish_cb cb, void *cbdata);
+
+/* ---- helpers for sources that talk to a server (source_kit.c) ---- */
+
+/* Argo's connectionBackoff, used to reconnect for ever: the first wait is `duration` (default
+ * 1 s), each next one `factor` (default 2) times the last, capped at 60 s, plus up to `jitter`
+ * (default 0.1) of it at random. `steps` is not a limit here: a source never gives up. */
+typedef struct herald_backoff {
+  uint64_t first_ms, cap_ms, delay_ms;
+  double factor, jitter;
+  uint32_t attempt;
+} herald_backoff;
+/* Reads the Backoff table in `field` of the config at cfg_idx (absent: the defaults). */
+void herald_backoff_init(herald_backoff *b, lua_State *L, int cfg_idx, const char *field);
+/* The wait before the next attempt, in ms; herald_backoff_reset after a success. */
+uint64_t herald_backoff_next(herald_backoff *b);
+void herald_backoff_reset(herald_backoff *b);
+
+/* Reports the connection state: sets the gauge herald_eventsource_connected{eventsource_name,
+ * event_name} and logs each change once (info "connected", warn "not connected: <reason>"),
+ * repeats of a failure only at debug and rate-limited. */
+void herald_source_set_connected(herald_source *src, int up, const char *reason);
+
+/* After herald_source_emit said HERALD_EBUSFULL (or the bus is down), a source stops reading
+ * and asks to be called back once the bus takes events again: cb(src, data) runs on the loop.
+ * One wait per source at a time (HERALD_EINVAL otherwise); stop() must cancel it. */
+int herald_source_when_room(herald_source *src, void (*cb)(herald_source *src, void *data),
+                            void *data);
+void herald_source_cancel_room(herald_source *src);
+
+/* Appends a message body as Argo puts it in the event data: with jsonBody, the raw JSON (a
+ * body that is not JSON is counted in herald_eventsource_bad_body_total, logged, and
+ * HERALD_EINVAL returned: drop the message, as Argo's marshalling fails there); without, Go's
+ * []byte: a base64 JSON string. */
+struct herald_buf;
+int herald_source_put_body(herald_source *src, struct herald_buf *b, const void *body,
+                           size_t len, int json_body);
+void herald_buf_base64(struct herald_buf *b, const void *data, size_t n);
+/* 1 (counted in herald_eventsource_oversize_total and logged) when a message of len bytes is
+ * over the engine's limit (herald run --max-message-bytes, default 1 MiB): drop it, and ack
+ * it upstream so it does not come back for ever. */
+#define HERALD_DEFAULT_MAX_MESSAGE (1u << 20)
+int herald_source_too_big(herald_source *src, size_t len);
+/* The `metadata` map of the config at cfg_idx as a JSON object (a new string), NULL if absent. */
+char *herald_cfg_metadata_json(lua_State *L, int cfg_idx);
 
 /* ---- triggers ---- */
 

@@ -159,13 +159,19 @@ static int source_filter_passes(herald_source *src, const char *json, size_t len
 
 int herald_source_emit(herald_source *src, const char *json, size_t len, herald_bus_publish_cb cb,
                        void *cbdata) {
+  return herald_source_emit_id(src, NULL, json, len, cb, cbdata);
+}
+
+int herald_source_emit_id(herald_source *src, const char *id, const char *json, size_t len,
+                          herald_bus_publish_cb cb, void *cbdata) {
   if (src->filter_ref != LUA_NOREF && !source_filter_passes(src, json, len)) {
     herald_metric_inc(src->m_filtered);
     return defer_done(src->engine, cb, cbdata);
   }
   emit_ctx *c = malloc(sizeof *c);
   if (!c) return HERALD_ENOMEM;
-  herald_event *ev = herald_event_new(src->es_name, src->event_name, src->type->event_type, json, len);
+  herald_event *ev = herald_event_new_full(id, NULL, src->es_name, src->event_name,
+                                         src->type->event_type, "application/json", json, len);
   if (!ev) {
     free(c);
     return HERALD_ENOMEM;

@@ -53,6 +53,8 @@ options (run):
                            at 80% of it, unfinished actions go to their dlqTrigger, the rest
                            is kept (--bus-dir, JetStream) or written to the spill file, which
                            the next start replays; exit code 3 says something was left
+  --max-message-bytes N    event sources drop (and ack upstream) messages larger than this,
+                           counted and logged (default 1048576)
   --bus-dir DIR            keep the embedded bus's events on disk in DIR: an event answered
                            200 survives a crash (kill -9) and is delivered after the restart
   --state-dir DIR          where the spill file goes: DIR/spill.jsonl (default --bus-dir, else
@@ -89,10 +91,11 @@ local VALUE_FLAGS = {
   ["--source"] = "source", ["--event"] = "event", ["--data"] = "data",
   ["--spec-limits"] = "spec_limits",
   ["--bus-dir"] = "bus_dir", ["--state-dir"] = "state_dir",
+  ["--max-message-bytes"] = "max_message_bytes",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true, http_body_deadline = true,
-  http_max_connections = true, http_max_client_connections = true }
+  http_max_connections = true, http_max_client_connections = true, max_message_bytes = true }
 local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain",
   ["--cleanup"] = "cleanup", ["--dry-run"] = "dry_run" }
 
