@@ -166,7 +166,8 @@ void herald_buf_base64(herald_buf *b, const void *data, size_t n) {
 int herald_source_put_body(herald_source *src, herald_buf *b, const void *body, size_t len,
                            int json_body) {
   if (json_body) {
-    if (len == 0 || herald_json_valid(body, len, 0) != 0) {
+    /* herald_json_valid says 1 for valid; 256 levels as the CloudEvent decoder allows */
+    if (len == 0 || !herald_json_valid(body, len, 256)) {
       if (!src->m_bad_body)
         src->m_bad_body = herald_metric_get("herald_eventsource_bad_body_total",
                                             "Messages dropped because jsonBody is set and the body is not JSON.",
