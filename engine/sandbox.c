@@ -85,6 +85,8 @@ struct sandbox {
   int expired;
   int nscripts;
   herald_meter meter; /* the string functions' view of the budget */
+  lua_State *host;    /* the caller's state during a run (for print) */
+  int print_ref;      /* in host's registry: a function print lines go to, or LUA_NOREF */
   /* the watchdog's part, under wd.mu; fired is also read without it */
   atomic_int fired;
   int armed;
@@ -284,7 +286,8 @@ static int sb_leave(lua_State *L) {
   return 0;
 }
 
-/* print in scripts goes to the engine log at debug level. */
+/* print in scripts goes to the sink set with sb:on_print (herald test, the REPL), else to the
+ * engine log at debug level. */
 static int sb_print(lua_State *L) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
@@ -297,6 +300,16 @@ static int sb_print(lua_State *L) {
     luaL_addlstring(&b, s, n > 1024 ? 1024 : n);
   }
   luaL_pushresult(&b);
+  sandbox *sb = sb_of(L);
+  if (sb->host && sb->print_ref != LUA_NOREF) {
+    /* the sink is the caller's Lua; a failing sink must not fail the script */
+    size_t n;
+    const char *line = lua_tolstring(L, -1, &n);
+    lua_rawgeti(sb->host, LUA_REGISTRYINDEX, sb->print_ref);
+    lua_pushlstring(sb->host, line, n);
+    if (lua_pcall(sb->host, 1, 0, 0) != 0) lua_pop(sb->host, 1);
+    return 0;
+  }
   herald_log(&sandbox_log, HLOG_DEBUG, "script: %s", lua_tostring(L, -1));
   return 0;
 }
@@ -510,6 +523,7 @@ static int open_libs(lua_State *L) {
 static int l_sandbox_new(lua_State *L) {
   sandbox *sb = lua_newuserdata(L, sizeof *sb);
   memset(sb, 0, sizeof *sb);
+  sb->print_ref = LUA_NOREF;
   luaL_getmetatable(L, SANDBOX_MT);
   lua_setmetatable(L, -2);
   int t = lua_istable(L, 1) ? 1 : 0;
@@ -651,7 +665,9 @@ static int sb_run(lua_State *L, sandbox *sb, int base, int mode) {
   sb->meter.depth = 0;
   lua_sethook(S, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
   wd_arm(sb);
+  sb->host = L;
   int status = lua_pcall(S, 0, 1, 0);
+  sb->host = NULL;
   const char *context = NULL;
   if (status == 0 && mode == RUN_TRANSFORM) {
     if (lua_type(S, -1) != LUA_TTABLE) {
@@ -682,17 +698,35 @@ static int sb_run(lua_State *L, sandbox *sb, int base, int mode) {
   return 1;
 }
 
-/* sb:filter(id, data_json) -> true, passed | nil, err: passed when the script returns true. */
+/* sb:filter(id, data_json) -> true, passed, returned | nil, err: passed when the script
+ * returns true; `returned` names what it returned otherwise ("false", "nil", "a string" ...). */
 static int l_sandbox_filter(lua_State *L) {
   sandbox *sb = check_sb(L);
   lua_State *S = sb->L;
   int base = lua_gettop(S);
   if (!sb_run(L, sb, base, RUN_FILTER)) return 2;
-  int passed = lua_type(S, -1) == LUA_TBOOLEAN && lua_toboolean(S, -1);
+  int t = lua_type(S, -1);
+  int passed = t == LUA_TBOOLEAN && lua_toboolean(S, -1);
   lua_settop(S, base);
   lua_pushboolean(L, 1);
   lua_pushboolean(L, passed);
-  return 2;
+  if (passed) return 2;
+  if (t == LUA_TBOOLEAN) lua_pushliteral(L, "false");
+  else if (t == LUA_TNIL) lua_pushliteral(L, "nil");
+  else lua_pushfstring(L, "a %s", lua_typename(L, t));
+  return 3;
+}
+
+/* sb:on_print(fn | nil): where the scripts' print lines go (fn(line)); nil: the debug log. */
+static int l_sandbox_on_print(lua_State *L) {
+  sandbox *sb = check_sb(L);
+  if (sb->print_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, sb->print_ref);
+  sb->print_ref = LUA_NOREF;
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    sb->print_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
 }
 
 /* sb:transform(id, data_json) -> json | nil, err: the table the script returns, as JSON. */
@@ -736,6 +770,8 @@ void herald__lua_open_sandbox(lua_State *L) {
     lua_setfield(L, -2, "transform");
     lua_pushcfunction(L, l_sandbox_memory);
     lua_setfield(L, -2, "memory");
+    lua_pushcfunction(L, l_sandbox_on_print);
+    lua_setfield(L, -2, "on_print");
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);

@@ -93,7 +93,7 @@ describe("herald test", function()
     assert.is_false(by.time.passed)
     assert.matches("outside 00:00:00%-00:00:01 UTC", by.time.reason)
     assert.is_false(by.script.passed)
-    assert.matches("did not return true", by.script.reason)
+    assert.matches("script returned false, not true", by.script.reason)
   end)
 
   it("renders an HTTP trigger's request without sending it", function()
@@ -150,7 +150,7 @@ tests:
     local code, out = H.run{ "test", dir }
     assert.equal(1, code)
     assert.matches("not ok 1 %- .*s_test%.yaml: wrong expectation", out)
-    assert.matches('# +firing 0 expected: {"trigger":"ship"}', out)
+    assert.matches('#   firing 0 differs:\n#     trigger: expected "ship" %(string%), got "audit" %(string%)', out)
     assert.matches("ok 2 %- .*right expectation", out)
     assert.matches("1 passed, 1 failed", out)
   end)

@@ -620,6 +620,16 @@ function validate(ctx, s, parent, key, path)
   error("herald.schema: unknown kind " .. tostring(kind) .. " at " .. path)
 end
 
+--- Checks a document that is not a Kubernetes object (a *_test.yaml file, say) against a
+--- schema node built with herald.schema's constructors (schema.lib). Returns the error
+--- messages (file:line:col: path: message) and the warnings.
+function _M.check_document(file, pos, s, doc)
+  local ctx = { file = file, pos = pos, errors = {}, warnings = {}, notes = {}, infos = {},
+                configmaps = {} }
+  validate(ctx, s, { doc }, 1, "")
+  return ctx.errors, ctx.warnings
+end
+
 ---------------------------------------------------------------------------------------------
 -- Argo's cross-field rules
 ---------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ local VERSION = "0.1.0"
 
 local COMPONENT_PORTS -- below, with cmd_component
 
-local USAGE = [[
+local COMMANDS_HELP = [[
+
 usage: herald <command> [options] [PATH...]
 
 commands:
@@ -20,17 +21,23 @@ commands:
                      run only the Sensors found in PATH, consuming from the JetStream bus
   lint PATH...       validate EventSource, Sensor and EventBus files; exit 1 on any error
   compile FILE       print the Lua a Sensor compiles to
-  test SENSOR --events EVENTS.jsonl [--explain] [--expect FILE]
+  test SENSOR --events EVENTS.jsonl|- [--explain] [--expect FILE] [--update]
                      run a sensor on events in dry run: print one JSON line per firing
-  test PATH...       run the *_test.yaml sensor tests in PATH (files or folders)
+  test PATH... [--explain] [--junit FILE]
+                     run the *_test.yaml sensor tests in PATH (files or folders)
   emit --source ES --event NAME --data JSON|@FILE [--admin-addr A] [--admin-token-file F]
                      hand an event to a running `herald run`, as if the EventSource made it
   repl [SENSOR] [--events EVENTS.jsonl] [-e CODE]
                      an interactive Lua prompt with the sensor and events loaded
   lua FILE [ARG...]  run a Lua file with Herald's stdlib (for scripting and benchmarks)
   version            print the version
+  help [COMMAND]     this text, or one command's (also: herald COMMAND --help)
+]]
 
-options (run):
+-- Option groups, each shown by the commands that take it (herald help CMD) and all together
+-- by herald --help.
+local OPTIONS = {
+  run = [[
   --log-level L            debug | info | warn | error (default info, or env LOG_LEVEL)
   --dry-run                fire every trigger as herald test renders it: print the action
                            (the Kubernetes object, the HTTP request...) as a JSON line on
@@ -68,16 +75,80 @@ options (run):
   --http-max-client-connections N
                            of those, how many one client address (IPv6: /64) may hold
                            (default a quarter of --http-max-connections)
-options (lint):
+]],
+  lint = [[
   --strict                 treat warnings as errors
-options (run, eventsource, sensor, lint, compile, test, repl):
+]],
+  test = [[
+  --events FILE|-          the CloudEvents to feed, one JSON object a line (- : stdin)
+  --explain                also print each dependency's verdict with every filter's reason
+                           (with test files: as "# explain:" lines under each test)
+  --expect FILE            compare the output with FILE; a difference exits 1 with a
+                           key-level diff
+  --update                 write the output to the --expect FILE instead of comparing
+  --junit FILE             (test files) also write a JUnit XML report for CI
+  A script or transform that raised, ran out of budget or could not build its action is
+  an error: "error: ..." on stderr, an {"error": ...} line in the output, and exit 1
+  unless the --expect FILE (or the test's `errors:`) expects it. print() in scripts goes
+  to stderr as "print (sensor NAME): ...".
+]],
+  emit = [[
+  --source ES              the EventSource name; --event NAME: the event name
+  --data JSON|@FILE        the event data
+  --admin-addr HOST:PORT   the running engine's admin endpoint (default 127.0.0.1:7778)
+  --admin-token-file FILE  its bearer token (default $XDG_STATE_HOME/herald/admin-token)
+]],
+  repl = [[
+  --events FILE            CloudEvents (JSON lines) to load as `events`
+  -e CODE                  run CODE and exit instead of prompting
+]],
+  limits = [[
   --spec-limits NAME=N[,NAME=N...]
                            raise what one load of specs may hold; a spec past a limit is
                            refused at file:line:col naming it. Limits (defaults):
                            bytes (4194304 per file), load-bytes (67108864 in all),
                            documents (1000), nodes (1000000 YAML nodes in all),
                            triggers (10000 per Sensor), dependencies (10000 per Sensor)
-]]
+]],
+}
+
+-- What each command is and which option groups it takes.
+local COMMAND_HELP = {
+  run = { "run PATH... [options]", "Runs every EventSource and Sensor found in PATH (files or folders) on the embedded bus (or the JetStream bus with --bus).", { "run", "limits" } },
+  eventsource = { "eventsource PATH... --bus nats://HOST:PORT [options]", "Runs only the EventSources found in PATH, publishing to the JetStream bus.", { "run", "limits" } },
+  sensor = { "sensor PATH... --bus nats://HOST:PORT [options]", "Runs only the Sensors found in PATH, consuming from the JetStream bus.", { "run", "limits" } },
+  lint = { "lint PATH... [--strict]", "Validates EventSource, Sensor and EventBus files and compiles every Sensor; exit 1 on any error.", { "lint", "limits" } },
+  compile = { "compile FILE", "Prints the Lua a Sensor compiles to.", { "limits" } },
+  test = { "test SENSOR --events FILE|- [--explain] [--expect FILE] [--update]\n       herald test PATH... [--explain] [--junit FILE]", "Runs a sensor on events in dry run (one JSON line per firing), or the *_test.yaml sensor tests under PATH.", { "test", "limits" } },
+  emit = { "emit --source ES --event NAME --data JSON|@FILE [options]", "Hands an event to a running `herald run`, as if the EventSource made it.", { "emit" } },
+  repl = { "repl [SENSOR] [--events FILE] [-e CODE]", "An interactive Lua prompt with the sensor and events loaded (docs/repl.md).", { "repl", "limits" } },
+  lua = { "lua FILE [ARG...]", "Runs a Lua file with Herald's stdlib (for scripting and benchmarks).", {} },
+  version = { "version", "Prints the version.", {} },
+  help = { "help [COMMAND]", "Prints the help, or one command's.", {} },
+}
+local COMMAND_NAMES = { "run", "eventsource", "sensor", "lint", "compile", "test", "emit", "repl", "lua",
+  "version", "help" }
+
+local OPTION_TITLES = { run = "options (run, eventsource, sensor)", lint = "options (lint)",
+  test = "options (test)", emit = "options (emit)", repl = "options (repl)",
+  limits = "options (run, eventsource, sensor, lint, compile, test, repl)" }
+
+local USAGE = COMMANDS_HELP .. "\n"
+for _, g in ipairs({ "run", "lint", "test", "emit", "repl", "limits" }) do
+  USAGE = USAGE .. OPTION_TITLES[g] .. ":\n" .. OPTIONS[g]
+end
+
+--- One command's help: its usage, what it does, and its options.
+local function command_help(cmd)
+  local h = COMMAND_HELP[cmd]
+  local out = { "usage: herald " .. h[1], "", h[2] }
+  for _, g in ipairs(h[3]) do
+    out[#out + 1] = ""
+    out[#out + 1] = OPTION_TITLES[g] .. ":"
+    out[#out + 1] = (OPTIONS[g]:gsub("\n$", ""))
+  end
+  return table.concat(out, "\n") .. "\n"
+end
 
 local VALUE_FLAGS = {
   ["--log-level"] = "log_level", ["--secrets-dir"] = "secrets_dir", ["--listen-host"] = "listen_host",
@@ -91,13 +162,13 @@ local VALUE_FLAGS = {
   ["--source"] = "source", ["--event"] = "event", ["--data"] = "data",
   ["--spec-limits"] = "spec_limits",
   ["--bus-dir"] = "bus_dir", ["--state-dir"] = "state_dir",
-  ["--max-message-bytes"] = "max_message_bytes",
+  ["--max-message-bytes"] = "max_message_bytes", ["--junit"] = "junit",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true, http_body_deadline = true,
   http_max_connections = true, http_max_client_connections = true, max_message_bytes = true }
 local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain",
-  ["--cleanup"] = "cleanup", ["--dry-run"] = "dry_run" }
+  ["--cleanup"] = "cleanup", ["--dry-run"] = "dry_run", ["--update"] = "update" }
 
 local function eprint(...)
   io.stderr:write(table.concat({ ... }, ""), "\n")
@@ -130,7 +201,12 @@ local function parse(argv)
     elseif BOOL_FLAGS[a] then
       opts[BOOL_FLAGS[a]] = true
     elseif a:sub(1, 1) == "-" and a ~= "-" then
-      return nil, "unknown option " .. a
+      local names = {}
+      for k in pairs(VALUE_FLAGS) do names[#names + 1] = k end
+      for k in pairs(BOOL_FLAGS) do names[#names + 1] = k end
+      table.sort(names)
+      local hint = require("herald.loader").suggest(key, names)
+      return nil, "unknown option " .. a .. (hint and ("; did you mean " .. hint .. "?") or "")
     else
       paths[#paths + 1] = a
     end
@@ -207,8 +283,8 @@ local function cmd_compile(paths)
   return 0
 end
 
---- herald test SENSOR --events FILE: prints the lines; exit 0, 1 on an --expect mismatch,
---- 2 on a bad spec or event file.
+--- herald test SENSOR --events FILE: prints the lines; exit 0, 1 on an --expect mismatch or
+--- an error no --expect file expected, 2 on a bad spec or event file.
 local function cmd_test_events(paths, opts)
   local T = require "herald.testing"
   local session, err = T.load_sensor(paths[1])
@@ -218,21 +294,46 @@ local function cmd_test_events(paths, opts)
   end
   local events, eerr = T.read_events(opts.events)
   if not events then
-    eprint("herald test: ", eerr)
+    eprint("error: herald test: ", eerr)
     return 2
   end
-  local lines = {}
+  -- print() in the sensor's scripts: on stderr, beside the output, never mixed into it
+  require("herald.rt").on_print(function(sensor, line)
+    eprint(("print (sensor %s): %s"):format(sensor, line))
+  end)
+  local lines, nerrors = {}, 0
   for _, ev in ipairs(events) do
     for _, line in ipairs(session:feed(ev, { explain = opts.explain })) do
       lines[#lines + 1] = line
-      io.stdout:write(T.encode(line), "\n")
+      if opts.update ~= true then io.stdout:write(T.encode(line), "\n") end
+      if line.error then
+        nerrors = nerrors + 1
+        eprint(("error: event %s, %s: %s"):format(tostring(line.event or (line.events and "(firing)") or "?"),
+          line.dependency and ("dependency " .. line.dependency) or ("trigger " .. tostring(line.trigger)),
+          tostring(line.error)))
+      end
     end
+  end
+  if opts.update then
+    if not opts.expect then
+      eprint("error: herald test: --update writes the --expect FILE: give one")
+      return 2
+    end
+    local f, ferr = io.open(opts.expect, "wb")
+    if not f then
+      eprint("error: herald test: ", ferr)
+      return 2
+    end
+    for _, line in ipairs(lines) do f:write(T.encode(line), "\n") end
+    f:close()
+    eprint(("herald test: wrote %d line(s) to %s"):format(#lines, opts.expect))
+    return 0
   end
   if opts.expect then
     local expected = {}
     local f, ferr = io.open(opts.expect, "rb")
     if not f then
-      eprint("herald test: ", ferr)
+      eprint("error: herald test: ", ferr)
       return 2
     end
     local cjson = require "cjson"
@@ -243,7 +344,7 @@ local function cmd_test_events(paths, opts)
         local ok, v = pcall(cjson.decode, line)
         if not ok then
           f:close()
-          eprint(("herald test: %s:%d: not JSON"):format(opts.expect, n))
+          eprint(("error: herald test: %s:%d: not JSON"):format(opts.expect, n))
           return 2
         end
         expected[#expected + 1] = v
@@ -252,18 +353,23 @@ local function cmd_test_events(paths, opts)
     f:close()
     local d = T.diff(expected, lines)
     if d ~= "" then
-      eprint("herald test: output differs from ", opts.expect, ":")
+      eprint("herald test: output differs from ", opts.expect, " (--update rewrites it):")
       eprint(d)
       return 1
     end
+    return 0 -- errors the expected output lists are expected
   end
-  return 0
+  return nerrors > 0 and 1 or 0
 end
 
 --- herald test PATH...: runs *_test.yaml files.
-local function cmd_test_files(paths)
+local function cmd_test_files(paths, opts)
+  if opts.expect or opts.update then
+    eprint("error: herald test: --expect and --update go with --events (a *_test.yaml holds its own expectations)")
+    return 2
+  end
   local suite = require "herald.test_files"
-  return suite.run(paths, io.stdout, eprint)
+  return suite.run(paths, io.stdout, eprint, { explain = opts.explain, junit = opts.junit })
 end
 
 local function cmd_test(paths, opts)
@@ -273,7 +379,7 @@ local function cmd_test(paths, opts)
   end
   jit.on() -- tests feed events: the per-event code is hot
   if opts.events then return cmd_test_events(paths, opts) end
-  return cmd_test_files(paths)
+  return cmd_test_files(paths, opts)
 end
 
 --- herald emit: POSTs the data to a running engine's admin endpoint.
@@ -547,11 +653,25 @@ function _M.main(argv)
   end
   local cmd, paths, opts = parse(argv)
   if not cmd then
-    eprint("herald: ", paths)
+    eprint("error: herald ", argv[1] or "", ": ", paths)
     return 2
   end
-  if cmd == "help" or cmd == "--help" or cmd == "-h" or opts.help then
-    io.stdout:write(USAGE)
+  if cmd == "help" or cmd == "--help" or cmd == "-h" then
+    local topic = paths[1]
+    if topic == nil then
+      io.stdout:write(USAGE)
+      return 0
+    end
+    if not COMMAND_HELP[topic] then
+      local hint = require("herald.loader").suggest(topic, COMMAND_NAMES)
+      eprint("error: herald help: unknown command ", topic, hint and ("; did you mean " .. hint .. "?") or "")
+      return 2
+    end
+    io.stdout:write(command_help(topic))
+    return 0
+  end
+  if opts.help then
+    io.stdout:write(COMMAND_HELP[cmd] and command_help(cmd) or USAGE)
     return 0
   end
   if opts.spec_limits then -- every load below (run, lint, test, the REPL ...) uses them
@@ -592,7 +712,9 @@ function _M.main(argv)
     io.stdout:write("herald ", VERSION, "\n")
     return 0
   end
-  eprint("herald: unknown command ", cmd, "\n", USAGE)
+  local hint = require("herald.loader").suggest(cmd, COMMAND_NAMES)
+  eprint("error: herald: unknown command ", cmd, hint and ("; did you mean " .. hint .. "?") or "",
+    " (herald help lists the commands)")
   return 2
 end
 

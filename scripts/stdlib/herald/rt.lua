@@ -317,13 +317,40 @@ _M.copy = copy
 -- Sandboxed user scripts --------------------------------------------------------------------
 
 --- Returns the sandbox of a sensor (created on first use: only sensors with scripts pay).
+--- A value for an explanation ("got 3", "got \"300\"", "got {\"a\":1}"): numbers as Go prints
+--- them, strings quoted, tables as JSON, cut at 80 characters.
+function _M.show_value(v)
+  local t = type(v)
+  local s
+  if v == nil then s = "nothing"
+  elseif v == null then s = "null"
+  elseif t == "number" then s = _M.to_string(v)
+  elseif t == "string" then s = encode(v)
+  elseif t == "table" then s = encode(v)
+  else s = tostring(v) end
+  if #s > 80 then s = s:sub(1, 77) .. "..." end
+  return s
+end
+
+local print_sink
+
 function _M.sandbox(sensor_name, limits)
   local sb = sandboxes[sensor_name]
   if not sb then
     sb = assert(core.sandbox_new(limits or {}))
     sandboxes[sensor_name] = sb
+    if print_sink then sb:on_print(function(line) print_sink(sensor_name, line) end) end
   end
   return sb
+end
+
+--- Where user Lua's print() goes: fn(sensor_name, line) for every sandbox, now and later
+--- (herald test and the REPL show it); nil: the engine's debug log.
+function _M.on_print(fn)
+  print_sink = fn
+  for name, sb in pairs(sandboxes) do
+    sb:on_print(fn and function(line) fn(name, line) end or nil)
+  end
 end
 
 --- Compiles a script filter in the sensor's sandbox; returns an id or nil, err.
@@ -338,9 +365,13 @@ end
 function _M.run_script(sensor_name, id, event)
   if event.data == nil then return true end -- no data at all: passes without running, as in Argo
   local sb = sandboxes[sensor_name]
-  local ok, res = sb:filter(id, event.data == null and "{}" or event.raw)
+  local ok, res, returned = sb:filter(id, event.data == null and "{}" or event.raw)
   if ok == nil then return false, "script filter: " .. tostring(res), true end
-  return res == true, res ~= true and "script did not return true" or nil
+  if res == true then return true end
+  if returned == "nil" then
+    return false, "script returned nil (a script filter passes only when it returns true; is a `return` missing?)"
+  end
+  return false, "script returned " .. tostring(returned) .. ", not true"
 end
 
 return _M

@@ -229,8 +229,10 @@ function Compiler:data_filter(dpath, f, idx, var)
   local cmp = f.comparator or ""
   self:comment("    -- %s: %s is a %s%s", path, show(f.path), typ, cmp ~= "" and (" " .. show(cmp)) or "")
   self:emit("    local %s, %s_err = false, nil", var, var)
+  self:emit_trace("    local %s_got -- the value compared, for --explain", var)
   self:emit("    do")
   self:emit_get("      ", "event.data", f.path, path .. ".path", f, "path")
+  self:emit_trace("      %s_got = r", var)
   self:emit("      if r == nil then")
   self:emit("        %s_err = %s", var, self:lit("path " .. f.path .. " does not exist"))
   self:emit("      else")
@@ -288,8 +290,16 @@ function Compiler:data_filter(dpath, f, idx, var)
   self:emit("        end")
   self:emit("      end")
   self:emit("    end")
-  self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or %s) } end",
-    idx - 1, var, var, var, self:lit(f.path .. ": value did not match"))
+  -- what it got and what it wanted: "body.total: got 3, want > 100"
+  local wants = {}
+  for _, val in ipairs(f.value) do
+    wants[#wants + 1] = type(val) == "string" and val or rt.to_string(val)
+  end
+  local want = (typ == "number" and (cmp ~= "" and cmp or "=") .. " " or (cmp == "!=" and "not " or ""))
+    .. concat(wants, typ == "number" and (" or " .. (cmp ~= "" and cmp or "=") .. " ") or " or ")
+  if typ == "string" then want = (cmp == "!=" and "not matching " or "matching ") .. concat(wants, " or ") end
+  self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"data\", index = %d, passed = %s, reason = %s and \"matched\" or (%s_err or (%s .. rt.show_value(%s_got) .. %s)) } end",
+    idx - 1, var, var, var, self:lit(f.path .. ": got "), var, self:lit(", want " .. want))
 end
 
 function Compiler:expr_filter(dpath, e, idx, var)

@@ -120,7 +120,13 @@ function _M.session(sensor, obj)
       s.out[#s.out + 1] = { trigger = trig.name, events = ids,
         template = ok and template or null, action = describe_action(trig, action) }
     end,
-    discard = function() end,
+    -- a filter or transform that raised (script error, budget, bad data) is reported as an
+    -- error record; a filter that said no is not (that is what --explain shows)
+    discard = function(dep, event, why, is_error)
+      if is_error then
+        s.out[#s.out + 1] = { error = why, event = event.context.id, dependency = dep.name }
+      end
+    end,
     action_error = function(trig, err, events)
       local ids = {}
       for dep, ev in pairs(events) do ids[dep] = ev.context.id end
@@ -209,26 +215,28 @@ end
 
 --- Reads a JSON-lines file of CloudEvents; returns events or nil, "file:line: message".
 function _M.read_events(path)
-  local f, err = io.open(path, "rb")
+  local f, err
+  if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
   if not f then return nil, err end
+  path = path == "-" and "<stdin>" or path
   local events, n = {}, 0
   for line in f:lines() do
     n = n + 1
     if line:match("%S") then
       local ok, ce = pcall(rt.decode, line) -- empty arrays stay arrays
       if not ok then
-        f:close()
+        if f ~= io.stdin then f:close() end
         return nil, ("%s:%d: not JSON: %s"):format(path, n, tostring(ce))
       end
       local ev, eerr = _M.event_from_cloudevent(ce)
       if not ev then
-        f:close()
+        if f ~= io.stdin then f:close() end
         return nil, ("%s:%d: %s"):format(path, n, eerr)
       end
       events[#events + 1] = ev
     end
   end
-  f:close()
+  if f ~= io.stdin then f:close() end
   return events
 end
 
@@ -258,6 +266,54 @@ local function contains(actual, expected)
 end
 _M.contains = contains
 
+local function show(v)
+  if v == nil then return "nothing" end
+  local t = type(v)
+  if t == "table" then return encode(v) end
+  if v == null then return "null" end
+  if t == "string" then return encode(v) .. " (string)" end
+  if t == "number" then return encode(v) .. " (number)" end
+  return encode(v)
+end
+
+--- Key-level differences between an expected and an actual value: "path: expected X, got Y"
+--- lines (strings and numbers say which, so 300 and "300" are told apart). With `partial`,
+--- objects are compared on the keys expected names (as *_test.yaml's expect is).
+function _M.key_diff(expected, actual, partial, path, out)
+  out = out or {}
+  path = path or ""
+  local function at(k)
+    if type(k) == "number" then return path .. "[" .. (k - 1) .. "]" end
+    if k:match("^[%a_][%w_]*$") then return path == "" and k or (path .. "." .. k) end
+    return path .. "[" .. encode(k) .. "]"
+  end
+  if type(expected) == "table" and type(actual) == "table" and expected ~= null and actual ~= null
+     and is_array(expected) == is_array(actual) then
+    if is_array(expected) then
+      if #expected ~= #actual then
+        out[#out + 1] = ("%s: expected %d item(s), got %d: expected %s, got %s"):format(
+          path == "" and "(value)" or path, #expected, #actual, encode(expected), encode(actual))
+        return out
+      end
+      for i = 1, #expected do _M.key_diff(expected[i], actual[i], false, at(i), out) end
+      return out
+    end
+    local keys = {}
+    for k in pairs(expected) do keys[#keys + 1] = k end
+    if not partial then
+      for k in pairs(actual) do if expected[k] == nil then keys[#keys + 1] = k end end
+    end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    for _, k in ipairs(keys) do _M.key_diff(expected[k], actual[k], partial, at(k), out) end
+    return out
+  end
+  if not equal(expected, actual) then
+    out[#out + 1] = ("%s: expected %s, got %s"):format(path == "" and "(value)" or path,
+      show(expected), show(actual))
+  end
+  return out
+end
+
 --- A readable line diff between expected and actual output lines (arrays of tables).
 function _M.diff(expected, actual)
   local out = {}
@@ -271,6 +327,7 @@ function _M.diff(expected, actual)
     elseif not equal(e, a) then
       out[#out + 1] = ("- line %d expected: %s"):format(i, encode(e))
       out[#out + 1] = ("+ line %d actual:   %s"):format(i, encode(a))
+      for _, d in ipairs(_M.key_diff(e, a, false)) do out[#out + 1] = "    " .. d end
     end
   end
   return table.concat(out, "\n")
