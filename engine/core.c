@@ -285,9 +285,46 @@ static int l_start(lua_State *L) {
 static int l_log(lua_State *L) {
   herald_log_level lvl;
   if (herald_log_parse_level(luaL_checkstring(L, 1), &lvl) != 0) lvl = HLOG_INFO;
+  if (!herald_log_enabled(lvl)) return 0;
   herald_logger lg = {.name = luaL_checkstring(L, 2)};
-  herald_log(&lg, lvl, "%s", luaL_checkstring(L, 3));
+  const char *msg = luaL_checkstring(L, 3);
+  if (!lua_istable(L, 4)) {
+    herald_log(&lg, lvl, "%s", msg);
+    return 0;
+  }
+  /* fields {name = string|number}: queryable keys (eventID, dependencyName, triggerName ...) */
+  herald_buf f = HERALD_BUF_INIT;
+  lua_pushnil(L);
+  while (lua_next(L, 4)) {
+    if (lua_type(L, -2) == LUA_TSTRING && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
+      size_t kl, vl;
+      const char *k = lua_tolstring(L, -2, &kl);
+      if (f.len) herald_buf_putc(&f, ',');
+      herald_buf_json_string(&f, k, kl);
+      herald_buf_putc(&f, ':');
+      if (lua_type(L, -1) == LUA_TNUMBER) {
+        herald_buf_printf(&f, "%.17g", lua_tonumber(L, -1));
+      } else {
+        const char *v = lua_tolstring(L, -1, &vl);
+        herald_buf_json_string(&f, v, vl);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  herald_logf(&lg, lvl, herald_buf_cstr(&f), "%s", msg);
+  herald_buf_free(&f);
   return 0;
+}
+
+/* core.log_format("json" | "text") -> true | nil, err */
+static int l_log_format(lua_State *L) {
+  if (herald_log_set_format(luaL_checkstring(L, 1)) != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "expected json or text");
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* core.log_enabled(level) -> boolean: whether a message at level would be written */
@@ -528,6 +565,7 @@ int herald_lua_open_core(lua_State *L) {
       {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},
       {"fire", l_fire},             {"start", l_start},
       {"log", l_log},               {"log_enabled", l_log_enabled},
+      {"log_format", l_log_format},
       {"metric", l_metric},
       {"metric_add", l_metric_add},
       {"state_open", l_state_open}, {"state_put", l_state_put},

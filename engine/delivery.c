@@ -55,6 +55,7 @@ struct job {
   herald_trigger *t;
   int action_ref;                 /* the action table (re-executed on retry) */
   uint32_t attempt;               /* attempts made */
+  uint64_t first_ns;              /* when it was fired (for the log line) */
   struct herald_delivery_ctx *hold;
   uv_timer_t *retry_timer;
   job *next;
@@ -167,6 +168,7 @@ int herald_trigger_fire(herald_engine *eng, herald_trigger *t, lua_State *L, int
   job *j = calloc(1, sizeof *j);
   if (!j) return HERALD_ENOMEM;
   j->t = t;
+  j->first_ns = herald_mono_ns();
   lua_pushvalue(L, action_idx);
   j->action_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   j->hold = herald__delivery_hold(eng);
@@ -342,8 +344,18 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
   }
   if (res == HERALD_TRIGGER_DONE) {
     herald_metric_inc(t->m_triggered);
-    if (herald_log_enabled(HLOG_DEBUG))
-      herald_log(&t->log, HLOG_DEBUG, "Successfully processed trigger '%s'", t->name);
+    /* each firing at info with its outcome, as Argo logs them (docs/logging.md) */
+    if (herald_log_enabled(HLOG_INFO)) {
+      herald_buf f = HERALD_BUF_INIT;
+      herald_buf_puts(&f, "\"sensorName\":");
+      herald_buf_json_string(&f, t->sensor_name, strlen(t->sensor_name));
+      herald_buf_puts(&f, ",\"triggerName\":");
+      herald_buf_json_string(&f, t->name, strlen(t->name));
+      herald_buf_printf(&f, ",\"attempts\":%u,\"durationMs\":%.3f", j->attempt,
+                        (double)(herald_mono_ns() - j->first_ns) / 1e6);
+      herald_logf(&t->log, HLOG_INFO, herald_buf_cstr(&f), "Successfully processed trigger '%s'", t->name);
+      herald_buf_free(&f);
+    }
     job_free(j);
   } else {
     herald_metric_inc(t->m_failed);

@@ -28,6 +28,8 @@ typedef struct herald_logger {
 void herald_log_set_level(herald_log_level level);
 /* Parses "debug|info|warn|error"; returns 0 or HERALD_EINVAL. */
 int herald_log_parse_level(const char *s, herald_log_level *out);
+/* "json" (the default: one JSON object a line) or "text" (for a terminal); HERALD_EINVAL else. */
+int herald_log_set_format(const char *name);
 int herald_log_enabled(herald_log_level level);
 
 /* lg may be NULL (logger "herald"). */

@@ -97,7 +97,10 @@ describe("sensor filters", function()
     settle(p, 3)
     assert.same({ 1, 2 }, fired_cases(p, "d"))
     -- at debug level each discard is logged with its reason
-    assert.truthy(p:output("stderr"):find("dependency d: event [%w-]+ discarded: filters did not match"))
+    -- (with what each filter got and wanted, and the dependency as a field)
+    local err = p:output("stderr")
+    assert.truthy(err:find('"msg":"event discarded: body.items.#(sku==\\"A1\\").qty: got 1, want > 2; body.user: got \\"adam\\", want matching ^ADA$"', 1, true), err)
+    assert.truthy(err:find('"dependencyName":"d"', 1, true))
     p:kill()
   end)
 

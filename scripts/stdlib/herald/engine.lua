@@ -90,7 +90,23 @@ end
 
 --- Compiles a Sensor object for the engine: the compiled sensor, or nil, err.
 local function compile(obj)
-  return compiler.load(obj, { locate = locate_with(obj), engine = true })
+  -- at debug level the filters also record why they said no (the --explain code), so each
+  -- discard line says what a filter got and wanted
+  return compiler.load(obj, { locate = locate_with(obj), engine = true,
+                              explain = core.log_enabled("debug") })
+end
+
+--- Why a dependency's filters said no, from their trace (debug level only: re-runs them).
+local function discard_reason(dep, event, why)
+  if not dep.filter then return why end
+  local trace = {}
+  local ok = pcall(dep.filter, event, trace)
+  if not ok then return why end
+  local parts = {}
+  for _, t in ipairs(trace) do
+    if not t.passed then parts[#parts + 1] = tostring(t.reason) end
+  end
+  return #parts > 0 and table.concat(parts, "; ") or why
 end
 
 --- Compiles an EventSource `filter.expression` (expr-lang) into fn(data_json) -> pass [, err].
@@ -287,9 +303,14 @@ local function build_sensor(obj, subs)
     end,
     discard = function(dep, event, why, is_error)
       -- a discard is the common case with many sensors: format the debug line only if written
+      -- every discard (a filter said no) at debug, every error (a script raised, a budget
+      -- ran out) at warn, both with the same queryable fields (docs/logging.md)
       if is_error or debug_on then
-        core.log(is_error and "warn" or "debug", logger, ("dependency %s: event %s discarded: %s"):format(
-          dep.name, event.context.id, why))
+        core.log(is_error and "warn" or "debug", logger,
+          (is_error and "event not processed: " or "event discarded: ") ..
+            (is_error and why or discard_reason(dep, event, why)),
+          { sensorName = sensor.name, dependencyName = dep.name, eventID = event.context.id,
+            eventSourceName = event.context.source, eventName = event.context.subject })
       end
       filtered[dep.name]()
     end,

@@ -39,6 +39,7 @@ commands:
 local OPTIONS = {
   run = [[
   --log-level L            debug | info | warn | error (default info, or env LOG_LEVEL)
+  --log-format F           json (one object a line, the default) | text (for a terminal)
   --dry-run                fire every trigger as herald test renders it: print the action
                            (the Kubernetes object, the HTTP request...) as a JSON line on
                            stdout instead of doing it; no cluster or target is needed
@@ -151,7 +152,7 @@ local function command_help(cmd)
 end
 
 local VALUE_FLAGS = {
-  ["--log-level"] = "log_level", ["--secrets-dir"] = "secrets_dir", ["--listen-host"] = "listen_host",
+  ["--log-level"] = "log_level", ["--log-format"] = "log_format", ["--secrets-dir"] = "secrets_dir", ["--listen-host"] = "listen_host",
   ["--metrics-addr"] = "metrics_addr", ["--bus-capacity"] = "bus_capacity", ["--bus"] = "bus",
   ["--drain-timeout"] = "drain_timeout", ["--http-header-timeout"] = "http_header_timeout",
   ["--http-body-timeout"] = "http_body_timeout", ["--http-idle-timeout"] = "http_idle_timeout",
@@ -673,6 +674,11 @@ function _M.main(argv)
   if opts.help then
     io.stdout:write(COMMAND_HELP[cmd] and command_help(cmd) or USAGE)
     return 0
+  end
+  local log_format = opts.log_format or os.getenv("HERALD_LOG_FORMAT")
+  if log_format and not core.log_format(log_format) then
+    eprint("error: herald: --log-format: expected json or text, got ", log_format)
+    return 2
   end
   if opts.spec_limits then -- every load below (run, lint, test, the REPL ...) uses them
     local loader = require "herald.loader"
