@@ -269,6 +269,64 @@ static int l_history_save(lua_State *L) {
   return 1;
 }
 
+/* Appends the newest history entry to path (creating it), so a crash or kill loses nothing
+ * typed before it. stack: path -> true | nil err */
+static int l_history_append(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  ensure_init();
+  if (mkdir_parents(path) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  int rc = access(path, F_OK) == 0 ? append_history(1, path) : write_history(path);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: cannot write history", path);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* ---- Ctrl-C while Lua runs ----
+ * lua_sethook is one of the few Lua calls safe in a signal handler: SIGINT arms a count-1 hook
+ * that raises "interrupted" at the next instruction of interpreted code. The REPL turns the
+ * JIT off for what it evaluates (LuaJIT does not call hooks from compiled traces). */
+static lua_State *volatile running_L;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted (Ctrl-C)");
+}
+
+static void on_sigint_running(int sig) {
+  (void)sig;
+  lua_State *L = running_L;
+  if (L) lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* core.call_interruptible(fn, ...) -> true, results... | false, err: pcall, with Ctrl-C
+ * interrupting fn instead of the process. */
+static int l_call_interruptible(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int base = lua_gettop(L);
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint_running;
+  sigemptyset(&sa.sa_mask);
+  running_L = L;
+  sigaction(SIGINT, &sa, &old);
+  int rc = lua_pcall(L, base - 1, LUA_MULTRET, 0);
+  sigaction(SIGINT, &old, NULL);
+  running_L = NULL;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushboolean(L, rc == 0);
+  lua_insert(L, 1);
+  return lua_gettop(L);
+}
+
 /* Keeps fn in the registry (replacing the previous completer); nil removes it.
  * stack: fn|nil -> */
 static int l_set_completer(lua_State *L) {
@@ -295,6 +353,7 @@ void herald__lua_open_repl(lua_State *L) {
       {"readline", l_readline},         {"history_load", l_history_load},
       {"history_add", l_history_add},   {"history_save", l_history_save},
       {"set_completer", l_set_completer}, {"isatty", l_isatty},
+      {"history_append", l_history_append}, {"call_interruptible", l_call_interruptible},
       {NULL, NULL},
   };
   luaL_register(L, NULL, fns);

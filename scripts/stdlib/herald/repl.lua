@@ -199,10 +199,24 @@ function Repl:event_arg(ev)
   ev = ev or self.env.event
   if type(ev) ~= "table" then fail("no current event (load events with --events FILE or :load FILE)") end
   if type(ev.context) ~= "table" then
-    -- a bare data table: wrap it so filters can read it
-    ev = { context = { id = "adhoc", source = "", subject = "" }, data = ev, raw = cjson.encode(ev) }
+    -- a bare data table (`event = {body = ...}`): wrap it so filters can read it; it belongs
+    -- to no EventSource, so every dependency is offered it (`any`)
+    self.wrapped = self.wrapped or setmetatable({}, { __mode = "k" })
+    local w = self.wrapped[ev]
+    if not w then
+      w = { context = { id = "adhoc", source = "(any)", subject = "(any)", type = "webhook",
+                        specversion = "1.0", datacontenttype = "application/json" },
+            data = ev, raw = cjson.encode(ev), any = true }
+      self.wrapped[ev] = w
+    end
+    ev = w
   end
   return ev
+end
+
+--- Whether dependency d listens to ev (an ad hoc data table: to any).
+local function listens(d, ev)
+  return ev.any or (d.eventSourceName == ev.context.source and d.eventName == ev.context.subject)
 end
 
 function Repl:set_cursor(i)
@@ -288,12 +302,13 @@ end
 function Repl:deps(ev)
   local s = self:need_sensor()
   ev = ev or self.env.event
+  if type(ev) == "table" then ev = self:event_arg(ev) end
   local out = {}
   for _, d in ipairs(s.sensor.dependencies) do
     local row = { name = d.name, source = d.eventSourceName .. "/" .. d.eventName,
       transform = d.transform ~= nil, filter = d.filter ~= nil }
     if type(ev) == "table" and type(ev.context) == "table" then
-      row.matches = d.eventSourceName == ev.context.source and d.eventName == ev.context.subject
+      row.matches = listens(d, ev)
       if row.matches then
         local line = s:explain_dep(d, ev)
         row.passed = line.passed
@@ -316,7 +331,9 @@ function Repl:filter(dep_name, ev)
   ev = self:event_arg(ev)
   if dep_name == nil then
     local lines = {}
-    for _, d in ipairs(s:dependencies_for(ev)) do lines[#lines + 1] = (s:explain_dep(d, ev)) end
+    for _, d in ipairs(s.sensor.dependencies) do
+      if listens(d, ev) then lines[#lines + 1] = (s:explain_dep(d, ev)) end
+    end
     return lines
   end
   local line = s:explain_dep(self:find_dep(dep_name), ev)
@@ -351,31 +368,50 @@ function Repl:trigger_events(trig)
     for _, p in ipairs(list) do want(p.dep) end
   end
   local events, index, notes = {}, {}, {}
-  local adhoc = self.env.event ~= nil and self.events[self.cursor] ~= self.env.event
+  local cur = type(self.env.event) == "table" and self:event_arg(self.env.event) or nil
+  local adhoc = cur ~= nil and self.events[self.cursor] ~= self.env.event
   for _, name in ipairs(order) do
     local ok, d = pcall(self.find_dep, self, name)
     if ok then
-      local function accept(ev)
-        if d.eventSourceName ~= ev.context.source or d.eventName ~= ev.context.subject then return nil end
+      local why_not -- the current event listens here but its filters said no
+      local function accept(ev, is_current)
+        if not listens(d, ev) then return nil end
         local line, tev = s:explain_dep(d, ev)
+        if not line.passed and is_current then
+          local r = {}
+          for _, f in ipairs(line.filters) do if not f.passed then r[#r + 1] = tostring(f.reason) end end
+          why_not = #r > 0 and concat(r, "; ") or "filtered out"
+        end
         return line.passed and (tev or ev) or nil
       end
       local found
-      if adhoc and type(self.env.event.context) == "table" then
-        found = accept(self.env.event)
+      if adhoc then
+        found = accept(cur, true)
         if found then index[name] = "event" end
+      elseif cur and self.events[self.cursor] == self.env.event then
+        found = accept(cur, true)
+        if found then index[name] = self.cursor end
       end
-      for i = self.cursor, 1, -1 do
+      for i = self.cursor - 1, 1, -1 do
         if found then break end
         found = accept(self.events[i])
-        if found then index[name] = i end
+        if found then
+          index[name] = i
+          if why_not then
+            notes[#notes + 1] = fmt("%s: the current event (%s) does not pass (%s); using event %d",
+              name, tostring(cur.context.id), why_not, i)
+          end
+        end
       end
       for i = self.cursor + 1, #self.events do
         if found then break end
         found = accept(self.events[i])
         if found then
           index[name] = i
-          notes[#notes + 1] = fmt("%s: no event up to the current one passes; using event %d", name, i)
+          notes[#notes + 1] = why_not and
+            fmt("%s: the current event (%s) does not pass (%s); using event %d", name,
+                tostring(cur.context.id), why_not, i)
+            or fmt("%s: no event up to the current one passes; using event %d", name, i)
         end
       end
       if found then events[name] = found
@@ -525,12 +561,14 @@ end
 
 function Repl:show(ev)
   ev = ev or self.env.event
+  if type(ev) == "table" then ev = self:event_arg(ev) end
   if type(ev) ~= "table" then
     self:print(#self.events == 0 and "no events loaded (--events FILE or :load FILE)" or "no current event")
     return
   end
   local ctx = type(ev.context) == "table" and ev.context or {}
-  local pos = self.events[self.cursor] == ev and fmt("event %d/%d", self.cursor, #self.events) or "event (ad hoc)"
+  local pos = self.events[self.cursor] == ev and fmt("event %d/%d", self.cursor, #self.events)
+    or (ev.any and "event (ad hoc data, offered to every dependency)" or "event (ad hoc)")
   self:print(fmt("%s: id %s, %s/%s", pos, tostring(ctx.id), tostring(ctx.source), tostring(ctx.subject)))
   self:print(pretty({ context = ev.context, data = ev.data }))
 end
@@ -567,7 +605,7 @@ local function verdict(b) return b and "passed" or "failed" end
 
 local function print_filter_line(self, line, d, ev)
   local note = ""
-  if d and ev.context and (d.eventSourceName ~= ev.context.source or d.eventName ~= ev.context.subject) then
+  if d and ev.context and not ev.any and (d.eventSourceName ~= ev.context.source or d.eventName ~= ev.context.subject) then
     note = fmt(" (note: %s listens to %s/%s, this event is %s/%s)", d.name, d.eventSourceName,
       d.eventName, tostring(ev.context.source), tostring(ev.context.subject))
   end
@@ -794,7 +832,8 @@ function Repl:make_env()
   env.params = function(trig) return r:params(trig) end
   env.fire = function(trig)
     local line, why = r:fire(trig)
-    return line, why
+    if line then return line end -- one value: the prompt prints no stray nil
+    return nil, why
   end
   env.deps = function(ev) return r:deps(ev) end
   env.pp = function(...)
@@ -843,8 +882,17 @@ function Repl:eval(src)
     end
   end
   setfenv(fn, self.env)
-  local res = pack(xpcall(fn, err_message))
-  if not res[1] then return false, res[2] end
+  local res
+  if core and core.call_interruptible then
+    -- Ctrl-C interrupts a runaway chunk (`while true do end`) and returns to the prompt; hooks
+    -- do not run in compiled traces, so what the prompt evaluates runs interpreted
+    jit.off(fn, true)
+    res = pack(core.call_interruptible(fn))
+    if not res[1] then return false, err_message(res[2]) end
+  else
+    res = pack(xpcall(fn, err_message))
+    if not res[1] then return false, res[2] end
+  end
   return true, { n = res.n - 1, unpack(res, 2, res.n) }
 end
 
@@ -1078,7 +1126,11 @@ function Repl:interactive()
       if line:match("%S") then buffer[#buffer + 1] = line end
       local ok, err = self:feed_line(line)
       if ok ~= "more" then
-        if #buffer > 0 then core.history_add(concat(buffer, "\n")) end
+        if #buffer > 0 then
+          core.history_add(concat(buffer, "\n"))
+          -- on disk at once: a crash or a kill keeps what was typed
+          if hist and core.history_append then core.history_append(hist) end
+        end
         buffer = {}
       end
       if ok == false then self:print("error: " .. tostring(err)) end
