@@ -449,18 +449,6 @@ local EmitterEventSource = object({
   tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(),
 })
 
-local RedisEventSource = object({
-  hostAddress = str { required = true }, password = secret(), namespace = str(), db = int(),
-  channels = strings(), tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(),
-  jsonBody = bool(), username = str(),
-})
-
-local RedisStreamEventSource = object({
-  hostAddress = str { required = true }, password = secret(), db = int(), streams = strings(),
-  maxMsgCountPerRead = int { default = 10 }, consumerGroup = str { default = "argo-events-cg" },
-  tls = use(TLSConfig), metadata = es_metadata(), filter = es_filter(), username = str(),
-})
-
 local NSQEventSource = object({
   hostAddress = str { required = true }, topic = str { required = true },
   channel = str { required = true }, connectionBackoff = use(Backoff), jsonBody = bool(),
@@ -542,13 +530,11 @@ local SOURCES_NOT_YET = {
   azureEventsHub = source(AzureEventsHubEventSource, "Azure Event Hubs event source", NO),
   stripe = source(StripeEventSource, "Stripe event source", NO, AA),
   emitter = source(EmitterEventSource, "Emitter event source", NO),
-  redis = source(RedisEventSource, "Redis event source", NO),
   nsq = source(NSQEventSource, "NSQ event source", NO),
   pulsar = source(PulsarEventSource, "Pulsar event source", NO),
   generic = source(GenericEventSource, "generic (gRPC) event source", NO),
   bitbucketserver = source(BitbucketServerEventSource, "Bitbucket Server event source", NO, AA),
   bitbucket = source(BitbucketEventSource, "Bitbucket event source", NO, AA),
-  redisStream = source(RedisStreamEventSource, "Redis Streams event source", NO),
   azureServiceBus = source(AzureServiceBusEventSource, "Azure Service Bus event source", NO),
   azureQueueStorage = source(AzureQueueStorageEventSource, "Azure Queue Storage event source", NO, AA),
   sftp = source(SFTPEventSource, "SFTP event source", NO),
