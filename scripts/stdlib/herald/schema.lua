@@ -324,17 +324,6 @@ local AMQPEventSource = object({
   auth = use(BasicAuth), urlSecret = secret(), filter = es_filter(),
 })
 
-local KafkaEventSource = object({
-  url = str { required = true, doc = "brokers, comma separated" },
-  partition = str(), topic = str { required = true },
-  connectionBackoff = use(Backoff), tls = use(TLSConfig), jsonBody = bool(),
-  metadata = es_metadata(), consumerGroup = use(KafkaConsumerGroup),
-  limitEventsPerSecond = int(), version = str { default = "1.0.0" }, sasl = use(SASLConfig),
-  filter = es_filter(), config = str { doc = "sarama.Config overrides (YAML)" },
-  schemaRegistry = use(SchemaRegistryConfig),
-  awsMskIamAuth = object({ region = str { required = true } }),
-})
-
 local MQTTEventSource = object({
   url = str { required = true }, topic = str { required = true }, clientId = str(),
   connectionBackoff = use(Backoff), jsonBody = bool(), tls = use(TLSConfig),
@@ -516,7 +505,6 @@ local SOURCES_NOT_YET = {
   file = source(FileEventSource, "file event source", NO),
   resource = source(ResourceEventSource, "Kubernetes resource event source", NO),
   amqp = source(AMQPEventSource, "AMQP event source", NO),
-  kafka = source(KafkaEventSource, "Kafka event source", NO),
   mqtt = source(MQTTEventSource, "MQTT event source", NO),
   nats = source(NATSEventsSource, "NATS event source", NO),
   sns = source(SNSEventSource, "AWS SNS event source", NO, AA),
