@@ -211,6 +211,15 @@ static int http_begin(herald_kube_req *kr, const char *method, const char *path,
   }
   add_header(kr, "%s", "Accept: application/json");
   add_header(kr, "%s", "Expect:");
+  herald__kube_auth(kc, e, &kr->headers);
+  if (herald_curl_xfer_start(&kr->x, done) != 0) {
+    http_release(kr);
+    return HERALD_EIO;
+  }
+  return 0;
+}
+
+void herald__kube_auth(herald_kube_client *kc, CURL *e, struct curl_slist **headers) {
   /* Credentials: a bearer token (re-read from its file each time: projected service-account
    * tokens rotate), or basic auth, and/or a client certificate. */
   char *token = NULL;
@@ -219,14 +228,16 @@ static int http_begin(herald_kube_req *kr, const char *method, const char *path,
   if (tok && *tok) {
     size_t n = strcspn(tok, "\r\n");
     char *t1 = herald_xstrndup(tok, n);
-    add_header(kr, "Authorization: Bearer %s", t1);
+    char *line = herald_xasprintf("Authorization: Bearer %s", t1);
+    *headers = curl_slist_append(*headers, line);
+    free(line);
     free(t1);
   } else if (kc->username) {
     curl_easy_setopt(e, CURLOPT_USERNAME, kc->username);
     curl_easy_setopt(e, CURLOPT_PASSWORD, kc->password ? kc->password : "");
   }
   free(token);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, kr->headers);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, *headers);
   if (kc->insecure) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -239,11 +250,6 @@ static int http_begin(herald_kube_req *kr, const char *method, const char *path,
   else if (kc->cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, kc->cert_file);
   if (kc->key_data.len) set_blob(e, CURLOPT_SSLKEY_BLOB, &kc->key_data);
   else if (kc->key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, kc->key_file);
-  if (herald_curl_xfer_start(&kr->x, done) != 0) {
-    http_release(kr);
-    return HERALD_EIO;
-  }
-  return 0;
 }
 
 /* The coroutine yielded ("HTTP", method, path, body, content type). The stack is cleared. */
@@ -430,16 +436,12 @@ static void client_free(herald_kube_client *kc) {
   herald_buf_free(&kc->ca_data), herald_buf_free(&kc->cert_data), herald_buf_free(&kc->key_data);
 }
 
-int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, int idx,
-                      const char *kind, const char *dflt_op) {
-  kc->trigger = t;
-  kc->kind = kind;
-  kc->cache_ref = LUA_NOREF;
-  kc->op = herald_xstrdup(herald_cfg_string(L, idx, "operation", dflt_op));
+/* Reads the cluster configuration (kube.lua's load_config) into kc's connection fields. Returns
+ * 0, or a negative error after logging why to lg. */
+static int load_cluster(herald_kube_client *kc, lua_State *L, const herald_logger *lg, const char *what) {
   const char *msg = NULL;
   if (load_module(L, &msg) != 0) {
-    herald_log(&t->log, HLOG_ERROR, "cannot load the Kubernetes client: %s", msg ? msg : "?");
-    client_free(kc);
+    herald_log(lg, HLOG_ERROR, "cannot load the Kubernetes client: %s", msg ? msg : "?");
     return HERALD_ELUA;
   }
   /* stack: -> module, load_config, result, err */
@@ -447,10 +449,9 @@ int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, i
   lua_rawgeti(L, LUA_REGISTRYINDEX, G.module_ref);
   lua_getfield(L, -1, "load_config");
   if (lua_pcall(L, 0, 2, 0) != 0 || !lua_istable(L, -2)) {
-    herald_log(&t->log, HLOG_ERROR, "%s trigger: %s", kind,
+    herald_log(lg, HLOG_ERROR, "%s: %s", what,
                lua_tostring(L, -1) ? lua_tostring(L, -1) : "no cluster configuration");
     lua_settop(L, top);
-    client_free(kc);
     return HERALD_EINVAL;
   }
   int cfg = top + 2;
@@ -471,16 +472,61 @@ int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, i
   kc->insecure = lua_toboolean(L, -1);
   lua_pop(L, 1);
   char *source = field_str(L, cfg, "source");
-  herald_log(&t->log, HLOG_DEBUG, "%s trigger talks to %s (%s), default namespace %s", kind,
+  herald_log(lg, HLOG_DEBUG, "%s talks to %s (%s), default namespace %s", what,
              kc->server ? kc->server : "?", source ? source : "?", kc->namespace);
   free(source);
   lua_settop(L, top);
+  return 0;
+}
+
+int herald__kube_init(herald_kube_client *kc, herald_trigger *t, lua_State *L, int idx,
+                      const char *kind, const char *dflt_op) {
+  kc->trigger = t;
+  kc->kind = kind;
+  kc->cache_ref = LUA_NOREF;
+  kc->op = herald_xstrdup(herald_cfg_string(L, idx, "operation", dflt_op));
+  char what[64];
+  snprintf(what, sizeof what, "%s trigger", kind);
+  int rc = load_cluster(kc, L, &t->log, what);
+  if (rc != 0) {
+    client_free(kc);
+    return rc;
+  }
   lua_newtable(L);
   kc->cache_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   G.refs++;
-  int rc = herald_curl_loop_ref(t->engine->loop);
+  rc = herald_curl_loop_ref(t->engine->loop);
   if (rc == 0) probe_start(kc);
   return rc;
+}
+
+int herald_kube_conn_init(herald_kube_client *kc, lua_State *L, const herald_logger *lg,
+                          const char *what, uv_loop_t *loop) {
+  memset(kc, 0, sizeof *kc);
+  kc->cache_ref = LUA_NOREF;
+  int rc = load_cluster(kc, L, lg, what);
+  if (rc != 0) {
+    client_free(kc);
+    return rc;
+  }
+  G.refs++;
+  rc = herald_curl_loop_ref(loop);
+  if (rc != 0) {
+    herald_kube_conn_free(kc, L);
+    return rc;
+  }
+  kc->conn_only = 1;
+  return 0;
+}
+
+void herald_kube_conn_free(herald_kube_client *kc, lua_State *L) {
+  if (kc->conn_only) herald_curl_loop_unref();
+  kc->conn_only = 0;
+  client_free(kc);
+  if (--G.refs == 0) {
+    if (G.module_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, G.module_ref);
+    G.module_ref = LUA_NOREF;
+  }
 }
 
 int herald__kube_execute(herald_kube_client *kc, herald_trigger_req *req, lua_State *L, int idx) {

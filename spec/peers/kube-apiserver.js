@@ -14,7 +14,14 @@
 //   patch       application/merge-patch+json, application/json-patch+json (RFC 6902),
 //               strategic-merge and apply (JSON bodies) treated as merge patches
 //   watch       ?watch=true: chunked JSON lines {"type":"ADDED|MODIFIED|DELETED","object":...}
-//               from a resourceVersion (history kept) or with synthetic ADDED for what exists
+//               from a resourceVersion (history kept) or with synthetic ADDED for what exists;
+//               a version older than the history kept: an ERROR line with a 410 Expired Status
+//               (as the real server does); allowWatchBookmarks=true: a BOOKMARK line carrying
+//               the current resourceVersion every --bookmark-ms (default 60000) and when the
+//               watch's timeoutSeconds ends it
+//   test hooks  (no auth, never in a real server) POST /_fake/break-watches drops every watch
+//               connection (as a network cut); POST /_fake/compact forgets the history, so a
+//               watch from any older version gets 410; GET /_fake/watches counts them
 //   status      the /status subresource for kinds that have it (spec writes keep status)
 //   auth        --token T (bearer) and/or client certificates (--tls-cert/--tls-key/--client-ca)
 //
@@ -31,7 +38,7 @@ const fs = require("fs");
 const crypto = require("crypto");
 
 // ---- command line ----
-const opts = { port: 0, token: null, forbid: [], resources: [] };
+const opts = { port: 0, token: null, forbid: [], resources: [], bookmarkMs: 60000 };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
   switch (a) {
@@ -43,6 +50,7 @@ for (let i = 2; i < process.argv.length; i++) {
     case "--tls-dir": opts.tlsDir = v; i++; break;
     case "--forbid": opts.forbid.push(v); i++; break;
     case "--resource": opts.resources.push(v); i++; break;
+    case "--bookmark-ms": opts.bookmarkMs = Number(v); i++; break;
     default: console.error("unknown option " + a); process.exit(2);
   }
 }
@@ -101,6 +109,7 @@ const store = new Map(); // typeKey -> Map("ns/name" -> object)
 const history = []; // {rv, t, type, object, old}
 const HISTORY_MAX = 10000;
 const watchers = new Set();
+let compactedTo = 0; // POST /_fake/compact: watches from versions below this get 410
 const tkey = (t) => t.group + "/" + t.plural;
 function bucket(t) {
   let b = store.get(tkey(t));
@@ -190,6 +199,11 @@ function parseLabelSelector(s) {
       const vals = m[3].split(",").map((x) => x.trim());
       return m[2] === "in" ? (l) => l[m[1]] !== undefined && vals.includes(l[m[1]])
         : (l) => l[m[1]] === undefined || !vals.includes(l[m[1]]);
+    }
+    if ((m = r.match(/^([^!=<>\s]+)\s*([<>])\s*(-?\d+)$/))) {
+      const n = Number(m[3]);
+      return m[2] === ">" ? (l) => l[m[1]] !== undefined && /^-?\d+$/.test(l[m[1]]) && Number(l[m[1]]) > n
+        : (l) => l[m[1]] !== undefined && /^-?\d+$/.test(l[m[1]]) && Number(l[m[1]]) < n;
     }
     if ((m = r.match(/^([^!=\s]+)\s*!=\s*(\S*)$/))) return (l) => l[m[1]] !== m[2];
     if ((m = r.match(/^([^!=\s]+)\s*==?\s*(\S*)$/))) return (l) => l[m[1]] === m[2];
@@ -499,18 +513,23 @@ function startWatch(req, res, t, ns, q) {
     for (const o of listObjs(t, ns, q).items) write("ADDED", o);
   } else {
     const n = Number(from);
-    if (history.length && n < history[0].rv - 1) {
-      write("ERROR", status(410, "Expired", `too old resource version: ${from} (${history[0].rv - 1})`));
+    const oldest = Math.max(compactedTo, history.length ? history[0].rv - 1 : 0);
+    if (n < oldest) {
+      write("ERROR", status(410, "Expired", `too old resource version: ${from} (${oldest})`));
       res.end();
       return;
     }
     for (const ev of history) if (ev.rv > n) w.send(ev);
   }
+  w.res = res;
   watchers.add(w);
   const timeout = Number(q.get("timeoutSeconds") || 0);
-  let timer = null;
-  const end = () => { watchers.delete(w); if (timer) clearTimeout(timer); };
-  if (timeout > 0) timer = setTimeout(() => { end(); res.end(); }, timeout * 1000);
+  const bookmarks = q.get("allowWatchBookmarks") === "true";
+  const bookmark = () => write("BOOKMARK", { kind: t.kind, apiVersion: gv(t), metadata: { resourceVersion: String(rv) } });
+  let timer = null, ticker = null;
+  const end = () => { watchers.delete(w); if (timer) clearTimeout(timer); if (ticker) clearInterval(ticker); };
+  if (bookmarks && opts.bookmarkMs > 0) ticker = setInterval(bookmark, opts.bookmarkMs);
+  if (timeout > 0) timer = setTimeout(() => { if (bookmarks) bookmark(); end(); res.end(); }, timeout * 1000);
   req.on("close", end);
   res.on("close", end);
 }
@@ -534,6 +553,17 @@ async function handle(req, res) {
   const q = url.searchParams;
   const path = url.pathname.replace(/\/+$/, "") || "/";
   if (["/healthz", "/livez", "/readyz"].includes(path)) { res.writeHead(200, { "Content-Type": "text/plain" }); res.end("ok"); return; }
+  if (path === "/_fake/break-watches" && req.method === "POST") {
+    const n = watchers.size;
+    for (const w of [...watchers]) { watchers.delete(w); w.res.destroy(); }
+    return send(res, 200, { broken: n });
+  }
+  if (path === "/_fake/compact" && req.method === "POST") {
+    compactedTo = rv;
+    history.length = 0;
+    return send(res, 200, { compactedTo });
+  }
+  if (path === "/_fake/watches") return send(res, 200, { watches: watchers.size, resourceVersion: String(rv) });
   const who = authenticate(req);
   if (!who) return send(res, 401, status(401, "Unauthorized", "Unauthorized"));
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
