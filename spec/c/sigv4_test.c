@@ -194,6 +194,60 @@ int main(void) {
     herald_buf_free(&creq), herald_buf_free(&sts), herald_buf_free(&authz);
   }
 
+  /* SQS (JSON protocol) and SNS (Query API, temporary credentials): requests as the sqs and sns
+   * sources send them, with values computed independently by botocore's SigV4Auth (1.43) for
+   * the same headers, body, date and AWS's example keys. */
+  {
+    const char *body = "{\"QueueUrl\":\"https://sqs.us-east-1.amazonaws.com/123456789012/orders\","
+                       "\"MaxNumberOfMessages\":10,\"WaitTimeSeconds\":20,\"MessageAttributeNames\":[\"All\"]}";
+    const char *h[] = {"Content-Type: application/x-amz-json-1.0", "X-Amz-Target: AmazonSQS.ReceiveMessage",
+                       "Host: sqs.us-east-1.amazonaws.com", "X-Amz-Date: 20150830T123600Z"};
+    herald_sigv4_req r = {.method = "POST", .path = "/", .headers = h, .nheaders = 4, .body = body,
+                          .body_len = strlen(body), .region = "us-east-1", .service = "sqs",
+                          .amz_date = "20150830T123600Z"};
+    herald_buf creq = HERALD_BUF_INIT, sts = HERALD_BUF_INIT, authz = HERALD_BUF_INIT;
+    herald_sigv4_canonical_request(&r, &creq, NULL);
+    check("sqs-receive", "canonical request", herald_buf_cstr(&creq),
+          "POST\n/\n\ncontent-type:application/x-amz-json-1.0\nhost:sqs.us-east-1.amazonaws.com\n"
+          "x-amz-date:20150830T123600Z\nx-amz-target:AmazonSQS.ReceiveMessage\n\n"
+          "content-type;host;x-amz-date;x-amz-target\n"
+          "b8f6b5ba6fbe683f5de706b33dd1f525e05a49e3d870349eaa033261c938f671");
+    herald_sigv4_string_to_sign(&r, creq.data, creq.len, &sts);
+    check("sqs-receive", "string to sign", herald_buf_cstr(&sts),
+          "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/sqs/aws4_request\n"
+          "186764ce8766e7e261d48545eb963aa6ffe97b3a2ac5a3b89a58afb95e84a1f6");
+    herald_sigv4_creds c = {AK, SK, NULL};
+    herald_sigv4_authorization(&r, &c, &authz);
+    check("sqs-receive", "authorization", herald_buf_cstr(&authz),
+          "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/sqs/aws4_request, "
+          "SignedHeaders=content-type;host;x-amz-date;x-amz-target, "
+          "Signature=b59d3de4767902a3249d471595cb63cdcd7c013a5a3ddb7df0e13b3dfa31f10f");
+    herald_buf_free(&creq), herald_buf_free(&sts), herald_buf_free(&authz);
+  }
+  {
+    const char *body = "Action=Subscribe&Endpoint=https%3A%2F%2Fhooks.example.com%2Fsns&Protocol=https"
+                       "&TopicArn=arn%3Aaws%3Asns%3Aus-east-1%3A123456789012%3Auploads&Version=2010-03-31";
+    const char *h[] = {"Content-Type: application/x-www-form-urlencoded; charset=utf-8",
+                       "Host: sns.us-east-1.amazonaws.com", "X-Amz-Date: 20150830T123600Z",
+                       "X-Amz-Security-Token: session-token-example"};
+    herald_sigv4_req r = {.method = "POST", .path = "/", .headers = h, .nheaders = 4, .body = body,
+                          .body_len = strlen(body), .region = "us-east-1", .service = "sns",
+                          .amz_date = "20150830T123600Z"};
+    herald_buf creq = HERALD_BUF_INIT, sts = HERALD_BUF_INIT, authz = HERALD_BUF_INIT;
+    herald_sigv4_canonical_request(&r, &creq, NULL);
+    herald_sigv4_string_to_sign(&r, creq.data, creq.len, &sts);
+    check("sns-subscribe", "string to sign", herald_buf_cstr(&sts),
+          "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/sns/aws4_request\n"
+          "28642f0cfaa4b70979ee6386169d4431256d4082a65d4980632d3a9f37e363ce");
+    herald_sigv4_creds c = {AK, SK, "session-token-example"};
+    herald_sigv4_authorization(&r, &c, &authz);
+    check("sns-subscribe", "authorization", herald_buf_cstr(&authz),
+          "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/sns/aws4_request, "
+          "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token, "
+          "Signature=7916a5ca74f2e8a76e1ce24f455bd7d792fa2737ec754a12d3c3590861c4ae8e");
+    herald_buf_free(&creq), herald_buf_free(&sts), herald_buf_free(&authz);
+  }
+
   char d[17];
   herald_sigv4_amz_date(1440938160LL * 1000000000LL, d);
   check("amz-date", "format", d, "20150830T123600Z");
