@@ -48,8 +48,15 @@ static void on_closed(natsConnection *nc, void *arg) {
 }
 
 /* Backoff: 100 ms doubling to 2 s, plus up to 25% jitter (so replicas do not reconnect in step). */
-static int64_t reconnect_delay(natsConnection *nc, int attempts, void *c) {
-  (void)nc, (void)c;
+static int64_t reconnect_delay(natsConnection *nc, int attempts, void *arg) {
+  (void)nc;
+  herald_nats *c = arg;
+  if (c->bo_first_ms) { /* a source's connectionBackoff (set before the worker started) */
+    double d = c->bo_first_ms;
+    for (int i = 1; i < attempts && d < c->bo_cap_ms; i++) d *= c->bo_factor;
+    if (d > c->bo_cap_ms) d = c->bo_cap_ms;
+    return (int64_t)(d + d * c->bo_jitter * ((double)rand() / RAND_MAX));
+  }
   int64_t d = 100;
   for (int i = 1; i < attempts && d < 2000; i++) d *= 2;
   if (d > 2000) d = 2000;
@@ -170,11 +177,15 @@ static void on_async(uv_async_t *a) {
   memcpy(last_error, c->last_error, sizeof last_error);
   uv_mutex_unlock(&c->mu);
 
-  if (events & HERALD_NATS_CONNECTED) herald_log(c->log, HLOG_INFO, "connected to %s", c->url);
-  if (events & HERALD_NATS_DISCONNECTED)
-    herald_log_limited(c->log, HLOG_WARN, "disconnected from %s%s%s: reconnecting", c->url,
-                       last_error[0] ? ": " : "", last_error);
-  if (events & HERALD_NATS_RECONNECTED) herald_log(c->log, HLOG_INFO, "reconnected to %s", c->url);
+  if (c->owner_logs_state) {
+    /* the owner says it (herald_source_set_connected) */
+  } else {
+    if (events & HERALD_NATS_CONNECTED) herald_log(c->log, HLOG_INFO, "connected to %s", c->url);
+    if (events & HERALD_NATS_DISCONNECTED)
+      herald_log_limited(c->log, HLOG_WARN, "disconnected from %s%s%s: reconnecting", c->url,
+                         last_error[0] ? ": " : "", last_error);
+    if (events & HERALD_NATS_RECONNECTED) herald_log(c->log, HLOG_INFO, "reconnected to %s", c->url);
+  }
   for (int i = 0; i < nnotes; i++) {
     if (levels[i] >= HLOG_WARN) herald_log_limited(c->log, (herald_log_level)levels[i], "%s", notes[i]);
     else herald_log(c->log, (herald_log_level)levels[i], "%s", notes[i]);
@@ -272,6 +283,13 @@ int herald_nats_start(uv_loop_t *loop, herald_nats *c, const herald_nats_config 
   c->work = work;
   c->wake = wake;
   c->url = redacted_url(cfg->url ? cfg->url : "");
+  c->owner_logs_state = cfg->owner_logs_state;
+  if (cfg->backoff_first_ms) {
+    c->bo_first_ms = cfg->backoff_first_ms;
+    c->bo_cap_ms = cfg->backoff_cap_ms > cfg->backoff_first_ms ? cfg->backoff_cap_ms : cfg->backoff_first_ms;
+    c->bo_factor = cfg->backoff_factor >= 1 ? cfg->backoff_factor : 1;
+    c->bo_jitter = cfg->backoff_jitter > 0 ? cfg->backoff_jitter : 0;
+  }
   natsStatus s = NATS_OK;
   const char *what = NULL;
   if (!cfg->url || !*cfg->url) {

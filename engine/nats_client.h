@@ -51,6 +51,11 @@ typedef struct herald_nats_config {
   int tls_insecure;             /* skip server verification (insecureSkipVerify) */
   int reconnect_wait_ms;        /* 0: backoff, 100 ms doubling to 2 s plus up to 25% jitter */
   int max_reconnects;           /* 0: for ever */
+  /* A source's connectionBackoff instead of the default backoff (first_ms 0: the default):
+   * first_ms, times factor each attempt, capped at cap_ms, plus up to jitter of it. */
+  unsigned backoff_first_ms, backoff_cap_ms;
+  double backoff_factor, backoff_jitter;
+  int owner_logs_state; /* the owner reports connection changes itself (a source's gauge) */
 } herald_nats_config;
 
 /* Connection changes, as passed to wake. */
@@ -91,6 +96,9 @@ struct herald_nats {
   int stop;           /* herald_nats_stop was called */
   int exited, closed_seen, events;
   char last_error[160]; /* why the last connect attempt failed or the connection dropped */
+  unsigned bo_first_ms, bo_cap_ms; /* herald_nats_config's backoff_*, read by nats.c's thread */
+  double bo_factor, bo_jitter;
+  int owner_logs_state;
   char *notes[HERALD_NATS_MAX_NOTES];
   int note_levels[HERALD_NATS_MAX_NOTES];
   int nnotes, notes_dropped;
