@@ -179,7 +179,25 @@ int herald_source_put_body(herald_source *src, herald_buf *b, const void *body, 
                          len);
       return HERALD_EINVAL;
     }
-    herald_buf_append(b, body, len);
+    /* compacted, as Go's json.Marshal writes a json.RawMessage: a trailing newline (amqp-publish
+     * -l, echo) or pretty-printing would otherwise reach one-line consumers such as the log
+     * trigger */
+    const char *p = body;
+    size_t i = 0, from = 0;
+    int in_str = 0;
+    for (; i < len; i++) {
+      char c = p[i];
+      if (in_str) {
+        if (c == '\\') i++;
+        else if (c == '"') in_str = 0;
+      } else if (c == '"') {
+        in_str = 1;
+      } else if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+        if (i > from) herald_buf_append(b, p + from, i - from);
+        from = i + 1;
+      }
+    }
+    if (len > from) herald_buf_append(b, p + from, len - from);
     return 0;
   }
   herald_buf_putc(b, '"');
