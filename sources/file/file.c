@@ -334,6 +334,7 @@ static void scan_done(uv_work_t *w, int status) {
       if (cur->cut) herald_log_limited(&f->src->log, HLOG_WARN, "directory %s has over %d entries: only the first are compared",
                                        f->clean, MAX_ENTRIES);
       if (f->have_base) compare(f, &f->base, cur);
+      else herald_log(&f->src->log, HLOG_DEBUG, "first listing of %s: %zu entries", f->clean, cur->n);
       listing_free(&f->base);
       f->base = *cur;
       memset(cur, 0, sizeof *cur);
