@@ -135,4 +135,23 @@ spec:
     assert.matches("spec%.file%.b%.watchPathConfig", text)
     assert.matches("spec%.file%.c%.watchPathConfig%.pathRegexp: invalid pathRegexp", text)
   end)
+  it("examples/file lints clean, its sensor test passes, and it fires", function()
+    local ex = H.source_dir .. "/examples/file"
+    local code, out, err = H.run { "lint", "--strict", ex }
+    assert.equal(0, code, err)
+    assert.matches("^2 object%(s%) valid", out)
+    code, out = H.run { "test", ex }
+    assert.equal(0, code, out)
+    assert.matches("1 passed, 0 failed", out)
+    -- live: the example with its directory moved to a temp one
+    local dir = H.tmpdir()
+    local d = H.tmpdir()
+    H.write(d .. "/file.yaml", (H.read(ex .. "/file.yaml"):gsub("/tmp/herald%-file%-example/", dir .. "/")))
+    local p = H.start { "run", d }
+    p:wait_for("watching directory")
+    H.write(dir .. "/sales.csv", "a,b")
+    local f = H.wait_firings(p, 1, 10)
+    assert.same({ name = dir .. "/sales.csv", op = 1, metadata = { pipeline = "sales" } }, f[1].events.csv.data)
+    assert.equal(0, p:stop())
+  end)
 end)

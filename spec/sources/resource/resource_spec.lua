@@ -209,6 +209,34 @@ describe("resource source", function()
     assert.equal(0, p:stop())
   end)
 
+  it("examples/resource lints clean, its sensor test passes, and it fires", function()
+    local ex = H.source_dir .. "/examples/resource"
+    local code, out, err = H.run { "lint", "--strict", ex }
+    assert.equal(0, code, err)
+    assert.matches("^2 object%(s%) valid", out)
+    code, out = H.run { "test", ex }
+    assert.equal(0, code, out)
+    assert.matches("1 passed, 0 failed", out)
+    -- live, against the fake API server: a web deployment made after the start, then scaled
+    local p = H.start({ "run", ex, "--log-level", "debug" }, { env = { KUBECONFIG = srv:kubeconfig() } })
+    p:wait_for("connected", { timeout = 10 })
+    local t0 = os.time()
+    H.wait_until(function() return os.time() > t0 end, 3) -- afterStart compares whole seconds
+    local name = "web-" .. math.random(1e6)
+    srv:create("/apis/apps/v1/namespaces/default/deployments", { apiVersion = "apps/v1", kind = "Deployment",
+      metadata = { name = name, labels = { app = "web" } }, spec = { replicas = 1 } })
+    assert.equal(200, (srv:api("PATCH", "/apis/apps/v1/namespaces/default/deployments/" .. name,
+      { spec = { replicas = 3 } }, "application/merge-patch+json")))
+    local f = H.wait_firings(p, 1, 10)
+    local d = f[1].events.deploy.data
+    assert.equal("UPDATE", d.type)
+    assert.equal(3, d.body.spec.replicas)
+    assert.equal(1, d.oldBody.spec.replicas)
+    assert.equal("apps", d.group)
+    assert.equal(0, p:stop())
+    assert.equal(1, #H.firings(p))
+  end)
+
   it("lint: labels, fields and createdBy are checked where they are written", function()
     local dir = H.tmpdir()
     H.write(dir .. "/bad.yaml", es("default", [[

@@ -117,6 +117,33 @@ describe("sftp source", function()
     assert.equal(1, #H.firings(p))
   end)
 
+  it("examples/sftp lints clean, its sensor test passes, and it fires", function()
+    local ex = H.source_dir .. "/examples/sftp"
+    local code, out, err = H.run { "lint", "--strict", ex }
+    assert.equal(0, code, err)
+    assert.matches("^2 object%(s%) valid", out)
+    code, out = H.run { "test", ex }
+    assert.equal(0, code, out)
+    assert.matches("1 passed, 0 failed", out)
+    -- live, against sshd: the example's secrets written for it, its directory a temp one
+    local dir = srv:dir_for_files()
+    local sec = H.tmpdir()
+    os.execute("mkdir -p " .. sec .. "/sftp")
+    H.write(sec .. "/sftp/address", "127.0.0.1:" .. srv.port)
+    H.write(sec .. "/sftp/username", srv.user)
+    H.write(sec .. "/sftp/key", srv.key)
+    H.write(sec .. "/sftp/known_hosts", srv.known_hosts)
+    local d = H.tmpdir()
+    H.write(d .. "/sftp.yaml", (H.read(ex .. "/sftp.yaml"):gsub("directory: /upload/", "directory: " .. dir .. "/")
+      :gsub("pollIntervalDuration: 10s", "pollIntervalDuration: 200ms")))
+    local p = H.start { "run", d, "--secrets-dir", sec }
+    p:wait_for('"connected"', { timeout = 10 })
+    H.write(dir .. "/report.csv", "1")
+    local f = H.wait_firings(p, 1, 10)
+    assert.same({ name = "report.csv", op = 1, metadata = require("cjson").null }, f[1].events.upload.data)
+    assert.equal(0, p:stop())
+  end)
+
   it("lint: password or sshKeySecret, a duration, a known operation", function()
     local d = H.tmpdir()
     H.write(d .. "/bad.yaml", [[
