@@ -278,39 +278,6 @@ local function engine_check(fn)
   return fn
 end
 
-local FileEventSource = object({
-  eventType = str { required = true, doc = "CREATE, WRITE, REMOVE, RENAME or CHMOD" },
-  watchPathConfig = use(WatchPathConfig, { required = true }),
-  polling = bool { doc = "poll instead of inotify" },
-  metadata = es_metadata(),
-  filter = es_filter(),
-})
-
-local SFTPEventSource = object({
-  eventType = str { required = true, doc = "CREATE, WRITE, REMOVE, RENAME or CHMOD" },
-  watchPathConfig = use(WatchPathConfig, { required = true }),
-  username = secret(), password = secret(), sshKeySecret = secret(), address = secret(),
-  metadata = es_metadata(),
-  filter = es_filter(),
-  pollIntervalDuration = str { default = "10s", doc = "poll interval" },
-})
-
-local Selector = object({
-  key = str { required = true }, operation = str { doc = "==, !=, in, notin, exists ..." },
-  value = str(),
-})
-
-local ResourceEventSource = object({
-  namespace = str { doc = "namespace to watch (empty: all)" },
-  filter = object({
-    prefix = str(), labels = array(use(Selector)), fields = array(use(Selector)),
-    createdBy = str { doc = "RFC 3339 time" }, afterStart = bool(),
-  }),
-  group = str(), version = str(), resource = str(),
-  eventTypes = array(str { enum = { "ADD", "UPDATE", "DELETE" } }),
-  metadata = es_metadata(),
-})
-
 local AMQPEventSource = object({
   url = str(), exchangeName = str(), exchangeType = str(), routingKey = str(),
   connectionBackoff = use(Backoff), jsonBody = bool(), tls = use(TLSConfig),
@@ -502,8 +469,6 @@ local AA = true
 -- Herald runs has a folder under sources/ instead (herald.registry), which takes precedence.
 local SOURCES_NOT_YET = {
   minio = source(S3Artifact, "minio event source", NO),
-  file = source(FileEventSource, "file event source", NO),
-  resource = source(ResourceEventSource, "Kubernetes resource event source", NO),
   nats = source(NATSEventsSource, "NATS event source", NO),
   sns = source(SNSEventSource, "AWS SNS event source", NO, AA),
   sqs = source(SQSEventSource, "AWS SQS event source", NO, AA),
@@ -523,7 +488,6 @@ local SOURCES_NOT_YET = {
   bitbucket = source(BitbucketEventSource, "Bitbucket event source", NO, AA),
   azureServiceBus = source(AzureServiceBusEventSource, "Azure Service Bus event source", NO),
   azureQueueStorage = source(AzureQueueStorageEventSource, "Azure Queue Storage event source", NO, AA),
-  sftp = source(SFTPEventSource, "SFTP event source", NO),
   gerrit = source(GerritEventSource, "Gerrit event source", NO, AA),
   mns = source(MNSEventSource, "Alibaba Cloud MNS event source", NO, AA),
 }
