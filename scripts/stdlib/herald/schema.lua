@@ -297,12 +297,6 @@ local MQTTEventSource = object({
   metadata = es_metadata(), filter = es_filter(), auth = use(BasicAuth),
 })
 
-local NATSEventsSource = object({
-  url = str { required = true }, subject = str { required = true },
-  connectionBackoff = use(Backoff), jsonBody = bool(), tls = use(TLSConfig),
-  metadata = es_metadata(), auth = use(NATSAuth), filter = es_filter(), queue = str(),
-})
-
 local SNSEventSource = object({
   webhook = use(WebhookContext), topicArn = str { required = true },
   accessKey = secret(), secretKey = secret(), region = str { required = true }, roleARN = str(),
@@ -469,7 +463,6 @@ local AA = true
 -- Herald runs has a folder under sources/ instead (herald.registry), which takes precedence.
 local SOURCES_NOT_YET = {
   minio = source(S3Artifact, "minio event source", NO),
-  nats = source(NATSEventsSource, "NATS event source", NO),
   sns = source(SNSEventSource, "AWS SNS event source", NO, AA),
   sqs = source(SQSEventSource, "AWS SQS event source", NO, AA),
   pubSub = source(PubSubEventSource, "GCP Pub/Sub event source", NO),
