@@ -29,6 +29,8 @@
 
 #include <lauxlib.h>
 #include <stddef.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -165,9 +167,93 @@ static void bus_metrics(herald_engine *eng) {
                                       HERALD_GAUGE, "bus", bus, NULL), st.connected ? 1 : 0);
 }
 
+/* process_* series as Prometheus' client libraries export them, read from /proc at scrape. */
+static void process_metrics(void) {
+  static double boot_time = -1;
+  long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+  if (boot_time < 0) {
+    boot_time = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+      if (sscanf(line, "btime %lf", &boot_time) == 1) break;
+    if (f) fclose(f);
+  }
+  char buf[1024];
+  FILE *f = fopen("/proc/self/stat", "r");
+  size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  if (f) fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+  unsigned long utime = 0, stime = 0, vsize = 0;
+  unsigned long long start = 0;
+  long rss = 0;
+  if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %llu %lu %ld",
+                  &utime, &stime, &start, &vsize, &rss) == 5) {
+    herald_metric_set(herald_metric_get("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", HERALD_COUNTER, NULL),
+                      (double)(utime + stime) / (double)tck);
+    herald_metric_set(herald_metric_get("process_resident_memory_bytes", "Resident memory size in bytes.", HERALD_GAUGE, NULL),
+                      (double)rss * (double)page);
+    herald_metric_set(herald_metric_get("process_virtual_memory_bytes", "Virtual memory size in bytes.", HERALD_GAUGE, NULL),
+                      (double)vsize);
+    herald_metric_set(herald_metric_get("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", HERALD_GAUGE, NULL),
+                      boot_time + (double)start / (double)tck);
+  }
+  int fds = 0;
+  uv_fs_t req;
+  if (uv_fs_scandir(NULL, &req, "/proc/self/fd", 0, NULL) >= 0) {
+    uv_dirent_t ent;
+    while (uv_fs_scandir_next(&req, &ent) != UV_EOF) fds++;
+  }
+  uv_fs_req_cleanup(&req);
+  herald_metric_set(herald_metric_get("process_open_fds", "Number of open file descriptors.", HERALD_GAUGE, NULL), fds);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    herald_metric_set(herald_metric_get("process_max_fds", "Maximum number of open file descriptors.", HERALD_GAUGE, NULL),
+                      (double)rl.rlim_cur);
+}
+
+/* /healthz: the loop answers. */
+static void healthz_handler(herald_http_req *req) {
+  herald_http_respond(req, 200, "text/plain; charset=utf-8", NULL, "ok\n", 3);
+}
+
+/* /readyz: 200 once the engine started every source, none reports a lost connection, and the
+ * bus takes events; else 503 with what is not ready. */
+static void readyz_handler(herald_http_req *req) {
+  herald_engine *eng = req->route_data;
+  herald_buf b = HERALD_BUF_INIT;
+  int nr = 0;
+  herald_buf_puts(&b, "{\"notReady\":[");
+  if (!eng->started) {
+    herald_buf_puts(&b, "\"engine: starting\"");
+    nr++;
+  }
+  if (eng->draining) {
+    herald_buf_puts(&b, nr++ ? ",\"engine: stopping\"" : "\"engine: stopping\"");
+  }
+  if (eng->bus) {
+    herald_bus_stats st;
+    memset(&st, 0, sizeof st);
+    eng->bus->ops->stats(eng->bus, &st);
+    if (!st.connected) herald_buf_puts(&b, nr++ ? ",\"bus: not connected\"" : "\"bus: not connected\"");
+  }
+  for (source_node *n = eng->sources; n; n = n->next) {
+    if (n->src->conn_state != -1) continue;
+    if (nr++) herald_buf_putc(&b, ',');
+    char *what = herald_xasprintf("source %s/%s: not connected", n->src->es_name, n->src->event_name);
+    herald_buf_json_string(&b, what, strlen(what));
+    free(what);
+  }
+  herald_buf_printf(&b, "],\"ready\":%s}\n", nr ? "false" : "true");
+  herald_http_respond(req, nr ? 503 : 200, "application/json", NULL, b.data, b.len);
+  herald_buf_free(&b);
+}
+
 static void metrics_handler(herald_http_req *req) {
   herald_buf b = HERALD_BUF_INIT;
   bus_metrics(req->route_data);
+  process_metrics();
   herald_metrics_render(&b);
   herald_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
   herald_buf_free(&b);
@@ -192,6 +278,10 @@ static int start_metrics(herald_engine *eng) {
   }
   herald_http_route r = {.path = "/metrics", .method = "GET", .handler = metrics_handler, .data = eng};
   herald_http_server_add_route(eng->metrics_server, &r);
+  herald_http_route h = {.path = "/healthz", .method = "GET", .handler = healthz_handler, .data = eng};
+  herald_http_server_add_route(eng->metrics_server, &h);
+  herald_http_route rd = {.path = "/readyz", .method = "GET", .handler = readyz_handler, .data = eng};
+  herald_http_server_add_route(eng->metrics_server, &rd);
   return 0;
 }
 
@@ -222,6 +312,7 @@ int herald_engine_start(herald_engine *eng) {
                       1);
   }
   herald__spill_replay_start(eng); /* what the last stop could not deliver */
+  eng->started = 1;
   herald_log(&eng->log, HLOG_INFO, "herald started");
   return 0;
 }

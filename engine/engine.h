@@ -51,6 +51,7 @@ struct herald_engine {
   uv_signal_t sigint, sigterm;
   uv_timer_t drain_timer;
   int draining;
+  int started;                  /* every source started (/readyz) */
   int drain_phase;              /* engine.c: waiting, dead-letter grace, closing triggers */
   uint64_t drain_start_ms;
   uint32_t sources_stopping;    /* sources whose stop has not called back yet */
