@@ -175,4 +175,62 @@ char *herald_lua_strfield(lua_State *L, int idx, const char *field);
 /* A printable JSON string of s (quotes, escapes) appended to out. */
 #define herald_json_str(out, s) herald_buf_json_string((out), (s), strlen(s))
 
+/* ---- hooks registered with the vendor at start, removed at stop (hooks.c) ---- */
+
+/* One request a vendor's ops fill in: method, url, up to 6 header lines they own, a body. */
+typedef struct herald_hook_req {
+  const char *method;
+  herald_buf url;
+  herald_buf body;
+  int has_body;
+  const char *headers[7]; /* NULL-terminated */
+} herald_hook_req;
+
+/* What differs between vendors. The hooks are per target (a repository, an organization, a
+ * project ...); `find` and `id_of` read the decoded JSON answer at idx of L. */
+typedef struct herald_hooks_ops {
+  /* Optional: fill r with a token request and return 1 when one is needed before the next
+   * call (a GitHub App's installation token), else 0. auth_done reads the answer: 0 or -1. */
+  int (*auth)(void *ud, herald_hook_req *r);
+  int (*auth_done)(void *ud, long status, lua_State *L, int idx);
+  const char *(*target)(void *ud, size_t i); /* how logs name target i */
+  void (*list)(void *ud, size_t i, herald_hook_req *r);
+  /* -1 no such hook, 0 found as wanted, 1 found but to be updated; *id = a new string */
+  int (*find)(void *ud, size_t i, lua_State *L, int idx, char **id);
+  void (*create)(void *ud, size_t i, herald_hook_req *r);
+  void (*update)(void *ud, size_t i, const char *id, herald_hook_req *r); /* may be NULL */
+  char *(*id_of)(void *ud, size_t i, lua_State *L, int idx); /* from create's answer */
+  void (*remove)(void *ud, size_t i, const char *id, herald_hook_req *r);
+} herald_hooks_ops;
+
+typedef struct herald_hooks herald_hooks;
+typedef void (*herald_hooks_cb)(herald_hooks *h);
+
+struct herald_hooks {
+  const herald_hooks_ops *ops;
+  void *ud;
+  herald_source *src;
+  size_t n, i;        /* targets; the one being worked on */
+  char **ids;         /* hook id per target once registered */
+  int phase, stopping, delete_on_finish, insecure, timer_open;
+  int ready_said;
+  herald_api_call call;
+  herald_hook_req req;
+  uv_timer_t timer;
+  herald_backoff bo;
+  herald_hooks_cb done;
+  uint64_t stop_deadline;
+  struct herald_metric *m_failed;
+};
+
+/* Registers the hooks of n targets, one call at a time, each failure retried after a backoff
+ * (logged, counted in herald_eventsource_hook_errors_total; never fatal). Returns 0. */
+int herald_hooks_start(herald_hooks *h, herald_source *src, const herald_hooks_ops *ops,
+                       void *ud, size_t n, int delete_on_finish, int insecure);
+/* Stops registering; with delete_on_finish removes the hooks it registered (each at most
+ * 10 s, as Argo), then done(h). */
+void herald_hooks_stop(herald_hooks *h, herald_hooks_cb done);
+/* Resets r for the next request (ops call it implicitly: the manager does before each op). */
+void herald_hook_req_reset(herald_hook_req *r);
+
 #endif
