@@ -120,6 +120,7 @@ struct herald_kube_watch {
   char *rv;
   int phase; /* 0 idle, 1 listing, 2 watching, 3 waiting to retry */
   int paused, stopping, listed, timer_open;
+  int verdict; /* what a line said when it ended the watch from inside the transfer */
   herald_curl_xfer x;
   int x_live;
   struct curl_slist *headers;

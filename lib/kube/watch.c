@@ -77,8 +77,6 @@ static int process_lines(herald_kube_watch *w) {
   return r;
 }
 
-static int pending_verdict; /* set in on_data when a line ended the watch (one loop thread) */
-
 static size_t on_data(char *p, size_t sz, size_t n, void *ud) {
   herald_kube_watch *w = ud;
   size_t len = sz * n;
@@ -91,7 +89,7 @@ static size_t on_data(char *p, size_t sz, size_t n, void *ud) {
   herald_buf_append(&w->body, p, len);
   int r = process_lines(w);
   if (r != HERALD_KUBE_OK) {
-    pending_verdict = r;
+    w->verdict = r;
     return 0; /* aborts the transfer: on_watch_done sees why */
   }
   return len;
@@ -125,8 +123,8 @@ static void on_watch_done(herald_curl_xfer *x, CURLcode rc) {
   herald_kube_watch *w = x->data;
   long status = 0;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-  int r = pending_verdict;
-  pending_verdict = HERALD_KUBE_OK;
+  int r = w->verdict;
+  w->verdict = HERALD_KUBE_OK;
   char why[CURL_ERROR_SIZE + 64];
   why[0] = 0;
   if (r == HERALD_KUBE_OK) {
