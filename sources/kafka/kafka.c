@@ -730,6 +730,8 @@ static int build_conf(kafka_src *ks, rd_kafka_conf_t *conf, lua_State *L, int id
       conf_set(ks, conf, "enable.auto.offset.store", "false") ||
       conf_set(ks, conf, "auto.commit.interval.ms", "1000") || /* sarama's default */
       conf_set(ks, conf, "isolation.level", "read_uncommitted") || /* sarama's default */
+      /* sarama's defaults too (librdkafka's 45 s would hold a rebalance after a crash that long) */
+      conf_set(ks, conf, "session.timeout.ms", "10000") || conf_set(ks, conf, "heartbeat.interval.ms", "3000") ||
       conf_set(ks, conf, "statistics.interval.ms", "1000") || conf_set(ks, conf, "log.queue", "true"))
     return HERALD_EINVAL;
   herald_backoff bo;
@@ -890,6 +892,7 @@ static void close_work(uv_work_t *w) {
 static void close_work_done(uv_work_t *w, int status) {
   kafka_src *ks = w->data;
   ks->rk = NULL;
+  herald_log(&ks->src->log, HLOG_INFO, "consumer closed%s", ks->group ? " (left the group, offsets committed)" : "");
   finish(ks);
 }
 
