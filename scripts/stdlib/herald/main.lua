@@ -126,9 +126,11 @@ local COMMAND_HELP = {
   lua = { "lua FILE [ARG...]", "Runs a Lua file with Herald's stdlib (for scripting and benchmarks).", {} },
   version = { "version", "Prints the version.", {} },
   help = { "help [COMMAND]", "Prints the help, or one command's.", {} },
+  man = { "man", "Prints the man page herald(1) (roff), made from this help.", {} },
+  completion = { "completion bash|zsh|fish", "Prints a shell completion script for herald.", {} },
 }
 local COMMAND_NAMES = { "run", "eventsource", "sensor", "lint", "compile", "test", "emit", "repl", "lua",
-  "version", "help" }
+  "version", "help", "man", "completion" }
 
 local OPTION_TITLES = { run = "options (run, eventsource, sensor)", lint = "options (lint)",
   test = "options (test)", emit = "options (emit)", repl = "options (repl)",
@@ -641,6 +643,18 @@ local function cmd_component(cmd, paths, opts)
   return cmd_run(paths, opts, cmd == "sensor" and "Sensor" or "EventSource")
 end
 
+--- The command line's own description, for the man page and shell completions
+--- (herald/cli_docs.lua): one source of truth with --help.
+function _M.cli()
+  local flags = {}
+  for k in pairs(VALUE_FLAGS) do flags[#flags + 1] = { name = k, value = true } end
+  for k in pairs(BOOL_FLAGS) do flags[#flags + 1] = { name = k } end
+  table.sort(flags, function(a, b) return a.name < b.name end)
+  return { version = VERSION, commands = COMMAND_NAMES, command_help = COMMAND_HELP,
+           options = OPTIONS, option_titles = OPTION_TITLES, commands_text = COMMANDS_HELP,
+           flags = flags }
+end
+
 --- Entry point: returns exit_code, run_loop.
 function _M.main(argv)
   -- Start-up runs interpreted: loading specs and compiling sensors is run-once code, and each
@@ -713,6 +727,16 @@ function _M.main(argv)
       return 1
     end
     return type(res) == "number" and res or 0
+  end
+  if cmd == "man" or cmd == "completion" then -- for packagers (cmake --install runs them)
+    local docs = require "herald.cli_docs"
+    local text, err = docs[cmd](_M.cli(), paths[1])
+    if not text then
+      eprint("error: herald ", cmd, ": ", err)
+      return 2
+    end
+    io.stdout:write(text)
+    return 0
   end
   if cmd == "version" or cmd == "--version" then
     io.stdout:write("herald ", VERSION, "\n")
