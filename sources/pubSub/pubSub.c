@@ -43,7 +43,7 @@
 #define API_TIMEOUT_MS 30000L
 #define DEADLINE_TICK_MS 2000
 #define EXTEND_AFTER_S 5 /* the smallest ack deadline is 10 s */
-#define EXTEND_TO_S 60
+#define EXTEND_TO_S 20 /* short: after a crash, what was pending comes back soon */
 #define STOP_FLUSH_MS 2000
 #define SCOPE "https://www.googleapis.com/auth/pubsub"
 #define DEFAULT_TOKEN_URI "https://oauth2.googleapis.com/token"
@@ -93,6 +93,11 @@ struct pubsub {
   int waiting_room;
   uint64_t received, acked;
   uint64_t stop_deadline_ns;
+  /* The CloudEvent id hashed from the message (a redelivery is then dropped as a duplicate)
+   * only on JetStream: the embedded bus's --bus-dir log keys deliveries by id, and a
+   * redelivered copy of an event it already held was lost after a crash (the kill -9 spec lost
+   * 60-190 of 1500 with stable ids, none with fresh ones). */
+  int stable_ids;
   herald_source_stop_cb stop_done;
 };
 
@@ -768,7 +773,7 @@ static void on_room(herald_source *src, void *data) {
 static void emit_held(pubsub *ps) {
   while (ps->held && ps->state != ST_STOPPING) {
     pmsg *m = ps->held;
-    int r = herald_source_emit_id(ps->src, m->id, m->data, m->len, on_emitted, m);
+    int r = herald_source_emit_id(ps->src, ps->stable_ids ? m->id : NULL, m->data, m->len, on_emitted, m);
     if (r == HERALD_EBUSFULL) {
       if (!ps->waiting_room && herald_source_when_room(ps->src, on_room, ps) == 0) ps->waiting_room = 1;
       return;
@@ -1045,6 +1050,8 @@ static int pubsub_start(herald_source *src) {
   uv_timer_init(src->engine->loop, &ps->flush_timer);
   ps->retry.data = ps->tick.data = ps->flush_timer.data = ps;
   uv_timer_start(&ps->tick, on_tick, DEADLINE_TICK_MS, DEADLINE_TICK_MS);
+  herald_bus *bus = src->engine->bus;
+  ps->stable_ids = bus && bus->ops && bus->ops->name && strcmp(bus->ops->name, "jetstream") == 0;
   herald_log(&src->log, HLOG_INFO, "pubSub source starting (%s%s)", ps->api,
              ps->auth == AUTH_NONE ? ", emulator: no auth" : ps->auth == AUTH_KEY ? ", service-account key" : ", metadata-server credentials");
   setup_begin(ps);
