@@ -310,12 +310,6 @@ local SQSEventSource = object({
   endpoint = str(), sessionToken = secret(),
 })
 
-local PubSubEventSource = object({
-  projectID = str(), topicProjectID = str(), topic = str(), subscriptionID = str(),
-  credentialSecret = secret(), deleteSubscriptionOnFinish = bool(), jsonBody = bool(),
-  metadata = es_metadata(), filter = es_filter(),
-})
-
 local GithubEventSource = object({
   id = int { doc = "deprecated" }, webhook = use(WebhookContext), owner = str { doc = "deprecated" },
   repository = str { doc = "deprecated" }, events = strings(), apiToken = secret(),
@@ -465,7 +459,6 @@ local SOURCES_NOT_YET = {
   minio = source(S3Artifact, "minio event source", NO),
   sns = source(SNSEventSource, "AWS SNS event source", NO, AA),
   sqs = source(SQSEventSource, "AWS SQS event source", NO, AA),
-  pubSub = source(PubSubEventSource, "GCP Pub/Sub event source", NO),
   github = source(GithubEventSource, "GitHub event source", NO, AA),
   gitlab = source(GitlabEventSource, "GitLab event source", NO, AA),
   hdfs = source(HDFSEventSource, "HDFS event source", NO),
