@@ -12,8 +12,8 @@
  *   still waiting for the bus after half the visibility timeout -> ChangeMessageVisibilityBatch
  *            (so a slow or full bus does not make SQS hand the message out again)
  *
- * The next receive starts as soon as the last one answered, overlapping the emits and deletes,
- * until MAX_OUTSTANDING messages are between receive and delete; a full bus stops emitting
+ * RECEIVERS receives are in flight at once (the next starts as soon as one answers), overlapping
+ * the emits and deletes, until MAX_OUTSTANDING messages are between receive and delete; a full bus stops emitting
  * (herald_source_when_room) and so, soon, receiving. Errors: reconnect with connectionBackoff;
  * ExpiredToken re-reads the secrets and fetches credentials again; a queue that disappeared is
  * looked up again. A message Herald cannot turn into an event (jsonBody and not JSON, over the
@@ -35,6 +35,7 @@
 #include <strings.h>
 
 #define MAX_OUTSTANDING 200   /* messages received and not yet deleted */
+#define RECEIVERS 2           /* long polls in flight: one answers while the other travels */
 #define MAX_RESPONSE (64u << 20)
 #define DEFAULT_VISIBILITY 30 /* s, when GetQueueAttributes does not say */
 
@@ -97,7 +98,7 @@ struct sqs {
   msg_list to_delete;
   size_t outstanding;
   sqs_call *calls; /* in flight */
-  int receiving, waiting_room, retry_armed, stopping, deletes;
+  int receiving, resolving, waiting_room, retry_armed, stopping, deletes;
   uv_timer_t retry, ext, flush;
   int timers_open, closing_timers;
   herald_source_stop_cb stop_done;
@@ -289,7 +290,8 @@ static void call_failed(sqs_call *c, const char *why, const char *code) {
     char reason[600];
     snprintf(reason, sizeof reason, "%s: %s", TARGET[kind], why);
     herald_source_set_connected(q->src, 0, reason);
-    if (kind == K_RECV) q->receiving = 0;
+    if (kind == K_RECV) q->receiving--;
+    else q->resolving = 0;
     if (code && (strcmp(code, "QueueDoesNotExist") == 0 ||
                  strcmp(code, "AWS.SimpleQueueService.NonExistentQueue") == 0)) {
       free(q->queue_url); /* look it up again: the queue may come back */
@@ -318,7 +320,7 @@ static void start_get_url(sqs *q) {
     herald_buf_json_string(&c->body, q->account, strlen(q->account));
   }
   herald_buf_putc(&c->body, '}');
-  q->receiving = 1;
+  q->resolving = 1;
   call_start(c);
 }
 
@@ -326,7 +328,7 @@ static void start_get_attrs(sqs *q) {
   sqs_call *c = call_new(q, K_ATTR);
   put_url(q, &c->body);
   herald_buf_puts(&c->body, ",\"AttributeNames\":[\"VisibilityTimeout\"]}");
-  q->receiving = 1;
+  q->resolving = 1;
   call_start(c);
 }
 
@@ -335,7 +337,7 @@ static void start_receive(sqs *q) {
   put_url(q, &c->body);
   herald_buf_printf(&c->body, ",\"MaxNumberOfMessages\":10,\"WaitTimeSeconds\":%d,"
                     "\"MessageAttributeNames\":[\"All\"]}", q->wait_s);
-  q->receiving = 1;
+  q->receiving++;
   call_start(c);
 }
 
@@ -490,7 +492,7 @@ static void on_receive(sqs *q, sqs_call *c) {
     while (herald_aws_json_next(msgs, &it, NULL, &m)) take_message(q, m);
   }
   call_free(c);
-  q->receiving = 0;
+  q->receiving--;
   herald_backoff_reset(&q->backoff);
   pump(q);
   flush_deletes(q);
@@ -530,7 +532,7 @@ static void on_call_done(herald_curl_xfer *x, CURLcode rc) {
     herald_buf_free(&u);
     herald_log(&q->src->log, HLOG_DEBUG, "queue %s is %s", q->queue, q->queue_url);
     call_free(c);
-    q->receiving = 0;
+    q->resolving = 0;
     poll_queue(q);
     return;
   }
@@ -545,7 +547,7 @@ static void on_call_done(herald_curl_xfer *x, CURLcode rc) {
     q->vis_s = vis > 0 ? vis : DEFAULT_VISIBILITY;
     q->have_attrs = 1;
     call_free(c);
-    q->receiving = 0;
+    q->resolving = 0;
     char what[300];
     snprintf(what, sizeof what, "queue %s (visibility timeout %d s)", q->queue, q->vis_s);
     herald_source_set_connected(q->src, 1, what);
@@ -685,17 +687,19 @@ static void on_ext(uv_timer_t *t) {
 }
 
 static void poll_queue(sqs *q) {
-  if (q->stopping || q->receiving || q->retry_armed) return;
+  if (q->stopping || q->resolving || q->retry_armed) return;
   if (!q->queue_url) {
+    if (q->receiving) return; /* a receive still out will fail the same way */
     start_get_url(q);
     return;
   }
   if (!q->have_attrs) {
-    start_get_attrs(q);
+    if (!q->receiving) start_get_attrs(q);
     return;
   }
-  if (q->waiting_room || q->outstanding >= MAX_OUTSTANDING) return;
-  start_receive(q);
+  while (q->receiving < RECEIVERS && !q->waiting_room && q->outstanding < MAX_OUTSTANDING &&
+         !q->retry_armed)
+    start_receive(q);
 }
 
 /* ---- lifecycle ---- */
@@ -835,7 +839,7 @@ static void sqs_stop(herald_source *src, herald_source_stop_cb done) {
     next = c->next;
     if (c->kind != K_DEL) call_free(c);
   }
-  q->receiving = 0;
+  q->receiving = q->resolving = 0;
   maybe_done(q);
 }
 
