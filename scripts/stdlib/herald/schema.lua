@@ -297,19 +297,6 @@ local MQTTEventSource = object({
   metadata = es_metadata(), filter = es_filter(), auth = use(BasicAuth),
 })
 
-local SNSEventSource = object({
-  webhook = use(WebhookContext), topicArn = str { required = true },
-  accessKey = secret(), secretKey = secret(), region = str { required = true }, roleARN = str(),
-  metadata = es_metadata(), validateSignature = bool(), filter = es_filter(), endpoint = str(),
-})
-
-local SQSEventSource = object({
-  accessKey = secret(), secretKey = secret(), region = str { required = true },
-  queue = str { required = true }, waitTimeSeconds = int(), roleARN = str(), jsonBody = bool(),
-  queueAccountId = str(), metadata = es_metadata(), dlq = bool(), filter = es_filter(),
-  endpoint = str(), sessionToken = secret(),
-})
-
 local GithubEventSource = object({
   id = int { doc = "deprecated" }, webhook = use(WebhookContext), owner = str { doc = "deprecated" },
   repository = str { doc = "deprecated" }, events = strings(), apiToken = secret(),
@@ -457,8 +444,6 @@ local AA = true
 -- Herald runs has a folder under sources/ instead (herald.registry), which takes precedence.
 local SOURCES_NOT_YET = {
   minio = source(S3Artifact, "minio event source", NO),
-  sns = source(SNSEventSource, "AWS SNS event source", NO, AA),
-  sqs = source(SQSEventSource, "AWS SQS event source", NO, AA),
   github = source(GithubEventSource, "GitHub event source", NO, AA),
   gitlab = source(GitlabEventSource, "GitLab event source", NO, AA),
   hdfs = source(HDFSEventSource, "HDFS event source", NO),
