@@ -625,6 +625,13 @@ static int nats_init(herald_source *src, lua_State *L, int idx) {
     free(st);
     return r;
   }
+  /* Argo uses one auth method, the first set of basic, token, nkey, credential */
+  herald_nats_config *cf = &st->cfg;
+  if (cf->user || cf->password || cf->token || cf->nkey_seed_file) {
+    free((char *)cf->creds_file), cf->creds_file = NULL;
+    if (cf->user || cf->password || cf->token) free((char *)cf->nkey_seed_file), cf->nkey_seed_file = NULL;
+    if (cf->user || cf->password) free((char *)cf->token), cf->token = NULL;
+  }
   st->cfg.name = herald_xasprintf("herald:%s/%s", src->es_name, src->event_name);
   st->cfg.owner_logs_state = 1;
   herald_backoff bo;
