@@ -41,7 +41,47 @@ static int l_stat(lua_State *L) {
   struct stat st;
   if (stat(luaL_checkstring(L, 1), &st) != 0) return 0;
   lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : "other");
-  return 1;
+  /* and what changes when the file does (herald run --watch) */
+  lua_pushnumber(L, (double)st.st_mtim.tv_sec + (double)st.st_mtim.tv_nsec / 1e9);
+  lua_pushnumber(L, (double)st.st_size);
+  return 3;
+}
+
+/* core.every(ms, fn): calls fn every ms on the loop until the engine stops (herald run
+ * --watch); does not keep the loop alive by itself. One per engine. */
+static void every_tick(uv_timer_t *h) {
+  herald_engine *eng = h->data;
+  if (eng->draining) {
+    uv_timer_stop(h);
+    return;
+  }
+  lua_State *L = eng->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, eng->every_ref);
+  if (lua_pcall(L, 0, 0, 0) != 0) {
+    herald_log(&eng->log, HLOG_ERROR, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+/* core.sleep(ms): blocks the thread (herald test --watch, which runs no loop) */
+static int l_sleep(lua_State *L) {
+  uv_sleep((unsigned int)luaL_checknumber(L, 1));
+  return 0;
+}
+
+static int l_every(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  lua_Number ms = luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_argcheck(L, !eng->every_ready, 2, "one core.every per engine");
+  lua_pushvalue(L, 2);
+  eng->every_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_timer_init(eng->loop, &eng->every_timer);
+  eng->every_timer.data = eng;
+  eng->every_ready = 1;
+  uv_unref((uv_handle_t *)&eng->every_timer);
+  uv_timer_start(&eng->every_timer, every_tick, (uint64_t)ms, (uint64_t)ms);
+  return 0;
 }
 
 /* core.list_dir(path) -> {names...} | nil, err (without "." and "..") */
@@ -166,6 +206,50 @@ static int l_source_new(lua_State *L) {
   }
   lua_pushlightuserdata(L, src);
   return 1;
+}
+
+/* ---- reload (herald/engine.lua `reload`) ---- */
+
+/* core.source_start(source) -> true | nil, err: starts a source created after the engine
+ * started (before: nothing to do, start starts it). */
+static int l_source_start(lua_State *L) {
+  herald_source *src = lua_touserdata(L, 1);
+  luaL_argcheck(L, src != NULL, 1, "source expected");
+  return push_result(L, herald_engine_start_source(herald_engine_from_lua(L), src));
+}
+
+/* core.source_stop(source): stops and frees it (the handle is invalid afterwards). */
+static int l_source_stop(lua_State *L) {
+  herald_source *src = lua_touserdata(L, 1);
+  luaL_argcheck(L, src != NULL, 1, "source expected");
+  herald_engine_stop_source(herald_engine_from_lua(L), src);
+  return 0;
+}
+
+/* core.trigger_retire(trigger): no new actions; closed once the rest are done. */
+static int l_trigger_retire(lua_State *L) {
+  herald_trigger *t = lua_touserdata(L, 1);
+  luaL_argcheck(L, t != NULL, 1, "trigger expected");
+  herald_engine_retire_trigger(herald_engine_from_lua(L), t);
+  return 0;
+}
+
+/* core.unsubscribe(sensor, name) -> true | nil, err */
+static int l_unsubscribe(lua_State *L) {
+  return push_result(L, herald_runtime_unsubscribe(herald_engine_from_lua(L), luaL_checkstring(L, 1),
+                                                   luaL_checkstring(L, 2)));
+}
+
+/* core.on_reload(fn | nil): what SIGHUP calls. */
+static int l_on_reload(lua_State *L) {
+  herald_engine *eng = herald_engine_from_lua(L);
+  if (eng->reload_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, eng->reload_ref);
+  eng->reload_ref = LUA_NOREF;
+  if (lua_isfunction(L, 1)) {
+    lua_pushvalue(L, 1);
+    eng->reload_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
 }
 
 /* core.source_filter(source, fn) -> true: fn(data_json) -> pass [, err] decides before publish */
@@ -560,6 +644,9 @@ int herald_lua_open_core(lua_State *L) {
       {"list_dir", l_list_dir},     {"yaml_load", herald__lua_yaml_load},
       {"configure", l_configure},   {"source_new", l_source_new},
       {"trigger_new", l_trigger_new}, {"subscribe", l_subscribe},
+      {"source_start", l_source_start}, {"source_stop", l_source_stop},
+      {"trigger_retire", l_trigger_retire}, {"unsubscribe", l_unsubscribe},
+      {"on_reload", l_on_reload},  {"every", l_every}, {"sleep", l_sleep},
       {"bus_kind", l_bus_kind},     {"secret_read", l_secret_read},
       {"secret_path", l_secret_path},
       {"source_filter", l_source_filter}, {"trigger_dlq", l_trigger_dlq},

@@ -47,6 +47,7 @@ typedef struct trigger_rt {
   int dlq_builder_ref;
   int is_dlq;           /* another trigger's dlqTrigger (closed last at the drain's deadline) */
   int closing;
+  int retiring;         /* a reload removed its sensor: no new actions, the rest finish */
   int abandoning;       /* 0; 1: give up unfinished actions; 2: hand them to the dlqTrigger */
   struct herald_metric *m_dead_lettered;
 } trigger_rt;
@@ -164,7 +165,7 @@ static void enqueue(trigger_rt *rt, job *j, int front) {
 
 int herald_trigger_fire(herald_engine *eng, herald_trigger *t, lua_State *L, int action_idx) {
   trigger_rt *rt = t->data;
-  if (rt->closing) return HERALD_ECLOSED;
+  if (rt->closing || rt->retiring) return HERALD_ECLOSED;
   job *j = calloc(1, sizeof *j);
   if (!j) return HERALD_ENOMEM;
   j->t = t;
@@ -411,6 +412,25 @@ void herald__trigger_delivery_abandon(herald_trigger *t, int to_dlq) {
   if (n || rt->executing)
     herald_log(&t->log, HLOG_WARN, "engine stopping: %u action(s) not started and %u executing are %s",
                n, rt->executing, rt->abandoning == 2 && rt->dlq ? "handed to the dlqTrigger" : "given up (kept on the bus or spilled)");
+}
+
+void herald__trigger_retire(herald_trigger *t) {
+  trigger_rt *rt = t->data;
+  if (rt) rt->retiring = 1;
+}
+
+int herald__trigger_retiring(herald_trigger *t) {
+  trigger_rt *rt = t->data;
+  return rt && rt->retiring;
+}
+
+int herald__trigger_idle(herald_trigger *t) {
+  trigger_rt *rt = t->data;
+  if (!rt) return 1;
+  if (rt->head || rt->executing) return 0;
+  for (job *j = all_jobs; j; j = j->all_next) /* waiting to retry, or a dead letter on its way */
+    if (j->t == t) return 0;
+  return 1;
 }
 
 int herald__trigger_is_dlq(herald_trigger *t) {

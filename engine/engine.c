@@ -58,6 +58,26 @@ static void on_signal(uv_signal_t *h, int signum) {
   herald_engine_shutdown(eng);
 }
 
+static int start_one(herald_engine *eng, herald_source *src);
+
+/* SIGHUP: reload the specs (the Lua function herald/engine.lua registered), never a kill. */
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)signum;
+  herald_engine *eng = h->data;
+  if (eng->draining) return;
+  if (eng->reload_ref == LUA_NOREF) {
+    herald_log(&eng->log, HLOG_WARN, "received SIGHUP: this command does not reload; ignored");
+    return;
+  }
+  herald_log(&eng->log, HLOG_INFO, "received SIGHUP, reloading the specs");
+  lua_State *L = eng->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, eng->reload_ref);
+  if (lua_pcall(L, 0, 0, 0) != 0) {
+    herald_log(&eng->log, HLOG_ERROR, "reload failed: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
 int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_opts *opts) {
   memset(eng, 0, sizeof *eng);
   eng->loop = loop;
@@ -78,6 +98,11 @@ int herald_engine_init(herald_engine *eng, uv_loop_t *loop, const herald_engine_
   uv_signal_start(&eng->sigterm, on_signal, SIGTERM);
   uv_unref((uv_handle_t *)&eng->sigint); /* signals alone do not keep the loop alive */
   uv_unref((uv_handle_t *)&eng->sigterm);
+  eng->reload_ref = LUA_NOREF;
+  uv_signal_init(loop, &eng->sighup);
+  eng->sighup.data = eng;
+  uv_signal_start(&eng->sighup, on_sighup, SIGHUP);
+  uv_unref((uv_handle_t *)&eng->sighup);
   uv_timer_init(loop, &eng->drain_timer);
   eng->drain_timer.data = eng;
   return 0;
@@ -300,21 +325,100 @@ int herald_engine_start(herald_engine *eng) {
                       0);
   }
   for (source_node *n = eng->sources; n; n = n->next) {
-    herald_source *src = n->src;
-    r = src->type->start ? src->type->start(src) : 0;
-    if (r < 0) {
-      const char *why = herald_http_listen_error(); /* the address and cause, when known */
-      herald_log(&src->log, HLOG_ERROR, "failed to start: %s", *why ? why : herald_strerror(r));
-      return r;
-    }
-    herald_metric_add(herald_metric_get("argo_events_event_service_running_total", "", HERALD_GAUGE,
-                                        "eventsource_name", src->es_name, NULL),
-                      1);
+    r = start_one(eng, n->src);
+    if (r < 0) return r;
   }
   herald__spill_replay_start(eng); /* what the last stop could not deliver */
   eng->started = 1;
   herald_log(&eng->log, HLOG_INFO, "herald started");
   return 0;
+}
+
+/* ---- reload: parts added and removed while running ---- */
+
+static int start_one(herald_engine *eng, herald_source *src) {
+  int r = src->type->start ? src->type->start(src) : 0;
+  if (r < 0) {
+    const char *why = herald_http_listen_error();
+    herald_log(&src->log, HLOG_ERROR, "failed to start: %s", *why ? why : herald_strerror(r));
+    return r;
+  }
+  herald_metric_add(herald_metric_get("argo_events_event_service_running_total", "", HERALD_GAUGE,
+                                      "eventsource_name", src->es_name, NULL), 1);
+  return 0;
+}
+
+int herald_engine_start_source(herald_engine *eng, herald_source *src) {
+  if (!eng->started) return 0; /* herald_engine_start starts it with the others */
+  return start_one(eng, src);
+}
+
+static void stopped_one(herald_source *src) {
+  herald_engine *eng = src->engine;
+  eng->sources_stopping--;
+  herald_source_free(src);
+}
+
+void herald_engine_stop_source(herald_engine *eng, herald_source *src) {
+  for (source_node **pp = &eng->sources; *pp; pp = &(*pp)->next) {
+    if ((*pp)->src != src) continue;
+    source_node *n = *pp;
+    *pp = n->next;
+    free(n);
+    break;
+  }
+  herald_metric_add(herald_metric_get("argo_events_event_service_running_total", "", HERALD_GAUGE,
+                                      "eventsource_name", src->es_name, NULL), -1);
+  if (eng->started && src->type->stop) {
+    eng->sources_stopping++;
+    src->type->stop(src, stopped_one);
+  } else {
+    herald_source_free(src);
+  }
+}
+
+static void trigger_closed(herald_trigger *t);
+
+/* Every 20 ms while triggers are retiring: close those with nothing left to do. */
+static void retire_check(uv_timer_t *h) {
+  herald_engine *eng = h->data;
+  int left = 0, busy = 0;
+  if (eng->draining) { /* the drain closes them with the others */
+    uv_timer_stop(h);
+    return;
+  }
+  /* a retiring dlqTrigger stays open while a retiring trigger may still dead-letter to it */
+  for (trigger_node *n = eng->triggers; n; n = n->next)
+    if (herald__trigger_retiring(n->t) && !herald__trigger_is_dlq(n->t) && !herald__trigger_idle(n->t)) busy++;
+  for (trigger_node **pp = &eng->triggers; *pp;) {
+    herald_trigger *t = (*pp)->t;
+    if (!herald__trigger_retiring(t)) {
+      pp = &(*pp)->next;
+      continue;
+    }
+    if (!herald__trigger_idle(t) || (busy && herald__trigger_is_dlq(t))) {
+      left++;
+      pp = &(*pp)->next;
+      continue;
+    }
+    trigger_node *n = *pp;
+    *pp = n->next;
+    free(n);
+    eng->triggers_closing++;
+    if (t->type->close) t->type->close(t, trigger_closed);
+    else trigger_closed(t);
+  }
+  if (!left) uv_timer_stop(h);
+}
+
+void herald_engine_retire_trigger(herald_engine *eng, herald_trigger *t) {
+  herald__trigger_retire(t);
+  if (!eng->retire_timer_ready) {
+    uv_timer_init(eng->loop, &eng->retire_timer);
+    eng->retire_timer.data = eng;
+    eng->retire_timer_ready = 1;
+  }
+  uv_timer_start(&eng->retire_timer, retire_check, 0, 20);
 }
 
 /* ---- shutdown ---- */
@@ -387,6 +491,11 @@ static void bus_closed(herald_bus *bus) {
   uv_close((uv_handle_t *)&eng->drain_timer, NULL);
   uv_close((uv_handle_t *)&eng->sigint, NULL);
   uv_close((uv_handle_t *)&eng->sigterm, NULL);
+  uv_close((uv_handle_t *)&eng->sighup, NULL);
+  if (eng->retire_timer_ready) uv_close((uv_handle_t *)&eng->retire_timer, NULL);
+  eng->retire_timer_ready = 0;
+  if (eng->every_ready) uv_close((uv_handle_t *)&eng->every_timer, NULL);
+  eng->every_ready = 0;
 }
 
 /* Every trigger is closed, so no action holds a bus delivery: account for what is left, write

@@ -48,7 +48,12 @@ struct herald_engine {
   struct herald_server_entry *servers; /* shared HTTP servers by host:port */
   herald_http_server *metrics_server;
   herald_http_server *admin_server;
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sighup;
+  int reload_ref;               /* Lua function SIGHUP calls (herald/engine.lua), or LUA_NOREF */
+  uv_timer_t retire_timer;      /* closes retired triggers once their work is done */
+  int retire_timer_ready;
+  uv_timer_t every_timer;       /* core.every (herald run --watch) */
+  int every_ready, every_ref;
   uv_timer_t drain_timer;
   int draining;
   int started;                  /* every source started (/readyz) */
@@ -77,6 +82,15 @@ void herald_engine_free(herald_engine *eng);
 /* Returns the HTTP server listening on the engine's listen_host:port, creating it on first
  * use; NULL with *err (a libuv error) when it cannot listen. */
 herald_http_server *herald_engine_http_server(herald_engine *eng, int port, int *err);
+
+/* ---- reload (SIGHUP): parts added and removed while the engine runs ---- */
+/* Starts a source created after herald_engine_start (before it: a no-op, start starts it). */
+int herald_engine_start_source(herald_engine *eng, herald_source *src);
+/* Stops a source and frees it once stopped; a drain waits for it. */
+void herald_engine_stop_source(herald_engine *eng, herald_source *src);
+/* Takes no new actions for t; the queued, executing and retrying ones finish, then t (and its
+ * resources) is closed. */
+void herald_engine_retire_trigger(herald_engine *eng, herald_trigger *t);
 
 /* The source instance for event `ev` of EventSource `es`, or NULL. */
 herald_source *herald__engine_find_source(herald_engine *eng, const char *es, const char *ev);

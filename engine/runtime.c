@@ -23,6 +23,7 @@ typedef struct sensor_sub {
   int handler_ref;
   char *durable, *source, *subject;
   herald_logger log;
+  int retired; /* unsubscribed by a reload */
   struct sensor_sub *next;
 } sensor_sub;
 
@@ -160,11 +161,25 @@ int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *senso
   return 0;
 }
 
+int herald_runtime_unsubscribe(herald_engine *eng, const char *sensor, const char *name) {
+  size_t sl = strlen(sensor);
+  for (sensor_sub *s = subs; s; s = s->next) {
+    if (s->retired || strncmp(s->durable, sensor, sl) != 0 || s->durable[sl] != '/' ||
+        strcmp(s->durable + sl + 1, name) != 0)
+      continue;
+    /* kept (not freed) until the engine stops: deliveries in flight still point at it */
+    herald_bus_unsubscribe(eng->bus, &s->sub);
+    s->retired = 1;
+    return 0;
+  }
+  return HERALD_EINVAL;
+}
+
 void herald_runtime_unsubscribe_all(herald_engine *eng) {
   while (subs) {
     sensor_sub *s = subs;
     subs = s->next;
-    herald_bus_unsubscribe(eng->bus, &s->sub);
+    if (!s->retired) herald_bus_unsubscribe(eng->bus, &s->sub);
     luaL_unref(eng->L, LUA_REGISTRYINDEX, s->handler_ref);
     free(s->durable), free(s->source), free(s->subject), free(s);
   }

@@ -25,6 +25,14 @@ int herald_runtime_subscribe(herald_engine *eng, lua_State *L, const char *senso
  * stack: -> event */
 void herald_runtime_push_event(lua_State *L, herald_event *ev);
 
+/* Stops the subscription "<sensor>/<name>" (no new deliveries; those in flight are acked as
+ * usual). Returns 0 or HERALD_EINVAL when there is none. */
+int herald_runtime_unsubscribe(herald_engine *eng, const char *sensor, const char *name);
+/* Takes no new actions; the rest finish (delivery.c). herald__trigger_idle: nothing left. */
+void herald__trigger_retire(herald_trigger *t);
+int herald__trigger_retiring(herald_trigger *t);
+int herald__trigger_idle(herald_trigger *t);
+
 /* Stops every subscription (no new deliveries). */
 void herald_runtime_unsubscribe_all(herald_engine *eng);
 

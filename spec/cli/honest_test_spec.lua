@@ -225,3 +225,24 @@ describe("herald CLI", function()
     assert.matches("unknown option %-%-evnets; did you mean %-%-events%?", err)
   end)
 end)
+
+describe("herald test --watch", function()
+  it("runs again when a file changes", function()
+    local dir = setup()
+    H.write(dir .. "/s_test.yaml", [[
+sensor: s.yaml
+tests:
+  - name: big order
+    events:
+      - {source: shop, subject: big, data: {body: {total: 500}}}
+    expect: [{trigger: audit}]
+]])
+    local p = H.start { "test", dir, "--watch" }
+    p:wait_for("1 passed, 0 failed", { stream = "stdout" })
+    p:wait_for("watching", { stream = "stdout" })
+    -- the sensor changes so the test fails; the watcher re-runs it
+    H.write(dir .. "/s.yaml", (SENSOR:gsub('value: %["100"%]', 'value: ["1000"]')))
+    p:wait_for("0 passed, 1 failed", { stream = "stdout", timeout = 5 })
+    p:kill()
+  end)
+end)

@@ -122,7 +122,7 @@ local function source_filter(expr)
   end
 end
 
-local function build_eventsource(obj, locate)
+local function build_eventsource(obj, locate, made)
   local spec = obj.doc.spec
   for _, e in ipairs(registry.sources) do
     local typ = e.name
@@ -146,6 +146,7 @@ local function build_eventsource(obj, locate)
         local src, err = core.source_new(typ, obj.name, name, cfg)
         if not src then return nil, ("%s: EventSource %s: %s"):format(obj.file, obj.name, err) end
         if filter then core.source_filter(src, filter) end
+        if made then made[#made + 1] = src end
       end
     end
   end
@@ -199,6 +200,9 @@ local function subscriber()
         end
         return true
       end,
+      remove = function(sensor)
+        for _, sub in ipairs(subscriptions(sensor)) do core.unsubscribe(sensor.name, sub.name) end
+      end,
       finish = function() return true end,
     }
   end
@@ -240,11 +244,27 @@ local function subscriber()
       end
       return true
     end,
+    -- a reload removed the sensor: its dependencies leave their groups (the group's shared
+    -- subscription stays, so no delivery in flight is disturbed)
+    remove = function(sensor)
+      for _, g in ipairs(order) do
+        for i = #g.fns, 1, -1 do
+          if g.names[i] == sensor.name then
+            table.remove(g.fns, i)
+            table.remove(g.deps, i)
+            table.remove(g.names, i)
+          end
+        end
+      end
+    end,
     finish = function()
       for _, g in ipairs(order) do
-        local ok, err = core.subscribe("herald", ("%s/%s"):format(g.source, g.subject), g.source,
-          g.subject, dispatcher(g), SHARED_WINDOW)
-        if not ok then return nil, ("cannot subscribe to %s/%s: %s"):format(g.source, g.subject, err) end
+        if not g.subscribed then
+          local ok, err = core.subscribe("herald", ("%s/%s"):format(g.source, g.subject), g.source,
+            g.subject, dispatcher(g), SHARED_WINDOW)
+          if not ok then return nil, ("cannot subscribe to %s/%s: %s"):format(g.source, g.subject, err) end
+          g.subscribed = true
+        end
       end
       return true
     end,
@@ -342,6 +362,7 @@ local function build_sensor(obj, subs)
     if dlq and handle then
       local dh, derr, dskip = new_trigger(sensor, dlq)
       if not dh and not dskip then return nil, ("%s: %s"):format(obj.file, derr) end
+      trig.dlq_handle = dh
       if dh then core.trigger_dlq(handle, dh, function(events)
         local ok, action, aerr = pcall(dlq.action, events)
         if not ok then return nil, action end
@@ -379,7 +400,7 @@ local function build_sensor(obj, subs)
   end) == true
   local ok, serr = subs.add(sensor, rt.on_event)
   if not ok then return nil, ("%s: sensor %s: %s"):format(obj.file, sensor.name, serr) end
-  return true
+  return sensor
 end
 
 --- Where a drain that runs out of time writes what it could not deliver, for the next start to
@@ -454,19 +475,113 @@ function _M.subscription_names(obj)
   return names
 end
 
+-- What runs, for a reload: the subscriber, and per object (kind/name) its fingerprint (the
+-- spec as canonical JSON) and its parts (sources, or the compiled sensor and its triggers).
+local running
+
+local function fingerprint(obj)
+  return require("herald.testing").encode(obj.doc)
+end
+
+local function build_one(obj, subs)
+  local part = { kind = obj.kind, fp = nil }
+  if obj.kind == "EventSource" then
+    part.sources = {}
+    local ok, err = build_eventsource(obj, locate_with(obj), part.sources)
+    if not ok then return nil, err, part end
+  elseif obj.kind == "Sensor" then
+    local sensor, err = build_sensor(obj, subs)
+    if not sensor then return nil, err, part end
+    part.sensor = sensor
+  end
+  return part
+end
+
 --- Builds every object; returns true or nil, err (nothing is started yet either way).
 function _M.build(objects)
   local subs = subscriber()
+  running = { subs = subs, parts = {} }
   for _, obj in ipairs(objects) do
-    local ok, err = true, nil
-    if obj.kind == "EventSource" then
-      ok, err = build_eventsource(obj, locate_with(obj))
-    elseif obj.kind == "Sensor" then
-      ok, err = build_sensor(obj, subs)
+    local part, err = build_one(obj, subs)
+    if not part then return nil, err end
+    if obj.kind == "EventSource" or obj.kind == "Sensor" then
+      part.fp = fingerprint(obj)
+      running.parts[obj.kind .. "/" .. obj.name] = part
     end
-    if not ok then return nil, err end
   end
   return subs.finish()
+end
+
+-- Takes a running part down: sources stop (a webhook's route goes), a sensor's dependencies
+-- leave the bus and its triggers retire (the actions already taken finish).
+local function take_down(part)
+  for _, src in ipairs(part.sources or {}) do core.source_stop(src) end
+  local sensor = part.sensor
+  if sensor then
+    running.subs.remove(sensor)
+    for _, trig in ipairs(sensor.triggers) do
+      if trig.handle then core.trigger_retire(trig.handle) end
+      for name, h in pairs(trig.handles or {}) do
+        if h ~= trig.handle then core.trigger_retire(h) end
+        trig.handles[name] = nil
+      end
+      if trig.dlq_handle then core.trigger_retire(trig.dlq_handle) end
+    end
+  end
+end
+
+--- Applies a new set of objects to the running engine (SIGHUP, herald run --watch): objects
+--- whose spec did not change keep running untouched (a sensor keeps its dependency state);
+--- removed ones are taken down, new and changed ones built and started. Everything is
+--- validated and compiled first: a bad edit changes nothing. Returns a summary or nil, err.
+function _M.reload(objects)
+  if not running then return nil, "nothing is running" end
+  local ok, err = _M.check(objects)
+  if not ok then return nil, err end
+  local want, keep = {}, {}
+  for _, obj in ipairs(objects) do
+    if obj.kind == "EventSource" or obj.kind == "Sensor" then
+      local key = obj.kind .. "/" .. obj.name
+      want[key] = obj
+      local part = running.parts[key]
+      if part and part.fp == fingerprint(obj) then keep[key] = true end
+    end
+  end
+  local n = { kept = 0, removed = 0, added = 0, changed = 0 }
+  for key, part in pairs(running.parts) do
+    if not keep[key] then
+      take_down(part)
+      running.parts[key] = nil
+      if want[key] then n.changed = n.changed + 1 else n.removed = n.removed + 1 end
+    else
+      n.kept = n.kept + 1
+    end
+  end
+  local errors = {}
+  for key, obj in pairs(want) do
+    if not keep[key] then
+      local part, berr, partial = build_one(obj, running.subs)
+      if part then
+        part.fp = fingerprint(obj)
+        running.parts[key] = part
+        for _, src in ipairs(part.sources or {}) do
+          local sok, serr = core.source_start(src)
+          if not sok then errors[#errors + 1] = ("%s: %s"):format(key, tostring(serr)) end
+        end
+        if not n.changed_keys then n.changed_keys = {} end
+        n.changed_keys[#n.changed_keys + 1] = key
+      else
+        errors[#errors + 1] = berr
+        if partial then take_down(partial) end
+      end
+      n.added = n.added + 1
+    end
+  end
+  n.added = n.added - n.changed
+  local fok, ferr = running.subs.finish()
+  if not fok then errors[#errors + 1] = ferr end
+  if #errors > 0 then return nil, table.concat(errors, "\n"), n end
+  return n
 end
 
 return _M

@@ -40,6 +40,9 @@ local OPTIONS = {
   run = [[
   --log-level L            debug | info | warn | error (default info, or env LOG_LEVEL)
   --log-format F           json (one object a line, the default) | text (for a terminal)
+  --watch                  reload when a spec file under PATH changes (as SIGHUP does:
+                           a bad edit keeps the running version; unchanged sensors keep
+                           their dependency state)
   --dry-run                fire every trigger as herald test renders it: print the action
                            (the Kubernetes object, the HTTP request...) as a JSON line on
                            stdout instead of doing it; no cluster or target is needed
@@ -88,6 +91,7 @@ local OPTIONS = {
                            key-level diff
   --update                 write the output to the --expect FILE instead of comparing
   --junit FILE             (test files) also write a JUnit XML report for CI
+  --watch                  run again each time a file under the paths (or --events) changes
   A script or transform that raised, ran out of budget or could not build its action is
   an error: "error: ..." on stderr, an {"error": ...} line in the output, and exit 1
   unless the --expect FILE (or the test's `errors:`) expects it. print() in scripts goes
@@ -171,7 +175,7 @@ local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_tim
   http_body_timeout = true, http_idle_timeout = true, http_body_deadline = true,
   http_max_connections = true, http_max_client_connections = true, max_message_bytes = true }
 local BOOL_FLAGS = { ["--strict"] = "strict", ["--help"] = "help", ["-h"] = "help", ["--explain"] = "explain",
-  ["--cleanup"] = "cleanup", ["--dry-run"] = "dry_run", ["--update"] = "update" }
+  ["--cleanup"] = "cleanup", ["--dry-run"] = "dry_run", ["--update"] = "update", ["--watch"] = "watch" }
 
 local function eprint(...)
   io.stderr:write(table.concat({ ... }, ""), "\n")
@@ -375,14 +379,31 @@ local function cmd_test_files(paths, opts)
   return suite.run(paths, io.stdout, eprint, { explain = opts.explain, junit = opts.junit })
 end
 
+local spec_signature -- below, with herald run --watch
+
 local function cmd_test(paths, opts)
   if #paths == 0 then
     eprint("herald test: expected a Sensor file with --events, or test files/folders")
     return 2
   end
   jit.on() -- tests feed events: the per-event code is hot
-  if opts.events then return cmd_test_events(paths, opts) end
-  return cmd_test_files(paths, opts)
+  local function once()
+    if opts.events then return cmd_test_events(paths, opts) end
+    return cmd_test_files(paths, opts)
+  end
+  if not opts.watch then return once() end
+  -- --watch: run, then again each time a file under the paths (or the events file) changes;
+  -- until interrupted
+  local watched = { unpack(paths) }
+  if opts.events and opts.events ~= "-" then watched[#watched + 1] = opts.events end
+  while true do
+    local code = once()
+    io.stdout:write(("-- herald test: exit %d; watching %s for changes (Ctrl-C ends)\n"):format(
+      code, table.concat(watched, " ")))
+    io.stdout:flush()
+    local last = spec_signature(watched)
+    repeat core.sleep(300) until spec_signature(watched) ~= last
+  end
 end
 
 --- herald emit: POSTs the data to a running engine's admin endpoint.
@@ -450,6 +471,9 @@ end
 --- Builds the objects and starts the engine: 0, true (run the loop), or 1 after saying why.
 --- Once built, the specs, positions and generated sources are garbage and are collected before
 --- starting, so a caller passes `objects` in a tail call and keeps no reference to them.
+local enable_reload
+local reload_with -- set by cmd_run: turns on reloading once the engine has started
+
 local function build_and_start(name, objects)
   local t, n = core.now(), #objects
   local engine = require "herald.engine"
@@ -475,7 +499,72 @@ local function build_and_start(name, objects)
     eprint(("herald %s: failed to start: "):format(name), serr)
     return 1
   end
+  if reload_with then reload_with() end
   return 0, true
+end
+
+-- The spec files under paths with their modification times and sizes, as one string: what
+-- herald run --watch compares to notice an edit.
+function spec_signature(paths)
+  local parts = {}
+  local function walk(p)
+    local kind, mtime, size = core.stat(p)
+    if kind == "dir" then
+      local names = core.list_dir(p) or {}
+      table.sort(names)
+      for _, n in ipairs(names) do
+        if n:sub(1, 1) ~= "." then walk((p:gsub("/+$", "")) .. "/" .. n) end
+      end
+    elseif kind == "file" and (p:match("%.ya?ml$") or p:match("%.json$") or p:match("%.jsonl$")) then
+      parts[#parts + 1] = ("%s %.9f %d"):format(p, mtime or 0, size or 0)
+    end
+  end
+  for _, p in ipairs(paths) do walk(p) end
+  return table.concat(parts, "\n")
+end
+
+--- Reloading a running `herald run` (SIGHUP, --watch): load and validate PATHs again; a bad
+--- edit keeps the running version and says why; else the engine swaps what changed.
+function enable_reload(name, paths, kind, watch)
+  local function reload()
+    local t0 = core.now()
+    local result = load(paths)
+    if #result.errors > 0 then
+      for _, e in ipairs(result.errors) do core.log("error", "herald", "reload: " .. e) end
+      core.log("error", "herald", ("reload: %d error(s); keeping the running version"):format(#result.errors))
+      return
+    end
+    local objects = {}
+    for _, obj in ipairs(result.objects) do
+      if not kind or obj.kind == kind then objects[#objects + 1] = obj end
+    end
+    local engine = require "herald.engine"
+    if #engine.leases(objects) > 0 and core.bus_kind() == "jetstream" then
+      core.log("error", "herald", "reload: objects with replicas > 1 (leader election) cannot be reloaded in place; restart instead")
+      return
+    end
+    local n, err, partial = engine.reload(objects)
+    if not n then
+      core.log("error", "herald", "reload: " .. tostring(err))
+      n = partial
+      if not n then return end
+    end
+    core.log("info", "herald", ("reloaded in %.1f ms: %d unchanged, %d changed, %d added, %d removed"):format(
+      (core.now() - t0) * 1e3, n.kept, n.changed, n.added, n.removed),
+      { unchanged = n.kept, changed = n.changed, added = n.added, removed = n.removed })
+  end
+  core.on_reload(reload)
+  if watch then
+    local last = spec_signature(paths)
+    core.every(500, function()
+      local now = spec_signature(paths)
+      if now ~= last then
+        last = now
+        core.log("info", "herald", "a spec file changed, reloading")
+        reload()
+      end
+    end)
+  end
 end
 
 --- Replicas > 1 on JetStream: this process builds and starts its objects only once it holds
@@ -572,6 +661,7 @@ local function cmd_run(paths, opts, kind)
     return elect_then_run(name, result.objects, leases)
   end
   core.log("debug", "herald", ("loaded %d object(s) in %.1f ms"):format(#result.objects, (t1 - t0) * 1e3))
+  reload_with = function() enable_reload(name, paths, kind, opts.watch) end
   return build_and_start(name, result.objects) -- a tail call: `result` is garbage once built
 end
 
