@@ -6,8 +6,8 @@
  *         -> GetQueueUrl (queueAccountId) -> GetQueueAttributes (its VisibilityTimeout)
  *   poll:    ReceiveMessage (10 at most, WaitTimeSeconds: the long poll) -> one event per
  *            message, data {messageId, messageAttributes, body[, metadata]} as Argo marshals
- *            it, CloudEvent id = the MessageId (a redelivery is dropped as a duplicate on
- *            JetStream) -> herald_source_emit_id
+ *            it; on JetStream the CloudEvent id is the MessageId (a redelivery is dropped as
+ *            a duplicate) -> herald_source_emit_id
  *   emit callback, status 0 (the bus holds it) -> DeleteMessageBatch (10 a call)
  *   still waiting for the bus after half the visibility timeout -> ChangeMessageVisibilityBatch
  *            (so a slow or full bus does not make SQS hand the message out again)
@@ -101,6 +101,10 @@ struct sqs {
   int receiving, resolving, waiting_room, retry_armed, stopping, deletes;
   uv_timer_t retry, ext, flush;
   int timers_open, closing_timers;
+  /* the MessageId as CloudEvent id only on JetStream (a redelivery dropped as a duplicate):
+   * the embedded bus's --bus-dir log keys deliveries by id and lost a redelivered copy of an
+   * event it already held after a crash (found by the pubSub source's kill -9 spec) */
+  int stable_ids;
   herald_source_stop_cb stop_done;
   herald_buf scratch, body;
 };
@@ -623,7 +627,7 @@ static void on_published(void *data, int status) {
 static void pump(sqs *q) {
   while (q->pending.head && !q->waiting_room && !q->stopping) {
     sqs_msg *m = q->pending.head;
-    int r = herald_source_emit_id(q->src, m->eid, m->data, m->len, on_published, m);
+    int r = herald_source_emit_id(q->src, q->stable_ids ? m->eid : NULL, m->data, m->len, on_published, m);
     if (r == 0) {
       list_remove(&q->pending, m);
       m->state = M_EMITTING;
@@ -786,6 +790,8 @@ static int sqs_start(herald_source *src) {
   uv_timer_init(loop, &q->flush);
   q->retry.data = q->ext.data = q->flush.data = q;
   q->timers_open = 3;
+  herald_bus *bus = src->engine->bus;
+  q->stable_ids = bus && bus->ops && bus->ops->name && strcmp(bus->ops->name, "jetstream") == 0;
   herald_log(&src->log, HLOG_INFO, "reading queue %s at %s", q->queue, q->ep.base);
   poll_queue(q);
   return 0;
