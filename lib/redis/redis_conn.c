@@ -285,6 +285,7 @@ static void link_write(redis_link *l, const char *p, size_t n) {
     raw_write(l, p, n);
     return;
   }
+  ERR_clear_error(); /* SSL_get_error reads the thread's queue: no stale entry of another link */
   if (SSL_write(l->ssl, p, (int)n) <= 0) {
     if (l->r) herald_redis_fail(l->r, ssl_err());
     return;
@@ -468,11 +469,12 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void tls_failed(redis_link *l, const char *stage) {
   char why[512];
   long v = SSL_get_verify_result(l->ssl);
-  if (v != X509_V_OK)
+  if (v != X509_V_OK && l->r->tls_verify)
     snprintf(why, sizeof why, "%s: certificate verify failed: %s", stage,
              X509_verify_cert_error_string(v));
   else
     snprintf(why, sizeof why, "%s: %s", stage, ssl_err());
+  ERR_clear_error();
   herald_redis_fail(l->r, why);
 }
 
@@ -491,6 +493,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   } else {
     BIO_write(l->rbio, buf->base, (int)nread);
     if (l->stage == ST_HANDSHAKE) {
+      ERR_clear_error();
       int rc = SSL_do_handshake(l->ssl);
       flush_tls(l);
       if (!l->r) return;
@@ -503,6 +506,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       if (!l->r) return;
     }
     for (;;) {
+      ERR_clear_error();
       int n = SSL_read(l->ssl, l->tbuf, sizeof l->tbuf);
       if (n > 0) {
         redisReaderFeed(l->reader, l->tbuf, (size_t)n);
@@ -557,6 +561,7 @@ static void on_connected(uv_connect_t *req, int status) {
     else SSL_set1_host(l->ssl, r->host);
   }
   SSL_set_connect_state(l->ssl);
+  ERR_clear_error();
   int rc = SSL_do_handshake(l->ssl);
   if (rc != 1 && SSL_get_error(l->ssl, rc) != SSL_ERROR_WANT_READ) {
     tls_failed(l, "TLS handshake");

@@ -180,6 +180,33 @@ describe("redis source", function()
     own.stop()
   end)
 
+  it("stops reading while the bus is full and goes on by itself: every message fires", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/es.yaml", es(srv.addr) .. "---\n" .. sensor())
+    local p = H.start { "run", dir, "--bus-capacity", "4" }
+    p:wait_for("subscribed to 1 channel", { timeout = 10 })
+    local cmds = {}
+    for i = 1, 300 do cmds[i] = { "PUBLISH", "FOO", "m" .. i } end
+    srv.pipe(cmds)
+    local f = H.wait_firings(p, 300, 20)
+    for i = 1, 300 do assert.equal("m" .. i, f[i].events.d.data.body) end
+    p:stop()
+  end)
+
+  it("drops a message over --max-message-bytes, counted and logged", function()
+    local dir = H.tmpdir()
+    H.write(dir .. "/es.yaml", es(srv.addr) .. "---\n" .. sensor())
+    local p = H.start { "run", dir, "--max-message-bytes", "100" }
+    p:wait_for("subscribed to 1 channel", { timeout = 10 })
+    srv.cmd("PUBLISH", "FOO", string.rep("x", 101))
+    srv.cmd("PUBLISH", "FOO", "small")
+    local f = H.wait_firings(p, 1, 5)
+    assert.equal("small", f[1].events.d.data.body)
+    assert.equal(1, H.metrics(p)['herald_eventsource_oversize_total{eventsource_name="redis",event_name="example"}'])
+    assert.equal(1, p:count("over the limit of 100"))
+    p:stop()
+  end)
+
   it("lint: Argo's validator's rules and host:port", function()
     local dir = H.tmpdir()
     H.write(dir .. "/es.yaml", es("localhost", "      password: {name: p, key: k}\n      tls: {insecureSkipVerify: false}\n"))
