@@ -444,13 +444,9 @@ local AA = true
 -- Herald runs has a folder under sources/ instead (herald.registry), which takes precedence.
 local SOURCES_NOT_YET = {
   minio = source(S3Artifact, "minio event source", NO),
-  github = source(GithubEventSource, "GitHub event source", NO, AA),
-  gitlab = source(GitlabEventSource, "GitLab event source", NO, AA),
   hdfs = source(HDFSEventSource, "HDFS event source", NO),
-  slack = source(SlackEventSource, "Slack event source", NO, AA),
   storageGrid = source(StorageGridEventSource, "StorageGRID event source", NO, AA),
   azureEventsHub = source(AzureEventsHubEventSource, "Azure Event Hubs event source", NO),
-  stripe = source(StripeEventSource, "Stripe event source", NO, AA),
   emitter = source(EmitterEventSource, "Emitter event source", NO),
   nsq = source(NSQEventSource, "NSQ event source", NO),
   pulsar = source(PulsarEventSource, "Pulsar event source", NO),
