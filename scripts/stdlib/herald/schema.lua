@@ -363,12 +363,6 @@ local AzureServiceBusEventSource = object({
   fullyQualifiedNamespace = str(), deferDelete = bool(),
 })
 
-local AzureQueueStorageEventSource = object({
-  storageAccountName = str(), connectionString = secret(), queueName = str { required = true },
-  jsonBody = bool(), dlq = bool(), metadata = es_metadata(), filter = es_filter(),
-  decodeMessage = bool(), waitTimeInSeconds = int { default = 3 },
-})
-
 local StripeEventSource = object({
   webhook = use(WebhookContext), createWebhook = bool(), apiKey = secret(),
   eventFilter = strings(), metadata = es_metadata(),
@@ -454,7 +448,6 @@ local SOURCES_NOT_YET = {
   bitbucketserver = source(BitbucketServerEventSource, "Bitbucket Server event source", NO, AA),
   bitbucket = source(BitbucketEventSource, "Bitbucket event source", NO, AA),
   azureServiceBus = source(AzureServiceBusEventSource, "Azure Service Bus event source", NO),
-  azureQueueStorage = source(AzureQueueStorageEventSource, "Azure Queue Storage event source", NO, AA),
   gerrit = source(GerritEventSource, "Gerrit event source", NO, AA),
   mns = source(MNSEventSource, "Alibaba Cloud MNS event source", NO, AA),
 }
