@@ -16,8 +16,8 @@ RATE=${2:-60000}
 WEBHOOK=${3:-1}
 BIN=${HERALD_BIN:-build/herald}
 OUT=$(mktemp -d /tmp/herald-bench-nats-XXXXXX)
-NPORT=17822
-MPORT=17791
+NPORT=${NATS_PORT:-$((20000 + RANDOM % 20000))}
+MPORT=${METRICS_PORT:-$((40000 + RANDOM % 20000))}
 
 JS=${NATS_JS:-0}
 JSARGS=""
@@ -158,7 +158,8 @@ CPU_PER_EV=$(awk -v c="$CPU_S" -v n="$TRIGGERED" 'BEGIN {printf "%.1f", (n > 0 ?
 EPS=$(awk -v n="$TRIGGERED" -v d="$DUR" -v s="$SPAN" 'BEGIN {if (s > d) d = s; printf "%.0f", n / d}')
 DROPS=$( (grep -o '[0-9]* message(s) on bench.orders dropped' "$OUT/stderr" || true) | awk '{s += $1} END {print s + 0}')
 echo "nats: duration=${DUR}s rate=${RATE}/s body=~150B jetstream=$JS"
-echo "nats: published=$PUBLISHED triggered=$TRIGGERED lost=$((PUBLISHED - TRIGGERED)) (client slow-consumer drops logged: $DROPS)"
+SLOW=$(grep -c 'Slow Consumer' "$OUT/nats.log" || true)
+echo "nats: published=$PUBLISHED triggered=$TRIGGERED lost=$((PUBLISHED - TRIGGERED)) (client slow-consumer drops logged: $DROPS; server slow-consumer events: $SLOW)"
 echo "nats: events_per_s=$EPS (over ${SPAN}s) p50=$P50 p99=$P99 cpu_s=$CPU_S cpu_us_per_event=$CPU_PER_EV max_rss=$RSS"
 grep -v '"level":"info"' "$OUT/stderr" | head -5 || true
 

@@ -364,6 +364,17 @@ static int subscribe(nstate *st) {
   return 1;
 }
 
+/* Core NATS: says how many messages nats.c dropped since the last call (slow consumer). */
+static void report_drops(nstate *st, int64_t *seen) {
+  int64_t dropped = 0;
+  if (st->js || !st->sub || natsSubscription_GetDropped(st->sub, &dropped) != NATS_OK || dropped <= *seen) return;
+  note(st, HLOG_WARN,
+       "%lld message(s) on %s dropped by the NATS client while the bus was full or slow (core NATS "
+       "has no flow control; the jetstream option keeps them on the server)",
+       (long long)(dropped - *seen), st->subject);
+  *seen = dropped;
+}
+
 static void control_main(herald_nats *c) {
   nstate *st = c->data;
   herald_nats_connect(c); /* notes why a first attempt failed; nats.c keeps trying */
@@ -408,17 +419,9 @@ static void control_main(herald_nats *c) {
       if (subscribe(st)) herald_backoff_reset(&bo);
       else retry_at = uv_hrtime() + herald_backoff_next(&bo) * 1000000ull;
     }
-    if (!st->js && st->sub) {
-      int64_t dropped = 0;
-      if (natsSubscription_GetDropped(st->sub, &dropped) == NATS_OK && dropped > dropped_seen) {
-        note(st, HLOG_WARN,
-             "%lld message(s) on %s dropped by the NATS client while the bus was full or slow (core NATS "
-             "has no flow control; the jetstream option keeps them on the server)",
-             (long long)(dropped - dropped_seen), st->subject);
-        dropped_seen = dropped;
-      }
-    }
+    report_drops(st, &dropped_seen);
   }
+  report_drops(st, &dropped_seen); /* the last ones too */
   /* stopping: the reader first, then the last acks, then the items nobody emitted */
   uv_mutex_lock(&c->mu);
   uv_cond_broadcast(&st->reader_cond);
