@@ -83,7 +83,10 @@ typedef struct cloud_req cloud_req;
  * in r->resp. The transfer is released already: the callback may start r again. */
 typedef void (*cloud_req_cb)(cloud_req *r, long status, CURLcode rc);
 /* Streaming: each piece of the answer body as it arrives (instead of r->resp); return 0 to go
- * on, non-zero to abort the transfer (it then ends with CURLE_WRITE_ERROR). */
+ * on, CLOUD_REQ_PAUSE to pause the transfer without taking the piece (it is offered again
+ * after cloud_req_resume), other non-zero to abort the transfer (it then ends with
+ * CURLE_WRITE_ERROR). */
+#define CLOUD_REQ_PAUSE 2
 typedef int (*cloud_req_data_cb)(cloud_req *r, const char *p, size_t n);
 
 struct cloud_req {
@@ -107,6 +110,8 @@ struct cloud_req {
  * (nothing started, headers and body freed, no callback). r must be idle. */
 int cloud_req_start(cloud_req *r, const char *method, const char *url, struct curl_slist *headers,
                     char *body, size_t body_len, long timeout_ms, cloud_req_cb cb);
+/* Resumes a stream its on_data paused (the piece refused is offered again, perhaps at once). */
+void cloud_req_resume(cloud_req *r);
 /* Abandons r if it is running (no callback) and frees what it holds; r may be started again. */
 void cloud_req_cancel(cloud_req *r);
 /* Frees r's response buffer (after cancel, when r is no longer needed). */

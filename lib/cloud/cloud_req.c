@@ -30,7 +30,10 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
   cloud_req *r = ud;
   size_t len = size * n;
   if (!r->status) curl_easy_getinfo(r->x.easy, CURLINFO_RESPONSE_CODE, &r->status);
-  if (r->on_data) return r->on_data(r, p, len) == 0 ? len : 0;
+  if (r->on_data) {
+    int rc = r->on_data(r, p, len);
+    return rc == 0 ? len : rc == CLOUD_REQ_PAUSE ? CURL_WRITEFUNC_PAUSE : 0;
+  }
   size_t max = r->max_resp ? r->max_resp : DEFAULT_MAX_RESP;
   if (r->resp.len + len > max) return 0;
   herald_buf_append(&r->resp, p, len);
@@ -89,6 +92,10 @@ int cloud_req_start(cloud_req *r, const char *method, const char *url, struct cu
     return HERALD_EIO;
   }
   return 0;
+}
+
+void cloud_req_resume(cloud_req *r) {
+  if (r->busy && r->x.easy) curl_easy_pause(r->x.easy, CURLPAUSE_CONT);
 }
 
 void cloud_req_cancel(cloud_req *r) {
