@@ -437,7 +437,6 @@ local AA = true
 -- The Argo EventSource types Herald does not run yet, with what the error calls them. A type
 -- Herald runs has a folder under sources/ instead (herald.registry), which takes precedence.
 local SOURCES_NOT_YET = {
-  minio = source(S3Artifact, "minio event source", NO),
   hdfs = source(HDFSEventSource, "HDFS event source", NO),
   storageGrid = source(StorageGridEventSource, "StorageGRID event source", NO, AA),
   azureEventsHub = source(AzureEventsHubEventSource, "Azure Event Hubs event source", NO),
