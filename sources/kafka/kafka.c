@@ -17,8 +17,9 @@
  * Modes as Argo: consumerGroup (subscribe; groupName, oldest -> auto.offset.reset,
  * rebalanceStrategy range | roundrobin | sticky = librdkafka's cooperative-sticky) or one
  * `partition` read from the newest offset, with nothing committed (Argo's partition consumer
- * keeps no offsets either). The event id is Argo's es:event:firstBroker:topic:partition:offset,
- * so the JetStream bus drops redeliveries. Data is KafkaEventData as Go marshals it: {topic,
+ * keeps no offsets either). The event id is a digest of Argo's
+ * es:event:firstBroker:topic:partition:offset (see id_digest), so the JetStream bus drops
+ * redeliveries. Data is KafkaEventData as Go marshals it: {topic,
  * key, partition, body, timestamp (time.Time.String() in UTC), headers (sorted, last value of
  * a repeated key), metadata}. limitEventsPerSecond spaces messages as Argo's sleep does.
  * The connection gauge follows librdkafka's broker states (statistics every second) and its
@@ -429,6 +430,10 @@ static void pump(kafka_src *ks) {
     }
     rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, 0);
     if (!m) {
+      /* NULL also comes after serving a callback (stats, a log line) with messages still
+       * queued; stopping then would wait for a wake-up that never comes once the prefetch
+       * queue is full (nothing more is enqueued) */
+      if (rd_kafka_queue_length(ks->q) > 0) continue;
       uv_idle_stop(&ks->more);
       return;
     }

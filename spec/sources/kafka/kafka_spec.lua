@@ -224,11 +224,13 @@ describe("kafka source", function()
               dest: seq
 ]]):format(sink.port) } } })
     local prod = track(produce(bootstrap, "crash", 3000, { rate = 1000 }))
-    local p = track(H.start{ "run", dir })
+    -- the durable embedded bus: what it acknowledged (and the offset committed) survives -9
+    local busdir = H.tmpdir()
+    local p = track(H.start{ "run", dir, "--bus-dir", busdir })
     sink.wait_requests(500, 20)
     p:kill() -- SIGKILL mid-stream
     local at_kill = #sink.requests()
-    local p2 = track(H.start{ "run", dir })
+    local p2 = track(H.start{ "run", dir, "--bus-dir", busdir })
     assert.equal(3000, (produced(prod, 60)))
     local got = {}
     H.wait_until(function()
