@@ -17,39 +17,14 @@
 #include "lua_host.h"
 
 #include <curl/curl.h>
+#include "tap.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* Copies query parameter `name` (percent-decoding) into out; returns 1 if present. */
-static int query_param(const char *q, const char *name, char *out, size_t cap) {
-  size_t nl = strlen(name);
-  for (const char *p = q; p && *p;) {
-    const char *amp = strchr(p, '&');
-    size_t len = amp ? (size_t)(amp - p) : strlen(p);
-    if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
-      size_t o = 0;
-      for (size_t i = nl + 1; i < len && o + 1 < cap; i++) {
-        char c = p[i];
-        if (c == '%' && i + 2 < len) {
-          char hex[3] = {p[i + 1], p[i + 2], 0};
-          c = (char)strtol(hex, NULL, 16);
-          i += 2;
-        } else if (c == '+') {
-          c = ' ';
-        }
-        out[o++] = c;
-      }
-      out[o] = '\0';
-      return 1;
-    }
-    p = amp ? amp + 1 : NULL;
-  }
-  return 0;
-}
 
 static void emitted(void *data, int status) {
   herald_http_req *req = data;
@@ -60,7 +35,7 @@ static void emitted(void *data, int status) {
 static void on_emit(herald_http_req *req) {
   herald_engine *eng = req->route_data;
   char es[256], ev[256];
-  if (!query_param(req->query, "source", es, sizeof es) || !query_param(req->query, "event", ev, sizeof ev)) {
+  if (!herald_http_query_param(req->query, "source", es, sizeof es) || !herald_http_query_param(req->query, "event", ev, sizeof ev)) {
     const char *msg = "expected /emit?source=<EventSource>&event=<event name>\n";
     herald_http_respond(req, 400, "text/plain; charset=utf-8", NULL, msg, strlen(msg));
     return;
@@ -148,6 +123,7 @@ int herald__admin_start(herald_engine *eng) {
   herald_http_route r = {.path = "/emit", .method = "POST", .bearer_token = token,
                          .handler = on_emit, .data = eng};
   herald_http_server_add_route(eng->admin_server, &r);
+  herald__tap_start(eng, eng->admin_server, token); /* GET /tap: herald tap */
   free(token); /* the route keeps its own copy */
   herald_log(&eng->log, HLOG_INFO, "admin endpoint on %s", addr);
   return 0;
@@ -199,6 +175,61 @@ static int l_http_post(lua_State *L) {
   return 2;
 }
 
+/* core.http_get(url, bearer_token, timeout_s) -> status, body | nil, err (blocking; herald tap) */
+static int l_http_get(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1);
+  const char *token = luaL_optstring(L, 2, NULL);
+  double timeout = luaL_optnumber(L, 3, 10);
+  CURL *e = curl_easy_init();
+  if (!e) return luaL_error(L, "curl_easy_init failed");
+  herald_buf out = HERALD_BUF_INIT;
+  char *auth = token ? herald_xasprintf("Authorization: Bearer %s", token) : NULL;
+  struct curl_slist *h = auth ? curl_slist_append(NULL, auth) : NULL;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  if (h) curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &out);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  CURLcode rc = curl_easy_perform(e);
+  long status = 0;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+  curl_slist_free_all(h);
+  free(auth);
+  curl_easy_cleanup(e);
+  if (rc != CURLE_OK) {
+    herald_buf_free(&out);
+    lua_pushnil(L);
+    lua_pushstring(L, curl_easy_strerror(rc));
+    return 2;
+  }
+  lua_pushinteger(L, status);
+  lua_pushlstring(L, out.data ? out.data : "", out.len);
+  herald_buf_free(&out);
+  return 2;
+}
+
+/* core.tap_flag() -> lightuserdata: the engine's tap_active int, read through FFI by the
+ * sensor runtime (a C call per event would break its traces). */
+static int l_tap_flag(lua_State *L) {
+  lua_pushlightuserdata(L, &herald_engine_from_lua(L)->tap_active);
+  return 1;
+}
+
+/* core.tap_wants(event_id) -> bool: record what concerns this event (tap.h) */
+static int l_tap_wants(lua_State *L) {
+  lua_pushboolean(L, herald_tap_wants(herald_engine_from_lua(L), luaL_checkstring(L, 1), 0));
+  return 1;
+}
+
+/* core.tap_record(kind, source, sensor, trigger, event_id, fields_json) */
+static int l_tap_record(lua_State *L) {
+  herald_tap_record(herald_engine_from_lua(L), luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL),
+                    luaL_optstring(L, 3, NULL), luaL_optstring(L, 4, NULL), luaL_optstring(L, 5, NULL),
+                    luaL_optstring(L, 6, NULL));
+  return 0;
+}
+
 /* core.admin_token_path(configured) -> path */
 static int l_admin_token_path(lua_State *L) {
   char *p = herald_admin_token_path(luaL_optstring(L, 1, NULL));
@@ -213,4 +244,12 @@ void herald__lua_open_admin(lua_State *L) {
   lua_setfield(L, -2, "http_post");
   lua_pushcfunction(L, l_admin_token_path);
   lua_setfield(L, -2, "admin_token_path");
+  lua_pushcfunction(L, l_http_get);
+  lua_setfield(L, -2, "http_get");
+  lua_pushcfunction(L, l_tap_flag);
+  lua_setfield(L, -2, "tap_flag");
+  lua_pushcfunction(L, l_tap_record);
+  lua_setfield(L, -2, "tap_record");
+  lua_pushcfunction(L, l_tap_wants);
+  lua_setfield(L, -2, "tap_wants");
 }

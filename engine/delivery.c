@@ -26,6 +26,7 @@
 #include "lua_host.h"
 #include "metrics.h"
 #include "runtime.h"
+#include "tap.h"
 #include "spill.h"
 
 #include <lauxlib.h>
@@ -229,6 +230,27 @@ static void pump(herald_trigger *t) {
 
 static void finish(herald_trigger_req *req, herald_trigger_result res, const char *reason);
 
+/* `herald tap`: how one attempt of an action ended, and what happens next. */
+static void tap_outcome(herald_trigger *t, job *j, herald_trigger_result res, const char *why) {
+  trigger_rt *rt = t->data;
+  int again = res == HERALD_TRIGGER_RETRY && j->attempt < rt->pol.steps && !rt->closing;
+  const char *status = res == HERALD_TRIGGER_DONE ? "done" : again ? "retrying" : "failed";
+  herald_buf f = HERALD_BUF_INIT;
+  herald_buf_puts(&f, "\"sensorName\":");
+  herald_buf_json_string(&f, t->sensor_name, strlen(t->sensor_name));
+  herald_buf_puts(&f, ",\"triggerName\":");
+  herald_buf_json_string(&f, t->name, strlen(t->name));
+  herald_buf_printf(&f, ",\"status\":\"%s\",\"attempt\":%u,\"attempts\":%u,\"durationMs\":%.3f", status,
+                    j->attempt, rt->pol.steps, (double)(herald_mono_ns() - j->first_ns) / 1e6);
+  if (res != HERALD_TRIGGER_DONE) {
+    herald_buf_puts(&f, ",\"reason\":");
+    herald_buf_json_string(&f, why, strlen(why));
+    if (!again) herald_buf_printf(&f, ",\"deadLettered\":%s", rt->dlq && !rt->closing ? "true" : "false");
+  }
+  herald_tap_record(t->engine, "outcome", NULL, t->sensor_name, t->name, NULL, herald_buf_cstr(&f));
+  herald_buf_free(&f);
+}
+
 static void start(herald_trigger *t, job *j) {
   trigger_rt *rt = t->data;
   herald_engine *eng = t->engine;
@@ -343,6 +365,7 @@ static void finish(herald_trigger_req *req, herald_trigger_result res, const cha
     abandon(t, j);
     return;
   }
+  if (herald_tap_on(t->engine) && herald_tap_wants(t->engine, NULL, 0)) tap_outcome(t, j, res, why);
   if (res == HERALD_TRIGGER_DONE) {
     herald_metric_inc(t->m_triggered);
     /* each firing at info with its outcome, as Argo logs them (docs/logging.md) */

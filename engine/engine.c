@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "runtime.h"
 #include "spill.h"
+#include "tap.h"
 
 #include <lauxlib.h>
 #include <stddef.h>
@@ -486,6 +487,7 @@ static void bus_closed(herald_bus *bus) {
   }
   if (eng->metrics_server) herald_http_server_close(eng->metrics_server, server_closed, NULL);
   eng->metrics_server = NULL;
+  herald__tap_close(eng); /* answers its waiting readers before the admin server goes */
   if (eng->admin_server) herald_http_server_close(eng->admin_server, server_closed, NULL);
   eng->admin_server = NULL;
   uv_close((uv_handle_t *)&eng->drain_timer, NULL);

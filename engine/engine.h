@@ -52,6 +52,8 @@ struct herald_engine {
   int reload_ref;               /* Lua function SIGHUP calls (herald/engine.lua), or LUA_NOREF */
   uv_timer_t retire_timer;      /* closes retired triggers once their work is done */
   int retire_timer_ready;
+  struct herald_tap *tap;       /* tap.c: GET /tap and its ring */
+  int tap_active;               /* a tap reader asked lately: record (tap.h) */
   uv_timer_t every_timer;       /* core.every (herald run --watch) */
   int every_ready, every_ref;
   uv_timer_t drain_timer;

@@ -1244,6 +1244,33 @@ void herald_http_respond(herald_http_req *req, int status, const char *content_t
   conn_send(c, status, content_type, headers, body, body_len);
 }
 
+/* Copies query parameter `name` (percent-decoding) into out; returns 1 if present. */
+int herald_http_query_param(const char *q, const char *name, char *out, size_t cap) {
+  size_t nl = strlen(name);
+  for (const char *p = q; p && *p;) {
+    const char *amp = strchr(p, '&');
+    size_t len = amp ? (size_t)(amp - p) : strlen(p);
+    if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+      size_t o = 0;
+      for (size_t i = nl + 1; i < len && o + 1 < cap; i++) {
+        char c = p[i];
+        if (c == '%' && i + 2 < len) {
+          char hex[3] = {p[i + 1], p[i + 2], 0};
+          c = (char)strtol(hex, NULL, 16);
+          i += 2;
+        } else if (c == '+') {
+          c = ' ';
+        }
+        out[o++] = c;
+      }
+      out[o] = '\0';
+      return 1;
+    }
+    p = amp ? amp + 1 : NULL;
+  }
+  return 0;
+}
+
 const herald_http_header *herald_http_req_header(const herald_http_req *req, const char *name) {
   size_t n = strlen(name);
   for (size_t i = 0; i < req->nheaders; i++) {

@@ -109,6 +109,10 @@ int herald_http_server_port(const herald_http_server *srv);
 void herald_http_respond(herald_http_req *req, int status, const char *content_type,
                          const char *headers, const char *body, size_t body_len);
 
+/* Copies query parameter `name` of q (a raw query string) percent-decoded into out (cap
+ * bytes, NUL-terminated, cut if longer); returns 1 if present. */
+int herald_http_query_param(const char *q, const char *name, char *out, size_t cap);
+
 /* Finds a request header (case-insensitive name); returns NULL if absent. */
 const herald_http_header *herald_http_req_header(const herald_http_req *req, const char *name);
 

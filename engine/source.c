@@ -12,6 +12,7 @@
 #include "runtime.h"
 #include "metrics.h"
 #include "plugin.h"
+#include "tap.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -157,6 +158,27 @@ static int source_filter_passes(herald_source *src, const char *json, size_t len
   return pass;
 }
 
+/* `herald tap`: an event as it leaves its source (data up to 64 KiB inline). */
+static void tap_event(herald_source *src, const herald_event *ev, const char *json, size_t len) {
+  herald_buf f = HERALD_BUF_INIT;
+  herald_buf_puts(&f, "\"eventSourceName\":");
+  herald_buf_json_string(&f, src->es_name, strlen(src->es_name));
+  herald_buf_puts(&f, ",\"eventName\":");
+  herald_buf_json_string(&f, src->event_name, strlen(src->event_name));
+  herald_buf_puts(&f, ",\"type\":");
+  herald_buf_json_string(&f, src->type->name, strlen(src->type->name));
+  herald_buf_puts(&f, ",\"eventID\":");
+  herald_buf_json_string(&f, ev->id, strlen(ev->id));
+  if (len <= 65536) {
+    herald_buf_puts(&f, ",\"data\":");
+    herald_buf_append(&f, json, len);
+  } else {
+    herald_buf_printf(&f, ",\"dataBytes\":%zu", len);
+  }
+  herald_tap_record(src->engine, "event", src->es_name, NULL, NULL, ev->id, herald_buf_cstr(&f));
+  herald_buf_free(&f);
+}
+
 int herald_source_emit(herald_source *src, const char *json, size_t len, herald_bus_publish_cb cb,
                        void *cbdata) {
   return herald_source_emit_id(src, NULL, json, len, cb, cbdata);
@@ -181,6 +203,8 @@ int herald_source_emit_id(herald_source *src, const char *id, const char *json, 
   c->cbdata = cbdata;
   c->start_ns = ev->received_mono_ns;
   int r = herald_bus_publish(src->engine->bus, ev, emit_done, c);
+  if (r == 0 && herald_tap_on(src->engine) && herald_tap_wants(src->engine, ev->id, 1))
+    tap_event(src, ev, json, len);
   herald_event_unref(ev); /* the bus holds its own reference */
   if (r < 0) {
     free(c);

@@ -40,7 +40,7 @@ function _M.man(cli)
     out[#out + 1] = ".B herald " .. roff(h[1]:gsub("\n%s*herald ", "\n.br\n.B herald "))
     out[#out + 1] = roff(h[2])
   end
-  for _, g in ipairs({ "run", "lint", "test", "emit", "repl", "limits" }) do
+  for _, g in ipairs({ "run", "lint", "test", "emit", "tap", "repl", "limits" }) do
     out[#out + 1] = ".SH " .. roff(cli.option_titles[g]:upper())
     out[#out + 1] = ".nf"
     out[#out + 1] = roff(cli.options[g]:gsub("\n$", ""))

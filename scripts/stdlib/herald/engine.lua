@@ -90,10 +90,50 @@ end
 
 --- Compiles a Sensor object for the engine: the compiled sensor, or nil, err.
 local function compile(obj)
-  -- at debug level the filters also record why they said no (the --explain code), so each
-  -- discard line says what a filter got and wanted
-  return compiler.load(obj, { locate = locate_with(obj), engine = true,
-                              explain = core.log_enabled("debug") })
+  -- the filters can also record why they said no (the --explain code: one `if trace` per
+  -- filter when nobody asks), for debug lines and herald tap's verdicts
+  return compiler.load(obj, { locate = locate_with(obj), engine = true, explain = true })
+end
+
+-- herald tap: records are made only while a reader is attached (core.tap_flag, read through
+-- FFI so the per-event check stays inside the JIT's traces)
+local int_ptr = ffi.typeof("int *")
+local tap_on
+local function tap_flag()
+  if not tap_on then
+    local p = ffi.cast(int_ptr, core.tap_flag())
+    tap_on = function() return p[0] ~= 0 end
+  end
+  return tap_on
+end
+
+local function tap_verdict(sensor_name, dep, event, passed, reason, is_error)
+  local T = require "herald.testing"
+  local ctx = event.context
+  local rec = { sensorName = sensor_name, dependencyName = dep.name, eventID = ctx.id,
+    eventSourceName = ctx.source, eventName = ctx.subject, passed = passed, error = is_error or nil }
+  if not passed then
+    local trace = {}
+    if dep.filter and not is_error then pcall(dep.filter, event, trace) end
+    rec.filters = #trace > 0 and trace or nil
+    rec.reason = reason
+  end
+  local body = T.encode(rec)
+  core.tap_record("verdict", ctx.source, sensor_name, nil, ctx.id, body:sub(2, -2))
+end
+
+local function tap_firing(sensor_name, trig, action, events)
+  local T = require "herald.testing"
+  local ids, first = {}, nil
+  for dep, ev in pairs(events) do
+    ids[dep] = ev.context.id
+    first = first or ev.context.id
+  end
+  if first and not core.tap_wants(first) then return end
+  local ok, desc = pcall(T.describe_action, trig, action)
+  local body = T.encode({ sensorName = sensor_name, triggerName = trig.name, events = ids,
+    action = ok and desc or nil })
+  core.tap_record("firing", nil, sensor_name, trig.name, first, body:sub(2, -2))
 end
 
 --- Why a dependency's filters said no, from their trace (debug level only: re-runs them).
@@ -303,10 +343,15 @@ local function build_sensor(obj, subs)
       if not ok then core.log("error", logger .. "/trigger:" .. trig.name, "cannot clear the dependency state: " .. tostring(perr)) end
     end
   end
+  local tapping = tap_flag()
   local rt = runtime.new(sensor, {
     store = store,
     clear = clear,
+    pass = function(dep, event)
+      if tapping() and core.tap_wants(event.context.id) then tap_verdict(sensor.name, dep, event, true) end
+    end,
     fire = function(trig, action, events)
+      if tapping() then tap_firing(sensor.name, trig, action, events) end -- (sampled inside)
       if trig.skip == "dry-run" then return print_dry_run(sensor, trig, action, events) end
       if trig.skip == "no-cluster" then -- said once at start; each firing only counts
         core.metric_add(trig.failed_metric)
@@ -332,6 +377,7 @@ local function build_sensor(obj, subs)
           { sensorName = sensor.name, dependencyName = dep.name, eventID = event.context.id,
             eventSourceName = event.context.source, eventName = event.context.subject })
       end
+      if tapping() and core.tap_wants(event.context.id) then tap_verdict(sensor.name, dep, event, false, why, is_error) end
       filtered[dep.name]()
     end,
     action_error = function(trig, aerr)

@@ -27,6 +27,8 @@ commands:
                      run the *_test.yaml sensor tests in PATH (files or folders)
   emit --source ES --event NAME --data JSON|@FILE [--admin-addr A] [--admin-token-file F]
                      hand an event to a running `herald run`, as if the EventSource made it
+  tap [--source ES] [--sensor S] [--trigger T] [--sample N] [--format text|json]
+                     watch a running engine live: events, verdicts, firings, outcomes
   repl [SENSOR] [--events EVENTS.jsonl] [-e CODE]
                      an interactive Lua prompt with the sensor and events loaded
   lua FILE [ARG...]  run a Lua file with Herald's stdlib (for scripting and benchmarks)
@@ -103,6 +105,20 @@ local OPTIONS = {
   --admin-addr HOST:PORT   the running engine's admin endpoint (default 127.0.0.1:7778)
   --admin-token-file FILE  its bearer token (default $XDG_STATE_HOME/herald/admin-token)
 ]],
+  tap = [[
+  --source ES, --sensor S, --trigger T
+                           only the records of that EventSource, Sensor or trigger
+  --kind K[,K...]          event | verdict | firing | outcome (default all)
+  --sample N               one event in N (chosen by event id: its verdicts, firings and
+                           outcome come with it)
+  --format text|json       a readable line, or the JSON record (default: text on a
+                           terminal, else json)
+  --count N                stop after N records
+  --admin-addr HOST:PORT   the running engine's admin endpoint (default 127.0.0.1:7778)
+  --admin-token-file FILE  its bearer token (default $XDG_STATE_HOME/herald/admin-token)
+  The engine keeps the last 8192 records while a tap is attached; a reader that falls behind
+  is told how many it missed, and never slows the engine.
+]],
   repl = [[
   --events FILE            CloudEvents (JSON lines) to load as `events`
   -e CODE                  run CODE and exit instead of prompting
@@ -126,6 +142,7 @@ local COMMAND_HELP = {
   compile = { "compile FILE", "Prints the Lua a Sensor compiles to.", { "limits" } },
   test = { "test SENSOR --events FILE|- [--explain] [--expect FILE] [--update]\n       herald test PATH... [--explain] [--junit FILE]", "Runs a sensor on events in dry run (one JSON line per firing), or the *_test.yaml sensor tests under PATH.", { "test", "limits" } },
   emit = { "emit --source ES --event NAME --data JSON|@FILE [options]", "Hands an event to a running `herald run`, as if the EventSource made it.", { "emit" } },
+  tap = { "tap [--source ES] [--sensor S] [--trigger T] [--kind K,...] [--sample N] [--format text|json]", "Attaches to a running engine and prints, live, the events leaving each source, each dependency's verdict with every filter's reason, the firings with their rendered action, and each action's outcome.", { "tap" } },
   repl = { "repl [SENSOR] [--events FILE] [-e CODE]", "An interactive Lua prompt with the sensor and events loaded (docs/repl.md).", { "repl", "limits" } },
   lua = { "lua FILE [ARG...]", "Runs a Lua file with Herald's stdlib (for scripting and benchmarks).", {} },
   version = { "version", "Prints the version.", {} },
@@ -133,15 +150,15 @@ local COMMAND_HELP = {
   man = { "man", "Prints the man page herald(1) (roff), made from this help.", {} },
   completion = { "completion bash|zsh|fish", "Prints a shell completion script for herald.", {} },
 }
-local COMMAND_NAMES = { "run", "eventsource", "sensor", "lint", "compile", "test", "emit", "repl", "lua",
+local COMMAND_NAMES = { "run", "eventsource", "sensor", "lint", "compile", "test", "emit", "tap", "repl", "lua",
   "version", "help", "man", "completion" }
 
 local OPTION_TITLES = { run = "options (run, eventsource, sensor)", lint = "options (lint)",
-  test = "options (test)", emit = "options (emit)", repl = "options (repl)",
+  test = "options (test)", emit = "options (emit)", tap = "options (tap)", repl = "options (repl)",
   limits = "options (run, eventsource, sensor, lint, compile, test, repl)" }
 
 local USAGE = COMMANDS_HELP .. "\n"
-for _, g in ipairs({ "run", "lint", "test", "emit", "repl", "limits" }) do
+for _, g in ipairs({ "run", "lint", "test", "emit", "tap", "repl", "limits" }) do
   USAGE = USAGE .. OPTION_TITLES[g] .. ":\n" .. OPTIONS[g]
 end
 
@@ -170,6 +187,8 @@ local VALUE_FLAGS = {
   ["--spec-limits"] = "spec_limits",
   ["--bus-dir"] = "bus_dir", ["--state-dir"] = "state_dir",
   ["--max-message-bytes"] = "max_message_bytes", ["--junit"] = "junit",
+  ["--sensor"] = "sensor", ["--trigger"] = "trigger", ["--sample"] = "sample", ["--kind"] = "kind",
+  ["--format"] = "format", ["--count"] = "count",
 }
 local NUMBER_OPTS = { bus_capacity = true, drain_timeout = true, http_header_timeout = true,
   http_body_timeout = true, http_idle_timeout = true, http_body_deadline = true,
@@ -436,17 +455,107 @@ local function cmd_emit(_, opts)
   token = token:gsub("%s+$", "")
   local function q(s) return (s:gsub("[^%w%-_.~]", function(c) return ("%%%02X"):format(c:byte()) end)) end
   local url = ("http://%s/emit?source=%s&event=%s"):format(opts.admin_addr or "127.0.0.1:7778", q(opts.source), q(opts.event))
+  local addr = opts.admin_addr or "127.0.0.1:7778"
   local status, body = core.http_post(url, data, token, 10)
   if not status then
-    eprint("herald emit: ", body)
+    eprint(("error: herald emit: cannot reach the admin endpoint at %s: %s (is `herald run` running, with --admin-addr %s?)"):format(
+      addr, body, addr))
     return 1
   end
   if status ~= 200 then
-    eprint(("herald emit: %d %s"):format(status, (body or ""):gsub("%s+$", "")))
+    eprint(("error: herald emit: %s answered %d %s"):format(addr, status, (body or ""):gsub("%s+$", "")))
     return 1
   end
   io.stdout:write(body)
   return 0
+end
+
+--- One tap record as a line for a person.
+local function tap_text(r)
+  local function s(v) return v == nil and "" or tostring(v) end
+  local t = s(r.ts):match("T([%d:.]+)") or ""
+  t = t:sub(1, 12)
+  if r.kind == "event" then
+    return ("%s event   %s/%s id=%s %s"):format(t, s(r.eventSourceName), s(r.eventName), s(r.eventID),
+      r.data ~= nil and require("herald.testing").encode(r.data) or ("(" .. s(r.dataBytes) .. " bytes)"))
+  elseif r.kind == "verdict" then
+    local why = ""
+    if not r.passed then
+      local parts = {}
+      for _, f in ipairs(r.filters or {}) do
+        if not f.passed then parts[#parts + 1] = ("%s[%s]: %s"):format(s(f.kind), s(f.index), s(f.reason)) end
+      end
+      why = ": " .. (#parts > 0 and table.concat(parts, "; ") or s(r.reason))
+    end
+    return ("%s verdict %s/%s event=%s %s%s"):format(t, s(r.sensorName), s(r.dependencyName), s(r.eventID),
+      r.passed and "passed" or (r.error and "error" or "discarded"), why)
+  elseif r.kind == "firing" then
+    local ids = {}
+    for d, id in pairs(r.events or {}) do ids[#ids + 1] = d .. "=" .. s(id) end
+    table.sort(ids)
+    return ("%s firing  %s/%s events=%s action=%s"):format(t, s(r.sensorName), s(r.triggerName),
+      table.concat(ids, ","), r.action ~= nil and require("herald.testing").encode(r.action) or "?")
+  elseif r.kind == "outcome" then
+    return ("%s outcome %s/%s %s (attempt %s of %s, %.1f ms)%s%s"):format(t, s(r.sensorName), s(r.triggerName),
+      s(r.status), s(r.attempt), s(r.attempts), tonumber(r.durationMs) or 0,
+      r.reason and (": " .. s(r.reason)) or "", r.deadLettered and " -> dlqTrigger" or "")
+  end
+  return require("herald.testing").encode(r)
+end
+
+--- herald tap: attach to a running engine and print what happens, live.
+local function cmd_tap(_, opts)
+  local token_path = core.admin_token_path(opts.admin_token_file)
+  local token = core.read_file(token_path)
+  local addr = opts.admin_addr or "127.0.0.1:7778"
+  if not token then
+    eprint("error: herald tap: cannot read the admin token from ", token_path,
+      " (is `herald run` running here, with the same --admin-token-file?)")
+    return 2
+  end
+  token = token:gsub("%s+$", "")
+  local fmt_ = opts.format or (core.isatty and core.isatty(1) and "text" or "json")
+  if fmt_ ~= "json" and fmt_ ~= "text" then
+    eprint("error: herald tap: --format: expected json or text, got ", fmt_)
+    return 2
+  end
+  local function q(v) return (tostring(v):gsub("[^%w%-_.~,]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+  local filters = ""
+  for _, k in ipairs({ "source", "sensor", "trigger", "sample", "kind" }) do
+    if opts[k] then filters = filters .. "&" .. k .. "=" .. q(opts[k]) end
+  end
+  local cjson = require "cjson"
+  local after = nil -- the first request asks only where the engine is: a tap starts at now
+  local limit = tonumber(opts.count) -- stop after this many records (scripts, tests)
+  local seen = 0
+  while true do
+    local url = after and ("http://%s/tap?after=%d%s"):format(addr, after, filters)
+      or ("http://%s/tap?after=0&kind=none"):format(addr)
+    local status, body = core.http_get(url, token, 5)
+    if not status then
+      eprint(("error: herald tap: cannot reach the admin endpoint at %s: %s"):format(addr, body))
+      return 1
+    end
+    if status ~= 200 then
+      eprint(("error: herald tap: %s answered %d %s"):format(addr, status, (body or ""):gsub("%s+$", "")))
+      return 1
+    end
+    for line in body:gmatch("[^\n]+") do
+      local ok, r = pcall(cjson.decode, line)
+      if ok and r.kind == "cursor" then
+        if not after then eprint(("tap: attached to %s (Ctrl-C ends)"):format(addr)) end
+        if after and r.dropped and r.dropped > 0 then
+          eprint(("tap: %d record(s) dropped: this reader fell behind (filter, or --sample N)"):format(r.dropped))
+        end
+        after = r.next
+      elseif ok and after and not (limit and seen >= limit) then
+        io.stdout:write(fmt_ == "text" and tap_text(r) or line, "\n")
+        seen = seen + 1
+      end
+    end
+    io.stdout:flush()
+    if limit and seen >= limit then return 0 end
+  end
 end
 
 --- kind: nil (run everything), "EventSource" or "Sensor" (component mode, see cmd_component).
@@ -799,6 +908,7 @@ function _M.main(argv)
   if cmd == "compile" then return cmd_compile(paths) end
   if cmd == "test" then return cmd_test(paths, opts) end
   if cmd == "emit" then return cmd_emit(paths, opts) end
+  if cmd == "tap" then return cmd_tap(paths, opts) end
   if cmd == "repl" then
     jit.on()
     return require("herald.repl").main(paths, opts)

@@ -14,6 +14,7 @@ local pcall, tostring = pcall, tostring
 ---@class herald.SensorHooks
 ---@field fire fun(trig: table, action: table, events: table)        an action to execute
 ---@field discard fun(dep: table, event: table, why: string, is_error: boolean)  filtered or failed
+---@field pass? fun(dep: table, event: table)                      optional: the event passed dep
 ---@field action_error fun(trig: table, err: string, events: table)  the action could not be built
 ---@field store? fun(trig: table, dep_name: string, event: table)  optional: persist a held event
 ---@field clear? fun(trig: table, state: table)                  optional: forget the held events
@@ -53,6 +54,7 @@ function _M.new(sensor, hooks)
 
   --- Runs one event through dependency `dep` (an entry of sensor.dependencies), for every
   --- trigger listening to it, or only for `only` (a trigger with its own subscription).
+  local pass_hook = hooks.pass -- optional: every event a dependency accepted (herald tap)
   function rt.on_event(dep, event, only)
     local transform, filter = dep.transform, dep.filter
     if transform then
@@ -71,6 +73,7 @@ function _M.new(sensor, hooks)
         return
       end
     end
+    if pass_hook then pass_hook(dep, event) end
     if only then return offer(only, dep.name, event) end
     local ls = listeners[dep.name]
     if not ls then return end
