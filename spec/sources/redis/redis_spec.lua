@@ -207,6 +207,16 @@ describe("redis source", function()
     p:stop()
   end)
 
+  it("examples/redis: lints clean and its sensor test passes", function()
+    local dir = H.source_dir .. "/examples/redis"
+    local code, out, err = H.run { "lint", "--strict", dir }
+    assert.equal(0, code, out .. err)
+    assert.matches("^2 object%(s%) valid", out)
+    local tcode, tout = H.run { "test", dir }
+    assert.equal(0, tcode, tout)
+    assert.matches("passed, 0 failed\n$", tout)
+  end)
+
   it("lint: Argo's validator's rules and host:port", function()
     local dir = H.tmpdir()
     H.write(dir .. "/es.yaml", es("localhost", "      password: {name: p, key: k}\n      tls: {insecureSkipVerify: false}\n"))
