@@ -133,6 +133,27 @@ static void put_headers(herald_buf *b, natsMsg *m) {
   herald_buf_putc(b, '}');
 }
 
+/* A valid JSON text without the blanks between tokens, as Go's json.Marshal writes a
+ * json.RawMessage (as source_kit's herald_source_put_body, which runs on the loop): a
+ * pretty-printed body or a trailing newline would otherwise reach one-line consumers. */
+static void append_compact(herald_buf *b, const char *p, size_t len) {
+  size_t from = 0;
+  int in_str = 0;
+  for (size_t i = 0; i < len; i++) {
+    char ch = p[i];
+    if (in_str) {
+      if (ch == '\\') i++;
+      else if (ch == '"') in_str = 0;
+    } else if (ch == '"') {
+      in_str = 1;
+    } else if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t') {
+      if (i > from) herald_buf_append(b, p + from, i - from);
+      from = i + 1;
+    }
+  }
+  if (len > from) herald_buf_append(b, p + from, len - from);
+}
+
 /* The item for message m (which the caller keeps or destroys), b a scratch buffer. */
 static nitem *make_item(nstate *st, natsMsg *m, herald_buf *b) {
   const char *data = natsMsg_GetData(m);
@@ -159,7 +180,7 @@ static nitem *make_item(nstate *st, natsMsg *m, herald_buf *b) {
   herald_buf_json_string(b, subj, strlen(subj));
   herald_buf_puts(b, ",\"body\":");
   if (st->json_body) {
-    herald_buf_append(b, data, len);
+    append_compact(b, data, len);
   } else {
     herald_buf_putc(b, '"');
     herald_buf_base64(b, data, len);

@@ -131,14 +131,15 @@ describe("nats event source", function()
       c:pub("orders.new", '{"type": "order.created", "n": 1}', { ["X-Id"] = "1", multi = { "a", "b" } })
       c:pub("orders.new", "not json {")                       -- jsonBody: counted, dropped
       c:pub("orders.new", '{"pad":"' .. ("x"):rep(600) .. '"}') -- over 512 bytes: dropped
-      c:pub("orders.new", '{"n": 2}')
+      c:pub("orders.new", '{\n  "n": 2,\n  "s": "a b"\n}\n') -- pretty-printed: compacted, as Go writes it
       c:pub("raw.a.b", "\0\1binary\255")
       c:pub("jobs", "j1")
       assert(c:flush())
       local f1 = wait_firings_of(p, "s1", 2)
       assert.same({ subject = "orders.new", body = { type = "order.created", n = 1 },
         header = { ["X-Id"] = { "1" }, multi = { "a", "b" } }, metadata = { team = "shop", tier = "1" } }, f1[1].data)
-      assert.same({ subject = "orders.new", body = { n = 2 }, metadata = { team = "shop", tier = "1" } }, f1[2].data)
+      assert.same({ subject = "orders.new", body = { n = 2, s = "a b" }, metadata = { team = "shop", tier = "1" } }, f1[2].data)
+      assert.truthy(p:output("stdout"):find('"body":{"n":2,"s":"a b"}', 1, true))
       local f2 = wait_firings_of(p, "s2", 1)
       assert.same({ subject = "raw.a.b", body = b64("\0\1binary\255") }, f2[1].data)
       local f3 = wait_firings_of(p, "s3", 1)
