@@ -135,7 +135,8 @@ function _M.start(H)
     az.proc:wait_for("successfully listens", { timeout = 60, stream = "stdout" })
   end
   function az.stop()
-    if az.proc then az.proc:kill() end
+    -- SIGTERM: azurite saves its store on the way out (a SIGKILL loses what it had not saved)
+    if az.proc then az.proc:stop() end
     az.proc = nil
   end
   az.launch()
