@@ -79,6 +79,22 @@ describe("azureQueueStorage source", function()
     assert.equal(3, #H.firings(p))
   end)
 
+  it("takes a connection string with a shared access signature instead of the key", function()
+    if not az then return pending(why) end
+    az.create_queue("sas-queue")
+    local dir = dir_with_secret()
+    H.write(dir .. "/secrets/az/cs", az.sas_connection_string())
+    H.write(dir .. "/aq.yaml", es("aq", "    ev:\n      connectionString: {name: az, key: cs}\n      queueName: sas-queue\n") .. "---\n" .. log_sensor())
+    az.put("sas-queue", { "via-sas" })
+    local p = run(dir)
+    p:wait_for("shared access signature", { timeout = 10 })
+    local f = H.wait_firings(p, 1, 15)
+    assert.equal("via-sas", (mime.unb64(f[1].events.d.data.body)))
+    H.wait_until(function() return az.count("sas-queue") == 0 end, 10, "deleted with the SAS")
+    assert.equal(0, p:stop())
+    assert.is_nil(p:output("stderr"):find("sig=", 1, true)) -- the signature is never logged
+  end)
+
   it("decodeMessage and jsonBody: base64 JSON as JSON; bad ones counted and deleted, or kept with dlq", function()
     if not az then return pending(why) end
     az.create_queue("json-queue")
