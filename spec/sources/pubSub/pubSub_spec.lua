@@ -23,7 +23,9 @@ local function sink_sensor(port)
           payload:
             - src: {dependencyName: d, dataKey: id}
               dest: id
-]]):format(port) } } }
+]]):format(port), -- at least once: "loses nothing" holds only if the bus delivery is acked after
+  -- the HTTP action (with Argo's default at-most-once an action in flight at the kill is lost)
+  extra = "      atLeastOnce: true\n" } } }
 end
 
 describe("pubSub source", function()
