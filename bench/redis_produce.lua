@@ -25,12 +25,20 @@ local function cmd(i, t)
   return fmt("*3\r\n$7\r\nPUBLISH\r\n$5\r\nbench\r\n$%d\r\n%s\r\n", #body, body)
 end
 
-local total, sent = math.floor(rate * dur), 0
+local total, sent, unheard = math.floor(rate * dur), 0, 0
+-- PUBLISH answers how many subscribers got the message: count the ones nobody heard
+local function count_unheard(data)
+  if mode ~= "publish" or not data then return end
+  local _, n = data:gsub(":0\r\n", "") -- ":10\r\n" does not match: the colon comes first
+  unheard = unheard + n
+end
 local function drain()
   c:settimeout(0)
   while true do
-    local _, err, part = c:receive(65536)
-    if err or not part or #part == 0 then break end
+    local data, err, part = c:receive(65536)
+    data = data or part
+    count_unheard(data)
+    if err or not data or #data == 0 then break end
   end
 end
 local function send(s)
@@ -68,7 +76,9 @@ local tail, deadline = "", now() + 30
 while not tail:find("bench-done!", 1, true) and now() < deadline do
   local data, err, part = c:receive(65536)
   data = data or part
+  count_unheard(data)
   if err and err ~= "timeout" then error(err) end
   tail = (tail .. (data or "")):sub(-64)
 end
-io.stdout:write(fmt("sent=%d seconds=%.2f\n", sent, now() - t0))
+io.stdout:write(fmt("sent=%d seconds=%.2f%s\n", sent, now() - t0,
+  mode == "publish" and fmt(" unheard=%d", unheard) or ""))
