@@ -42,6 +42,9 @@
 #define GET_MAX 32            /* the most a Get Messages returns */
 #define VISIBILITY_S 120      /* Argo's visibilityTimeout (HERALD_AZQ_VISIBILITY_S: specs) */
 #define MAX_OUTSTANDING 512
+#define DEL_MAX 16            /* deletes in flight: more would queue the receives behind them
+                                 in the origin's curl lane (and a storage account's partition
+                                 serves them one by one anyway) */
 #define API_TIMEOUT_MS 30000L
 #define STOP_FLUSH_MS 2000
 #define API_VERSION "2018-03-28"
@@ -62,6 +65,7 @@ struct qmsg {
   cloud_req del;      /* its delete */
   int emitted, deleting;
   int bad;            /* not an event (being deleted, or dropped): emit_held passes it by */
+  qmsg *dnext;        /* waiting for its delete to start */
 };
 
 enum { ST_IDLE, ST_RUNNING, ST_WAIT, ST_STOPPING };
@@ -86,6 +90,7 @@ struct aqs {
   herald_backoff backoff;
   int state, closing;
   qmsg *head, *tail, *held;
+  qmsg *dq_head, *dq_tail; /* on the bus, waiting for a delete slot */
   uint32_t outstanding, inflight_emits, deletes;
   int waiting_room, stable_ids;
   uint64_t stop_deadline_ns;
@@ -400,6 +405,8 @@ static void free_msg(qmsg *m) {
   free(m);
 }
 
+static void start_delete(aqs *q, qmsg *m);
+
 static void on_deleted(cloud_req *r, long status, CURLcode rc) {
   qmsg *m = r->data;
   aqs *q = m->q;
@@ -412,11 +419,28 @@ static void on_deleted(cloud_req *r, long status, CURLcode rc) {
   }
   unlink_msg(q, m);
   free_msg(m);
+  while (q->deletes < DEL_MAX && q->dq_head) {
+    qmsg *n = q->dq_head;
+    q->dq_head = n->dnext;
+    if (!q->dq_head) q->dq_tail = NULL;
+    start_delete(q, n);
+  }
   if (q->state == ST_RUNNING) get_more(q);
 }
 
-/* Deletes m from the queue (it then leaves the outstanding list), or drops it here. */
+/* Deletes m from the queue (it then leaves the outstanding list), at once or when a slot frees. */
 static void delete_msg(aqs *q, qmsg *m) {
+  if (q->deletes >= DEL_MAX) {
+    m->dnext = NULL;
+    if (q->dq_tail) q->dq_tail->dnext = m;
+    else q->dq_head = m;
+    q->dq_tail = m;
+    return;
+  }
+  start_delete(q, m);
+}
+
+static void start_delete(aqs *q, qmsg *m) {
   herald_buf path = HERALD_BUF_INIT, query = HERALD_BUF_INIT;
   herald_buf_printf(&path, "/%s/messages/", q->queue);
   herald_sigv4_uri_encode(&path, m->msg_id, strlen(m->msg_id), 0);
@@ -682,7 +706,7 @@ static void on_closed(uv_handle_t *h) {
 static void on_flush_wait(uv_timer_t *t) {
   aqs *q = t->data;
   if (q->inflight_emits) return;
-  if (q->deletes && herald_mono_ns() < q->stop_deadline_ns) return;
+  if ((q->deletes || q->dq_head) && herald_mono_ns() < q->stop_deadline_ns) return;
   uv_timer_stop(t);
   for (qmsg *m = q->head; m; m = m->next) cloud_req_cancel(&m->del);
   q->closing = 2 + GETS;
