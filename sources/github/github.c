@@ -479,7 +479,9 @@ static void hooks_stopped(herald_hooks *h) {
 static void github_stop(herald_source *src, herald_source_stop_cb done) {
   github *g = src->priv;
   g->stop_done = done;
-  int hooks = !g->hooks_stopped;
+  /* hooks that never started (start failed, or the engine's did) have nothing to stop */
+  int hooks = g->hooks.timer_open;
+  if (!hooks) g->hooks_stopped = 1;
   herald_whctx_stop(&g->ctx, ctx_stopped);
   if (hooks) herald_hooks_stop(&g->hooks, hooks_stopped);
 }

@@ -322,7 +322,9 @@ static void hooks_stopped(herald_hooks *h) {
 static void stripe_stop(herald_source *src, herald_source_stop_cb done) {
   stripe *s = src->priv;
   s->stop_done = done;
-  int hooks = !s->hooks_stopped;
+  /* hooks that never started (start failed, or the engine's did) have nothing to stop */
+  int hooks = s->hooks.timer_open;
+  if (!hooks) s->hooks_stopped = 1;
   herald_whctx_stop(&s->ctx, ctx_stopped);
   if (hooks) herald_hooks_stop(&s->hooks, hooks_stopped);
 }
