@@ -85,7 +85,7 @@ local EXPECTED = {
     'typo.yaml:8:7: warning: spec.dependencies[0]: no loaded EventSource "orders" defines event "new-order" (it may run elsewhere)',
   } },
   ["unsupported-source.yaml"] = { code = 1, stdout = '', stderr = {
-    'unsupported-source.yaml:7:3: spec.minio: not supported by Herald yet (minio event source)',
+    'unsupported-source.yaml:7:3: spec.emitter: not supported by Herald yet (Emitter event source)',
   } },
   ["webhook-service-port.yaml"] = { code = 0, stdout = '1 object(s) valid', stderr = {
   } },
