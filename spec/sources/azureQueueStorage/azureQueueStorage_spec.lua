@@ -138,7 +138,7 @@ describe("azureQueueStorage source", function()
     if not az then return pending(why) end
     az.create_queue("restart-queue")
     local dir = dir_with_secret()
-    H.write(dir .. "/aq.yaml", es("aq", "    ev:\n      connectionString: {name: az, key: cs}\n      queueName: restart-queue\n      waitTimeInSeconds: 0\n") .. "---\n" .. log_sensor())
+    H.write(dir .. "/aq.yaml", es("aq", "    ev:\n      connectionString: {name: az, key: cs}\n      queueName: restart-queue\n      waitTimeInSeconds: 1\n") .. "---\n" .. log_sensor())
     local a, b = {}, {}
     for i = 1, 20 do a[i], b[i] = "a" .. i, "b" .. i end
     az.put("restart-queue", a)
