@@ -30,7 +30,8 @@
 
 #define PING_S 10                /* minio-go asks MinIO for a keep-alive every 10 s */
 #define IDLE_MS (3 * PING_S * 1000) /* silent this long: the stream is dead */
-#define HOLD_MAX 1000            /* events waiting for the bus before the stream is paused */
+#define HOLD_MAX 1000            /* events waiting for the bus before the stream is paused
+                                    (HERALD_MINIO_HOLD_MAX: specs) */
 #define LASTED_MS 2000           /* a stream that lasted this long ends by reconnecting at once */
 
 typedef struct mev mev;
@@ -59,7 +60,7 @@ typedef struct minio {
   int state, paused, waiting_room, closing, got_data;
   uint64_t started_ns, last_ns;
   mev *held, *held_tail;  /* events waiting for room on the bus, in order */
-  uint32_t nheld, inflight;
+  uint32_t nheld, inflight, hold_max;
   herald_source_stop_cb stop_done;
 } minio;
 
@@ -104,6 +105,8 @@ static int minio_init(herald_source *src, lua_State *L, int cfg_idx) {
   m->metadata_json = herald_cfg_metadata_json(L, cfg_idx);
   if (m->metadata_json && strcmp(m->metadata_json, "{}") == 0) free_str(&m->metadata_json);
   herald_backoff_init(&m->backoff, NULL, 0, NULL);
+  const char *hm = getenv("HERALD_MINIO_HOLD_MAX"); /* test-only: reach the pause with few events */
+  m->hold_max = hm && atoi(hm) > 0 ? (uint32_t)atoi(hm) : HOLD_MAX;
   if (!m->endpoint || !m->bucket) {
     herald_log(&src->log, HLOG_ERROR, "minio: endpoint and bucket.name are needed");
     return HERALD_EINVAL;
@@ -197,7 +200,8 @@ static void emit_held(minio *m) {
     free(e->data);
     free(e);
   }
-  if (m->paused && m->nheld < HOLD_MAX / 2 && m->state == ST_LISTENING) {
+  if (m->paused && m->nheld < m->hold_max / 2 + 1 && m->state == ST_LISTENING) {
+    herald_log(&m->src->log, HLOG_DEBUG, "the stream resumed (%u notifications wait for the bus)", m->nheld);
     m->paused = 0;
     m->last_ns = herald_mono_ns();
     cloud_req_resume(&m->listen); /* may deliver at once (on_data runs from here) */
@@ -250,7 +254,9 @@ static int on_data(cloud_req *r, const char *p, size_t n) {
     if (m->err_body.len < 4096) herald_buf_append(&m->err_body, p, n);
     return 0;
   }
-  if (m->nheld >= HOLD_MAX) { /* the bus is behind: leave the rest in the socket */
+  if (m->nheld >= m->hold_max) { /* the bus is behind: leave the rest in the socket */
+    if (!m->paused)
+      herald_log(&m->src->log, HLOG_DEBUG, "the stream paused (%u notifications wait for the bus)", m->nheld);
     m->paused = 1;
     return CLOUD_REQ_PAUSE;
   }

@@ -166,6 +166,42 @@ describe("minio source", function()
     assert.equal(40, #H.firings(p))
   end)
 
+  it("holds notifications while the bus is full and pauses the stream, losing none", function()
+    local sink = require("helpers.sink_client").start { delay_ms = 3 }
+    local dir = dir_with_secrets()
+    H.write(dir .. "/mn.yaml", es("mn", ev_yaml(port)) .. "---\n" .. H.sensor { name = "s",
+      deps = { { name = "d", es = "mn", event = "ev" } }, triggers = { { name = "t", body = ([[
+        http:
+          url: http://127.0.0.1:%d/in
+          method: POST
+          payload:
+            - src: {dependencyName: d, dataKey: notification.0.s3.object.key}
+              dest: key
+]]):format(sink.port) } } })
+    -- a bus of 4 and a slow sink: notifications wait in herald, and past 20 the stream is paused
+    -- (the rest stays in the socket) until the bus has room again
+    local p = H.start({ "run", dir .. "/mn.yaml", "--secrets-dir", dir .. "/secrets", "--bus-capacity", "4",
+                        "--log-level", "debug" }, { env = { HERALD_MINIO_HOLD_MAX = "20" } })
+    p:wait_for('"msg":"connected"', { timeout = 10 })
+    local N = 300
+    H.wait_until(function() return control("/control/put?bucket=images&key=k&n=" .. N) == 1 * N end, 10, N .. " sent")
+    p:wait_for("the stream paused", { timeout = 10 })
+    local seen, n, dups
+    H.wait_until(function()
+      seen, n, dups = {}, 0, 0
+      for _, r in ipairs(sink.requests()) do
+        local k = cjson.decode(r.body).key
+        if seen[k] then dups = dups + 1 else seen[k] = true n = n + 1 end
+      end
+      return n >= N
+    end, 30, function() return ("%d at the sink (have %d)\n%s"):format(N, n, p:describe()) end)
+    for i = 1, N do assert.is_true(seen["k" .. i], "k" .. i) end
+    assert.equal(0, dups)
+    assert.is_true(p:count("the stream resumed") >= 1)
+    assert.equal(0, p:stop())
+    sink.stop()
+  end)
+
   it("lint applies Argo's and minio-go's checks", function()
     local dir = H.tmpdir()
     H.write(dir .. "/bad.yaml", es("mn", [[
