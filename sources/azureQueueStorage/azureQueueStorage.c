@@ -494,7 +494,10 @@ static void emit_held(aqs *q) {
     }
     int r = herald_source_emit_id(q->src, q->stable_ids ? m->id : NULL, m->data, m->len, on_emitted, m);
     if (r == HERALD_EBUSFULL) {
-      if (!q->waiting_room && herald_source_when_room(q->src, on_room, q) == 0) q->waiting_room = 1;
+      if (!q->waiting_room && herald_source_when_room(q->src, on_room, q) == 0) {
+        q->waiting_room = 1;
+        herald_log(&q->src->log, HLOG_DEBUG, "the bus is full: receiving stops until it has room");
+      }
       return;
     }
     q->held = m->next;

@@ -204,6 +204,34 @@ describe("azureQueueStorage source", function()
     sink.stop()
   end)
 
+  it("stops receiving while the bus is full and resumes by itself, losing none", function()
+    if not az then return pending(why) end
+    local sink = require("helpers.sink_client").start { delay_ms = 3 }
+    az.create_queue("full-queue")
+    local dir = dir_with_secret()
+    H.write(dir .. "/aq.yaml", es("aq", "    ev:\n      connectionString: {name: az, key: cs}\n      queueName: full-queue\n      waitTimeInSeconds: 1\n") .. "---\n" .. sink_sensor(sink.port))
+    local N = 150
+    local texts = {}
+    for i = 1, N do texts[i] = ("f%04d"):format(i) end
+    assert.equal(N, az.put("full-queue", texts))
+    local p = run(dir, { "--bus-capacity", "4", "--log-level", "debug" })
+    local seen, n, dups
+    H.wait_until(function()
+      seen, n, dups = {}, 0, 0
+      for _, r in ipairs(sink.requests()) do
+        local t = mime.unb64(cjson.decode(r.body).text)
+        if seen[t] then dups = dups + 1 else seen[t] = true n = n + 1 end
+      end
+      return n >= N
+    end, 30, function() return ("%d at the sink (have %d)\n%s"):format(N, n, p:describe()) end)
+    for _, t in ipairs(texts) do assert.is_true(seen[t], t) end
+    assert.equal(0, dups)
+    assert.is_true(p:count("the bus is full: receiving stops") >= 1)
+    H.wait_until(function() return az.count("full-queue") == 0 end, 10, "the queue emptied")
+    assert.equal(0, p:stop())
+    sink.stop()
+  end)
+
   it("lint applies Argo's checks", function()
     local dir = H.tmpdir()
     H.write(dir .. "/bad.yaml", es("aq", [[
