@@ -246,3 +246,41 @@ tests:
     p:kill()
   end)
 end)
+
+describe("script errors", function()
+  it("name the real file line, and hint at common mistakes", function()
+    local dir = H.tmpdir()
+    local sensor = [[
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: s
+spec:
+  dependencies:
+    - name: d
+      eventSourceName: shop
+      eventName: order
+      filters:
+        script: |
+          local t = event.body.total
+          if t > 100 then
+            return event.body.name:uper() == "X"
+          end
+          return false
+  triggers:
+    - template:
+        name: t
+        log: {}
+]]
+    H.write(dir .. "/s.yaml", sensor)
+    H.write(dir .. "/ev.jsonl", '{"source":"shop","subject":"order","data":{"body":{"total":500,"name":"x"}}}\n')
+    local code, _, err = H.run { "test", dir .. "/s.yaml", "--events", dir .. "/ev.jsonl" }
+    assert.equal(1, code)
+    -- line 14 of the file is the `:uper()` line
+    assert.matches("s%.yaml:14: attempt to call method 'uper' %(a nil value%) %(hint: did you mean upper%?%)", err)
+    H.write(dir .. "/s.yaml", (sensor:gsub("if t > 100", "if t != 100")))
+    code, _, err = H.run { "lint", dir .. "/s.yaml" }
+    assert.equal(1, code)
+    assert.matches("s%.yaml:11:9: spec%.dependencies%[0%]%.filters%.script: script does not compile: [^\n]*s%.yaml:13: [^\n]*%(hint: Lua writes \"not equal\" as ~=, not !=%)", err)
+  end)
+end)

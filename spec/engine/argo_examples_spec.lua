@@ -152,7 +152,9 @@ describe("Argo Events examples", function()
     local dir = H.tmpdir()
     H.write(dir .. "/events.jsonl", '{"source":"orders","subject":"new-order","data":{"body":{"n":1}}}\n')
     local code, out, err = H.run{ "test", DIR .. "/retired-fields.yaml", "--events", dir .. "/events.jsonl" }
-    assert.equal(0, code, err)
+    -- the file's other trigger reads a ConfigMap mounted only in a cluster: that error (and
+    -- only that one) is reported and makes the exit status 1
+    assert.is_true(code == 0 or (code == 1 and err:match("^error: [^\n]*trigger from%-configmap: [^\n]*no such file\n$") ~= nil), err)
     local line = require("cjson").decode((out:match("[^\n]+")))
     assert.equal("notify", line.trigger)
     assert.equal("http://127.0.0.1:13103/notify", line.action.url)

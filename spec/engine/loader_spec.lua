@@ -263,7 +263,7 @@ describe("loader", function()
   it("refuses Argo fields Herald does not support yet, never ignoring them", function()
     if not need_yaml() then return end
     assert.same({
-      "unsupported.yaml:6:3: spec.kafka: not supported by Herald yet (Kafka event source)",
+      "unsupported.yaml:6:3: spec.pulsar: not supported by Herald yet (Pulsar event source)",
       "unsupported.yaml:29:9: spec.triggers[0].template.openWhisk: not supported by Herald yet (OpenWhisk triggers)",
     }, strip(load("unsupported.yaml").errors))
   end)
@@ -318,11 +318,10 @@ describe("loader", function()
     if not need_yaml() then return end
     local r = load("duplicates.yaml")
     assert.same({
-      "duplicates.yaml:15:3: spec.sns: not supported by Herald yet (AWS SNS event source)",
-      'duplicates.yaml:16:5: spec.sns.example: event name "example" is already used by spec.webhook.example (event names must be unique across all types in one EventSource)',
-      'duplicates.yaml:29:13: spec.dependencies[1].name: duplicate dependency name "dep" (also spec.dependencies[0])',
-      'duplicates.yaml:37:15: spec.triggers[1].template.name: duplicate trigger name "t" (also spec.triggers[0])',
-      'duplicates.yaml:43:9: metadata.name: Sensor "sensor" is already defined at duplicates.yaml:20:1',
+      'duplicates.yaml:14:5: spec.sns.example: event name "example" is already used by spec.webhook.example (event names must be unique across all types in one EventSource)',
+      'duplicates.yaml:28:13: spec.dependencies[1].name: duplicate dependency name "dep" (also spec.dependencies[0])',
+      'duplicates.yaml:36:15: spec.triggers[1].template.name: duplicate trigger name "t" (also spec.triggers[0])',
+      'duplicates.yaml:42:9: metadata.name: Sensor "sensor" is already defined at duplicates.yaml:19:1',
     }, strip(r.errors))
     assert.equal(2, #r.objects)
   end)

@@ -164,7 +164,7 @@ end
 function _M.transform_script(sensor_name, id, event)
   if event.data == nil then return event end
   local json, err = sandboxes[sensor_name]:transform(id, event.data == null and "{}" or event.raw)
-  if not json then return nil, "script transform: " .. tostring(err) end
+  if not json then return nil, "script transform: " .. _M.lua_hint(tostring(err)) end
   return with_data(event, json)
 end
 
@@ -354,6 +354,32 @@ function _M.on_print(fn)
 end
 
 --- Compiles a script filter in the sensor's sandbox; returns an id or nil, err.
+local HINT_NAMES = { "upper", "lower", "len", "sub", "find", "match", "gmatch", "gsub", "format",
+  "rep", "reverse", "byte", "char", "insert", "remove", "concat", "sort", "unpack", "floor", "ceil",
+  "max", "min", "abs", "sqrt", "huge", "tostring", "tonumber", "pairs", "ipairs", "type", "pcall",
+  "error", "select", "next", "string", "table", "math", "event", "events" }
+
+--- A Lua error message with a hint for the mistakes people make coming from other languages
+--- (`!=`, `&&`, `||`, `uper` for `upper`); source is the script's text.
+function _M.lua_hint(err, source)
+  source = source or ""
+  local hint
+  if source:find("!=", 1, true) and (err:find("near '!'", 1, true) or err:find("'='", 1, true) or err:find("unexpected symbol", 1, true)) then
+    hint = "Lua writes \"not equal\" as ~=, not !="
+  elseif (source:find("&&", 1, true) or source:find("||", 1, true)) then
+    hint = "Lua writes `and` / `or`, not && / ||"
+  else
+    local name = err:match("attempt to call field '([%w_]+)'") or err:match("attempt to call method '([%w_]+)'")
+      or err:match("attempt to call global '([%w_]+)'") or err:match("attempt to index global '([%w_]+)'")
+    if name then
+      local ok, loader = pcall(require, "herald.loader")
+      local s = ok and loader.suggest(name, HINT_NAMES)
+      if s and s ~= name then hint = ("did you mean %s?"):format(s) end
+    end
+  end
+  return hint and (err .. " (hint: " .. hint .. ")") or err
+end
+
 function _M.script(sensor_name, source, chunkname)
   local sb = _M.sandbox(sensor_name)
   return sb:compile(source, chunkname)
@@ -366,7 +392,7 @@ function _M.run_script(sensor_name, id, event)
   if event.data == nil then return true end -- no data at all: passes without running, as in Argo
   local sb = sandboxes[sensor_name]
   local ok, res, returned = sb:filter(id, event.data == null and "{}" or event.raw)
-  if ok == nil then return false, "script filter: " .. tostring(res), true end
+  if ok == nil then return false, "script filter: " .. _M.lua_hint(tostring(res)), true end
   if res == true then return true end
   if returned == "nil" then
     return false, "script returned nil (a script filter passes only when it returns true; is a `return` missing?)"

@@ -170,6 +170,18 @@ function Compiler:const(prefix, code)
 end
 
 --- Raises a compile error positioned at field `key` of table `tbl` (spec path `path`).
+--- A script's text padded with newlines so its line numbers are the spec file's, and the
+--- chunk name that makes Lua's error positions read "file.yaml:LINE:" (the real file line of
+--- the error, not the script's own).
+function Compiler:script_source(tbl, key, text)
+  local line = self.locate(tbl, key)
+  -- (bytecode stays as given, for the sandbox to refuse by its first byte)
+  if not line or line < 1 or text:byte(1) == 27 then return text, nil end
+  -- a block scalar (`script: |`) starts on the next line; a plain one on the key's
+  local first = text:find("\n", 1, true) and line + 1 or line
+  return string.rep("\n", first - 1) .. text, "=" .. self.file
+end
+
 function Compiler:fail(path, tbl, key, msg)
   local line, col = self.locate(tbl, key)
   error({ herald_compile_error = fmt("%s:%d:%d: %s: %s", self.file, line or 0, col or 0, path, msg) }, 0)
@@ -392,9 +404,11 @@ function Compiler:dependency(dep, i)
     self:emit("  transform = function(event) return transform_jq(%s, event) end,", jq)
   elseif tr and tr.script then
     local where = dpath .. ".transform.script"
-    local id, err = rt.script(self.name, tr.script, "=" .. where)
-    if not id then self:fail(where, tr, "script", "script does not compile: " .. tostring(err)) end
-    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(tr.script), self:lit("=" .. where)))
+    local text, chunk = self:script_source(tr, "script", tr.script)
+    chunk = chunk or ("=" .. where)
+    local id, err = rt.script(self.name, text, chunk)
+    if not id then self:fail(where, tr, "script", "script does not compile: " .. rt.lua_hint(tostring(err), tr.script)) end
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(text), self:lit(chunk)))
     self:comment("  -- %s: sandboxed Lua; `event` is the data, the returned table replaces it", where)
     self:emit("  transform = function(event) return transform_script(%s, %s, event) end,", self:lit(self.name), sid)
   end
@@ -485,9 +499,11 @@ function Compiler:dependency(dep, i)
   end
   if filters.script then
     local spath = dpath .. ".filters.script"
-    local id, err = rt.script(self.name, filters.script, "=" .. spath)
-    if not id then self:fail(spath, filters, "script", "script does not compile: " .. tostring(err)) end
-    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(filters.script), self:lit("=" .. spath)))
+    local text, chunk = self:script_source(filters, "script", filters.script)
+    chunk = chunk or ("=" .. spath)
+    local id, err = rt.script(self.name, text, chunk)
+    if not id then self:fail(spath, filters, "script", "script does not compile: " .. rt.lua_hint(tostring(err), filters.script)) end
+    local sid = self:const("SCRIPT", fmt("assert(rt.script(%s, %s, %s))", self:lit(self.name), self:lit(text), self:lit(chunk)))
     self:comment("    -- %s (sandboxed Lua; `event` is the event data). An error fails the dependency.", spath)
     self:comment("    -- an event with no data passes without running the script, as in Argo")
     self:emit("    local script_ok, script_why, script_raised = run_script(%s, %s, event)", self:lit(self.name), sid)
