@@ -90,12 +90,15 @@ describe("reload", function()
       end
     end
     assert.equal(300, accepted)
-    H.wait_until(function()
-      local m = H.metrics(p)
-      return (m['argo_events_action_triggered_total{sensor_name="s",trigger_name="t"}'] or 0) >= 300
-    end, 10, function() return p:describe() end)
-    local m = H.metrics(p)
-    assert.equal(300, m['argo_events_action_triggered_total{sensor_name="s",trigger_name="t"}'])
+    -- counted at the sink: the log trigger's lines on stdout, one per firing of s/t
+    local function delivered() return p:count('"sensorName":"s","triggerName":"t"', "stdout") end
+    H.wait_until(function() return delivered() >= 300 end, 10, function() return p:describe() end)
+    local seen = {}
+    for _, l in ipairs(p:lines("stdout")) do
+      local i = l:match('"sensorName":"s","triggerName":"t".-"body":{"i":(%d+)}')
+      if i then seen[tonumber(i)] = true end
+    end
+    for i = 1, 300 do assert.is_true(seen[i] == true, "event " .. i .. " reached the sink") end
     p:stop()
   end)
 end)

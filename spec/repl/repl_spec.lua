@@ -412,6 +412,33 @@ describe("herald repl (scripted)", function()
     assert.equal("250\n", out)
   end)
 
+  it("shows print() from the sensor's scripts", function()
+    local d = H.tmpdir()
+    H.write(d .. "/s.yaml", [[
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: p
+spec:
+  dependencies:
+    - name: d
+      eventSourceName: shop
+      eventName: order
+      filters:
+        script: |
+          print("total", event.body.total)
+          return true
+  triggers:
+    - template:
+        name: t
+        log: {}
+]])
+    H.write(d .. "/ev.jsonl", '{"source":"shop","subject":"order","id":"x","data":{"body":{"total":7}}}\n')
+    local code, out, err = H.run{ "repl", d .. "/s.yaml", "--events", d .. "/ev.jsonl", "-e", ":filter d" }
+    assert.equal(0, code, err)
+    assert.truthy(out:find("print (sensor p): total\t7", 1, true), out)
+  end)
+
   it("-e runs commands and multi-line chunks", function()
     local code, out, err = H.run{ "repl", dir .. "/sensor.yaml", "--events", dir .. "/events.jsonl", "-e",
       ":next\n:filter large-order\nfor i = 1, 2 do\n  print('i=' .. i)\nend\n:fire ship" }

@@ -180,6 +180,11 @@ function _M.new(opts)
     events = {}, cursor = 0, pending = nil, quit = false,
   }, Repl)
   self:make_env()
+  -- print() in the sensor's own scripts (filters, transforms) shows at the prompt
+  local ok, rt = pcall(require, "herald.rt")
+  if ok and rt.on_print then
+    rt.on_print(function(sensor, line) self:print(("print (sensor %s): %s"):format(sensor, line)) end)
+  end
   return self
 end
 
