@@ -15,6 +15,22 @@
 --   Stripe   (stripe.com/docs/api/webhook_endpoints): GET|POST /v1/webhook_endpoints (form
 --            body: url, enabled_events[]), DELETE /v1/webhook_endpoints/{id};
 --            "Authorization: Bearer T" else 401; the created endpoint carries its `secret`.
+--   Bitbucket Cloud (developer.atlassian.com/cloud/bitbucket/rest/api-group-repositories,
+--            "webhooks"): GET|POST /2.0/repositories/{workspace}/{slug}/hooks (list: a page
+--            {"values": [...], "pagelen", "size", "page"}), GET|PUT|DELETE .../hooks/{uid} (the
+--            uid "{...}", braces escaped or not); "Authorization: Bearer T" or "Basic
+--            base64(user:T)" (user as --user when given) else 401.
+--   Gerrit webhooks plugin (gerrit.googlesource.com/plugins/webhooks, rest-api-config.md):
+--            GET /a/config/server/webhooks~projects/{project}/remotes/ -> {name: config},
+--            GET|PUT|DELETE .../remotes/{name}/ (PUT answers 201 with the config); answers
+--            carry Gerrit's ")]}'" XSSI prefix; "Authorization: Basic base64(user:T)" else 401.
+--   StorageGRID tenant API (docs.netapp.com StorageGRID "tenant management API", /api/v3/org;
+--            the /api/v3 prefix is optional here, as for GitHub):
+--            GET|POST /api/v3/org/endpoints ({"data": [endpoint, ...]}; POST takes displayName,
+--            endpointURI, endpointURN, authType, insecureTLS and answers 201 {"data": endpoint}),
+--            DELETE /api/v3/org/endpoints/{id}, GET|PUT /api/v3/org/containers/{bucket}/notification
+--            ({"notification": "<NotificationConfiguration>...XML"}); "Authorization: Bearer T"
+--            else 401 {"code":401,"message":{"text":...}}.
 --
 --   GET /_state -> {"hooks": {"<collection path>": [hook, ...]}, "calls": [{method, path}]}
 --   --fail N: the first N hook calls answer 500 (to see registration retried).
@@ -32,6 +48,7 @@ do
     elseif k == "--token" then opts.token = v
     elseif k == "--app-id" then opts.app_id = v
     elseif k == "--fail" then opts.fail = tonumber(v)
+    elseif k == "--user" then opts.user = v
     else
       io.stderr:write("vendor_api: unknown option " .. tostring(k) .. "\n")
       os.exit(2)
@@ -182,6 +199,130 @@ local function stripe(req, path)
   return json(405, { error = { message = "Method Not Allowed" } })
 end
 
+local function basic_ok(auth)
+  local b = auth:match("^Basic (.+)$")
+  if not b then return false end
+  local mime = require "mime"
+  local u, p = ((mime.unb64(b)) or ""):match("^([^:]*):(.*)$")
+  return u ~= nil and u ~= "" and p == opts.token and (opts.user == nil or u == opts.user)
+end
+
+local function bitbucket(req, path)
+  local auth = req.headers["authorization"] or ""
+  if auth ~= "Bearer " .. tostring(opts.token) and not basic_ok(auth) then
+    return json(401, { type = "error", error = { message = "Unauthorized" } })
+  end
+  local coll, id = path:match("^(/2%.0/repositories/[^/]+/[^/]+/hooks)/?([^/]*)$")
+  if not coll then return json(404, { type = "error", error = { message = "Resource not found" } }) end
+  id = urldecode(id)
+  hooks[coll] = hooks[coll] or {}
+  if id == "" and req.method == "GET" then
+    return json(200, { pagelen = 100, size = #hooks[coll], page = 1, values = hooks[coll] })
+  end
+  if id == "" and req.method == "POST" then
+    local b = cjson.decode(req.body)
+    if type(b.url) ~= "string" or type(b.events) ~= "table" or #b.events == 0 then
+      return json(400, { type = "error", error = { message = "Bad request", fields = { events = { "required" } } } })
+    end
+    local h = { uuid = ("{00000000-0000-4000-8000-%012d}"):format(next_id), type = "webhook_subscription",
+      url = b.url, description = b.description or "", active = b.active ~= false, events = b.events,
+      subject_type = "repository", subject = { type = "repository", full_name = coll:match("^/2%.0/repositories/(.+)/hooks$") } }
+    next_id = next_id + 1
+    table.insert(hooks[coll], h)
+    return json(201, h)
+  end
+  local i, h
+  for k, x in ipairs(hooks[coll]) do if x.uuid == id then i, h = k, x end end
+  if not h then return json(404, { type = "error", error = { message = "Resource not found" } }) end
+  if req.method == "GET" then return json(200, h) end
+  if req.method == "PUT" then
+    local b = cjson.decode(req.body)
+    for _, k in ipairs{ "url", "description", "active", "events" } do if b[k] ~= nil then h[k] = b[k] end end
+    return json(200, h)
+  elseif req.method == "DELETE" then
+    table.remove(hooks[coll], i)
+    return 204, ""
+  end
+  return json(405, { type = "error", error = { message = "Method not allowed" } })
+end
+
+local XSSI = ")]}'\n"
+
+local function gerrit(req, path)
+  if not basic_ok(req.headers["authorization"] or "") then return 401, "Unauthorized" end
+  local proj, name = path:match("^/a/config/server/webhooks~projects/([^/]+)/remotes/?([^/]*)/?$")
+  if not proj then return 404, "Not found" end
+  local coll = "/a/config/server/webhooks~projects/" .. proj .. "/remotes"
+  name = urldecode(name)
+  hooks[coll] = hooks[coll] or {}
+  local remotes = hooks[coll]
+  if name == "" and req.method == "GET" then
+    local out = setmetatable({}, { __jsontype = "object" })
+    for _, r in ipairs(remotes) do out[r.name] = r.config end
+    return 200, XSSI .. (next(out) and cjson.encode(out) or "{}")
+  end
+  if name == "" then return 405, "Method not allowed" end
+  local i, r
+  for k, x in ipairs(remotes) do if x.name == name then i, r = k, x end end
+  if req.method == "GET" then
+    if not r then return 404, "Not found" end
+    return 200, XSSI .. cjson.encode(r.config)
+  elseif req.method == "PUT" then
+    local b = cjson.decode(req.body)
+    if type(b.url) ~= "string" or b.url == "" then return 400, "url is required" end
+    if r then r.config = b else table.insert(remotes, { name = name, config = b }) end
+    return 201, XSSI .. cjson.encode(b)
+  elseif req.method == "DELETE" then
+    if not r then return 404, "Not found" end
+    table.remove(remotes, i)
+    return 204, ""
+  end
+  return 405, "Method not allowed"
+end
+
+local function sgerr(code, text) return json(code, { code = code, status = "error", message = { text = text } }) end
+
+local function storagegrid(req, path)
+  if (req.headers["authorization"] or "") ~= "Bearer " .. tostring(opts.token) then
+    return sgerr(401, "Unauthorized")
+  end
+  local ecoll = "/org/endpoints"
+  hooks[ecoll] = hooks[ecoll] or {}
+  local eid = path:match("^/org/endpoints/?(.*)$")
+  if eid == "" and req.method == "GET" then return json(200, { status = "success", apiVersion = "3.0", data = hooks[ecoll] }) end
+  if eid == "" and req.method == "POST" then
+    local b = cjson.decode(req.body)
+    if type(b.endpointURN) ~= "string" or type(b.endpointURI) ~= "string" then return sgerr(422, "endpointURI and endpointURN are required") end
+    for _, e in ipairs(hooks[ecoll]) do
+      if e.endpointURN == b.endpointURN then return sgerr(422, "endpoint URN already exists") end
+    end
+    local e = { id = ("%08d-0000-4000-8000-000000000000"):format(next_id), displayName = b.displayName,
+      endpointURI = b.endpointURI, endpointURN = b.endpointURN, authType = b.authType, insecureTLS = b.insecureTLS }
+    next_id = next_id + 1
+    table.insert(hooks[ecoll], e)
+    return json(201, { status = "success", apiVersion = "3.0", data = e })
+  end
+  if eid and req.method == "DELETE" then
+    for k, e in ipairs(hooks[ecoll]) do
+      if e.id == eid then table.remove(hooks[ecoll], k); return 204, "" end
+    end
+    return sgerr(404, "endpoint not found")
+  end
+  local bucket = path:match("^/org/containers/([^/]+)/notification$")
+  if bucket then
+    local coll = path
+    if req.method == "GET" then
+      return json(200, { status = "success", apiVersion = "3.0", data = { notification = hooks[coll] or "" } })
+    elseif req.method == "PUT" then
+      local b = cjson.decode(req.body)
+      if type(b.notification) ~= "string" then return sgerr(422, "notification is required") end
+      hooks[coll] = b.notification
+      return json(200, { status = "success", apiVersion = "3.0", data = { notification = b.notification } })
+    end
+  end
+  return sgerr(404, "not found")
+end
+
 local function answer(req)
   local path = req.path:gsub("%?.*$", "")
   if path == "/_state" then return json(200, { hooks = hooks, calls = calls }) end
@@ -193,6 +334,9 @@ local function answer(req)
   path = path:gsub("^/api/v3", "")
   if path:match("^/api/v4/") then return gitlab(req, path) end
   if path:match("^/v1/webhook_endpoints") then return stripe(req, path) end
+  if path:match("^/2%.0/repositories/") then return bitbucket(req, path) end
+  if path:match("^/a/config/server/webhooks~projects/") then return gerrit(req, path) end
+  if path:match("^/org/") then return storagegrid(req, path) end
   return github(req, path)
 end
 
