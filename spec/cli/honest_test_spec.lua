@@ -181,6 +181,11 @@ tests:
     assert.equal("script returned false, not true", by.a)
     assert.matches("script returned nil", by.b)
     assert.matches("got 3, want > 100", by.c)
+    -- an expression says the values it saw
+    H.write(dir .. "/x.yaml", (SENSOR:gsub("        data:\n          %- path: body.total\n            type: number\n            comparator: \">\"\n            value: %[\"100\"%]",
+      '        exprs:\n          - expr: total > 100\n            fields: [{name: total, path: body.total}]')))
+    local _, xout = H.run{ "test", dir .. "/x.yaml", "--events", dir .. "/ev.jsonl", "--explain" }
+    assert.truthy(xout:find("expression is not true: total > 100 (total = 3)", 1, true), xout)
   end)
 
   it("--explain with test files prints each dependency's verdict, and --junit writes a report", function()

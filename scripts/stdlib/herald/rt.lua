@@ -332,6 +332,14 @@ function _M.show_value(v)
   return s
 end
 
+--- " (a = 1, b = \"x\")": the named values an expression saw, for an explanation.
+function _M.show_params(params, names)
+  if type(params) ~= "table" or #names == 0 then return "" end
+  local parts = {}
+  for _, n in ipairs(names) do parts[#parts + 1] = n .. " = " .. _M.show_value(params[n]) end
+  return " (" .. table.concat(parts, ", ") .. ")"
+end
+
 local print_sink
 
 function _M.sandbox(sensor_name, limits)

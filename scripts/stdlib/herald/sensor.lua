@@ -321,8 +321,10 @@ function Compiler:expr_filter(dpath, e, idx, var)
   local efn = self:const("EXPR", fmt("assert(rt.govaluate(%s))", self:lit(e.expr)))
   self:comment("    -- %s: %s", path, show(e.expr))
   self:emit("    local %s, %s_err = false, nil", var, var)
+  self:emit_trace("    local %s_params -- the values the expression saw, for --explain", var)
   self:emit("    do")
   self:emit("      local params, missing = {}, nil")
+  self:emit_trace("      %s_params = params", var)
   for j, field in ipairs(e.fields or {}) do
     self:emit("      do")
     self:emit_get("        ", "event.data", field.path, fmt("%s.fields[%d].path", path, j - 1), field, "path")
@@ -337,8 +339,11 @@ function Compiler:expr_filter(dpath, e, idx, var)
   self:emit("        %s = v == true", var)
   self:emit("      end")
   self:emit("    end")
-  self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or %s) } end",
-    idx - 1, var, var, var, self:lit("expression is not true: " .. e.expr))
+  -- "expression is not true: total > 100 (total = 3)": the values it saw
+  local names = {}
+  for _, field in ipairs(e.fields or {}) do names[#names + 1] = field.name end
+  self:emit_trace("    if trace then trace[#trace + 1] = { kind = \"exprs\", index = %d, passed = %s, reason = %s and \"true\" or (%s_err or (%s .. rt.show_params(%s_params, %s))) } end",
+    idx - 1, var, var, var, self:lit("expression is not true: " .. e.expr), var, self:lit(names))
 end
 
 local CONTEXT_FIELDS = { "type", "subject", "source", "datacontenttype" }
