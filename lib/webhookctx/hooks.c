@@ -107,6 +107,11 @@ static void on_answer(herald_api_call *c, long status, const char *body, size_t 
   }
   lua_State *L = h->src->engine->L;
   int top = lua_gettop(L);
+  /* Gerrit prefixes every JSON answer with ")]}'" and a newline against XSSI: skipped */
+  if (len >= 4 && memcmp(body, ")]}'", 4) == 0) {
+    body += 4, len -= 4;
+    while (len && (*body == '\n' || *body == '\r')) body++, len--;
+  }
   int have = len && herald_json_push(L, body, len) == 0;
   int idx = lua_gettop(L);
   switch (h->phase) {

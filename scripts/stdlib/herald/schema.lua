@@ -446,7 +446,6 @@ local SOURCES_NOT_YET = {
   generic = source(GenericEventSource, "generic (gRPC) event source", NO),
   bitbucketserver = source(BitbucketServerEventSource, "Bitbucket Server event source", NO, AA),
   azureServiceBus = source(AzureServiceBusEventSource, "Azure Service Bus event source", NO),
-  gerrit = source(GerritEventSource, "Gerrit event source", NO, AA),
   mns = source(MNSEventSource, "Alibaba Cloud MNS event source", NO, AA),
 }
 
