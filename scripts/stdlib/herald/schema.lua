@@ -438,7 +438,6 @@ local AA = true
 -- Herald runs has a folder under sources/ instead (herald.registry), which takes precedence.
 local SOURCES_NOT_YET = {
   hdfs = source(HDFSEventSource, "HDFS event source", NO),
-  storageGrid = source(StorageGridEventSource, "StorageGRID event source", NO, AA),
   azureEventsHub = source(AzureEventsHubEventSource, "Azure Event Hubs event source", NO),
   emitter = source(EmitterEventSource, "Emitter event source", NO),
   nsq = source(NSQEventSource, "NSQ event source", NO),

@@ -1,0 +1,1 @@
+list(APPEND PLUGIN_USES webhookctx)
