@@ -86,6 +86,7 @@ struct sandbox {
   int nscripts;
   herald_meter meter; /* the string functions' view of the budget */
   lua_State *host;    /* the caller's state during a run (for print) */
+  size_t printed;     /* bytes printed to the sink in this call (bounded: PRINT_MAX) */
   int print_ref;      /* in host's registry: a function print lines go to, or LUA_NOREF */
   /* the watchdog's part, under wd.mu; fired is also read without it */
   atomic_int fired;
@@ -94,6 +95,8 @@ struct sandbox {
 };
 
 static const herald_logger sandbox_log = {.name = "sandbox"};
+
+#define PRINT_MAX 16384 /* print() bytes shown per call (herald test, the REPL) */
 
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   sandbox *sb = ud;
@@ -302,9 +305,16 @@ static int sb_print(lua_State *L) {
   luaL_pushresult(&b);
   sandbox *sb = sb_of(L);
   if (sb->host && sb->print_ref != LUA_NOREF) {
-    /* the sink is the caller's Lua; a failing sink must not fail the script */
+    /* the sink is the caller's Lua; a failing sink must not fail the script. A script that
+     * prints in a loop gets PRINT_MAX bytes a call shown, then one line saying the rest went */
     size_t n;
     const char *line = lua_tolstring(L, -1, &n);
+    if (sb->printed > PRINT_MAX) return 0;
+    sb->printed += n + 1;
+    if (sb->printed > PRINT_MAX) {
+      line = "... (over 16 KiB printed in one call: the rest of this call's output is dropped)";
+      n = strlen(line);
+    }
     lua_rawgeti(sb->host, LUA_REGISTRYINDEX, sb->print_ref);
     lua_pushlstring(sb->host, line, n);
     if (lua_pcall(sb->host, 1, 0, 0) != 0) lua_pop(sb->host, 1);
@@ -666,6 +676,7 @@ static int sb_run(lua_State *L, sandbox *sb, int base, int mode) {
   lua_sethook(S, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
   wd_arm(sb);
   sb->host = L;
+  sb->printed = 0;
   int status = lua_pcall(S, 0, 1, 0);
   sb->host = NULL;
   const char *context = NULL;
