@@ -6,6 +6,9 @@
 #   client: drains the queue (receive 10, delete 10, sequentially; no signing): messages/s
 #   herald: started on a loaded queue; from the first receive to the N-th trigger log line:
 #           events/s, and herald's CPU (utime+stime) per event over the whole run
+#   HERALD_BIN_BEFORE=path: a second herald build run in each round too (before/after a change)
+#   herald's progress is read from its /metrics (the count of triggers), not by grepping the
+#   growing trigger log every 50 ms, which cost CPU beside the process measured
 # usage: bench/run-source-sqs.sh [messages=20000] [runs=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,12 +89,22 @@ PEER=$!
 for _ in $(seq 200); do grep -q aux "$OUT/peer.json" 2>/dev/null && break; sleep 0.05; done
 PORT=$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' "$OUT/peer.json")
 EP="http://127.0.0.1:$PORT/"
-QURL="http://127.0.0.1:$PORT/000000000000/bench"
-curl -s -o /dev/null -X POST -H 'X-Amz-Target: AmazonSQS.CreateQueue' -H 'Content-Type: application/x-amz-json-1.0' \
-  -d '{"QueueName":"bench","Attributes":{"VisibilityTimeout":"30"}}' "$EP"
+# A fresh queue for each leg: a herald stopped with its long polls in flight leaves them for
+# the emulator to answer into a closed connection, and the up to 20 messages it hands them stay
+# invisible for the visibility timeout (30 s); on a shared queue the next leg waited for them
+# (a herald leg after a herald leg took ~25 s for 10,000) or stopped 10 short (the client).
+QN=0
+new_queue() {
+  QN=$((QN + 1))
+  QURL="http://127.0.0.1:$PORT/000000000000/bench$QN"
+  curl -s -o /dev/null -X POST -H 'X-Amz-Target: AmazonSQS.CreateQueue' -H 'Content-Type: application/x-amz-json-1.0' \
+    -d "{\"QueueName\":\"bench$QN\",\"Attributes\":{\"VisibilityTimeout\":\"30\"}}" "$EP"
+  sed -i "s/queue: bench[0-9]*,/queue: bench$QN,/" "$OUT/specs/es.yaml" 2>/dev/null || true
+}
 
 # loads N ~150-byte JSON messages, 10 a call, 16 calls at a time
 load() {
+  new_queue
   node -e '
 const [ep, q, n] = [process.argv[1], process.argv[2], Number(process.argv[3])];
 const pad = "x".repeat(80);
@@ -134,15 +147,16 @@ spec:
     - template: {name: log, log: {}}
 YAML
 
-run_herald() {
-  AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=x "$BIN" run "$OUT/specs" --metrics-addr 127.0.0.1:0 \
+MPORT=17832
+run_herald() { # [binary]
+  AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=x "${1:-$BIN}" run "$OUT/specs" --metrics-addr 127.0.0.1:$MPORT \
     --admin-addr 127.0.0.1:0 --admin-token-file "$OUT/admin-token" >"$OUT/triggers.jsonl" 2>"$OUT/stderr" &
   HPID=$!
   local t0="" c
   while :; do
     if [ -z "$t0" ] && grep -q '"connected: queue' "$OUT/stderr"; then t0=$(date +%s.%N); fi
-    c=$(grep -c '"msg":"triggered"' "$OUT/triggers.jsonl" || true)
-    [ "$c" -ge "$N" ] && break
+    c=$(curl -s http://127.0.0.1:$MPORT/metrics | awk '/^argo_events_action_triggered_total/ {s += $2} END {print s + 0}' || true)
+    [ "${c:-0}" -ge "$N" ] && break
     kill -0 $HPID 2>/dev/null || { echo "herald exited"; cat "$OUT/stderr"; exit 1; }
     sleep 0.05
   done
@@ -156,13 +170,24 @@ run_herald() {
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
-cl=() he=() hc=()
+echo "# machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+cl=() he=() hc=() be=() bc=()
 for i in $(seq "$RUNS"); do
   load; c=$("$OUT/client" "$EP" "$QURL" "$N"); echo "run $i client: $c"
   cl+=("$(echo "$c" | sed -n 's/.*client_per_s=\([0-9.]*\).*/\1/p')")
+  if [ -n "${HERALD_BIN_BEFORE:-}" ]; then
+    load; h=$(run_herald "$HERALD_BIN_BEFORE"); echo "run $i herald before: $h"
+    be+=("$(echo "$h" | sed -n 's/.*herald_per_s=\([0-9.]*\).*/\1/p')")
+    bc+=("$(echo "$h" | sed -n 's/.*herald_cpu_us_per_event=\([0-9.]*\).*/\1/p')")
+  fi
   load; h=$(run_herald); echo "run $i herald: $h"
   he+=("$(echo "$h" | sed -n 's/.*herald_per_s=\([0-9.]*\).*/\1/p')")
   hc+=("$(echo "$h" | sed -n 's/.*herald_cpu_us_per_event=\([0-9.]*\).*/\1/p')")
 done
 C=$(median "${cl[@]}"); E=$(median "${he[@]}"); U=$(median "${hc[@]}")
+if [ -n "${HERALD_BIN_BEFORE:-}" ]; then
+  BE=$(median "${be[@]}"); BU=$(median "${bc[@]}")
+  echo "median before: client=$C/s herald=$BE/s ratio=$(awk -v c="$C" -v e="$BE" 'BEGIN {printf "%.0f%%", e / c * 100}') herald_cpu_us_per_event=$BU"
+fi
 echo "median: client=$C/s herald=$E/s ratio=$(awk -v c="$C" -v e="$E" 'BEGIN {printf "%.0f%%", e / c * 100}') herald_cpu_us_per_event=$U"
+echo "# load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
