@@ -215,7 +215,8 @@ describe("kafka source", function()
       topic: crash
       jsonBody: true
       consumerGroup: {groupName: herald-crash, oldest: true}
-]]) .. "---\n" .. H.sensor{ deps = { { name = "d", es = "k", event = "e" } }, triggers = { { name = "t", body = ([[
+]]) .. "---\n" .. H.sensor{ deps = { { name = "d", es = "k", event = "e" } }, triggers = { { name = "t",
+      extra = "      atLeastOnce: true\n", body = ([[
         http:
           url: http://127.0.0.1:%d/sink
           method: POST
@@ -225,6 +226,7 @@ describe("kafka source", function()
 ]]):format(sink.port) } } })
     local prod = track(produce(bootstrap, "crash", 3000, { rate = 1000 }))
     -- the durable embedded bus: what it acknowledged (and the offset committed) survives -9
+    -- and atLeastOnce lets an event go only once its HTTP call succeeded
     local busdir = H.tmpdir()
     local p = track(H.start{ "run", dir, "--bus-dir", busdir })
     sink.wait_requests(500, 20)

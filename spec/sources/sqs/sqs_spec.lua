@@ -47,8 +47,10 @@ local function log_sensor(event)
 end
 
 local function http_sensor(event, port)
+  -- atLeastOnce: the bus lets an event go only once its action succeeded (without it, Argo's
+  -- at-most-once, an event whose HTTP call was in flight at a kill -9 is gone)
   return H.sensor { name = "s", deps = { { name = "d", es = "aws", event = event } },
-    triggers = { { name = "call", body = ([[
+    triggers = { { name = "call", extra = "      atLeastOnce: true\n", body = ([[
         http:
           url: http://127.0.0.1:%d/in
           payload:
